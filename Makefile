@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test test-all lint fmt clean install
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[train,dev]'
+	touch $@
+
+models/tiny/config.json: | $(VENV)/.installed
+	$(BIN)/runner tiny-model models/tiny
+
+# Fine-tune the tiny model on the identity data, then ask it who it is.
+demo: $(VENV)/.installed models/tiny/config.json
+	$(BIN)/runner submit jobs/demo.yaml --executor local
+	$(BIN)/runner chat jobs/demo.yaml --message "你是谁？"
+	$(BIN)/runner chat jobs/demo.yaml --message "Who are you?"
+
+test: $(VENV)/.installed
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check runner tests
+	$(BIN)/ruff format --check runner tests
+
+fmt: $(VENV)/.installed
+	$(BIN)/ruff format runner tests
+	$(BIN)/ruff check --fix runner tests
+
+clean:
+	rm -rf $(VENV) models/tiny outputs .pytest_cache
