@@ -88,10 +88,10 @@ def _check_model(model: dict, stage: Any, base: Path, found: Found) -> None:
              f"({', '.join(TEMPLATES[1:])})"))  # fmt: skip
 
 
-def _check_dir(
-    value: str, base: Path, loc: Loc, must_hold: tuple[str, ...], what: str, found: Found
-) -> bool:
+def _check_dir(value: str, base: Path, loc: Loc, must_hold: tuple[str, ...], what: str, found: Found) -> bool:
     path = base / value
+    if "${" in value:
+        return False  # an unset variable, already reported
     if not path.is_dir():
         found.append((loc, f"no such directory '{value}'; {_holds(path.parent, value)}"))
         return False
@@ -112,7 +112,7 @@ def _check_data(data: Any, stage: Any, base: Path, found: Found) -> None:
         if not isinstance(ds, dict):
             continue
         path, fmt = ds.get("path"), ds.get("format", "alpaca")
-        if isinstance(path, str) and not (base / path).exists():
+        if isinstance(path, str) and "${" not in path and not (base / path).exists():
             found.append(
                 (("data", "datasets", i, "path"),
                  f"no such file or directory '{path}'; {_holds((base / path).parent, path)}"))  # fmt: skip

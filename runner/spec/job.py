@@ -8,7 +8,7 @@ commented example specs reuse it. Keys under `training` are named as in transfor
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -95,9 +95,7 @@ class QLoraMethod(LoraMethod):
 
 
 class PrefixMethod(_Spec):
-    type: Literal["prefix"] = Field(
-        description="Prefix tuning; with projection: true it is P-Tuning v2."
-    )
+    type: Literal["prefix"] = Field(description="Prefix tuning; with projection: true it is P-Tuning v2.")
     num_virtual_tokens: int = Field(20, ge=1, description="Length of the trained prefix.")
     projection: bool = Field(False, description="Reparametrize the prefix with an MLP (P-Tuning v2).")
     encoder_hidden_size: int = Field(512, ge=1, description="Hidden size of that MLP.")
@@ -129,10 +127,7 @@ class IA3Method(_Spec):
 
 
 Method = Annotated[
-    Union[
-        FullMethod, FreezeMethod, LoraMethod, QLoraMethod,
-        PrefixMethod, PtuningMethod, PromptMethod, IA3Method,
-    ],
+    FullMethod | FreezeMethod | LoraMethod | QLoraMethod | PrefixMethod | PtuningMethod | PromptMethod | IA3Method,
     Field(discriminator="type"),
 ]  # fmt: skip
 METHODS = ("full", "freeze", "lora", "qlora", "prefix", "ptuning", "prompt", "ia3")
@@ -164,9 +159,7 @@ class DataSpec(_Spec):
     )
     cutoff_len: int = Field(1024, ge=8, description="Truncate tokenized samples to this length.")
     packing: bool = Field(False, description="Pack several samples into one row.")
-    val_size: float = Field(
-        0.0, ge=0, description="Held-out share (< 1) or count (>= 1) for evaluation."
-    )
+    val_size: float = Field(0.0, ge=0, description="Held-out share (< 1) or count (>= 1) for evaluation.")
     max_samples: int | None = Field(None, ge=1, description="Use at most this many records in all.")
     on_bad_record: Literal["error", "skip"] = Field(
         "error", description="A malformed record stops the job (error) or is counted and skipped."

@@ -60,13 +60,23 @@ def resolve(spec: JobSpec, base: Path) -> JobSpec:
 
 # --- pydantic errors -> one line each, in the user's words -------------------------------
 
+# Names users bring from LLaMA-Factory, PEFT and plain scripts, mapped to ours.
+SYNONYMS = {
+    "rank": "r", "lora_rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+    "lora_target": "target", "target_modules": "target", "model_name_or_path": "path",
+    "lr": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
+    "max_length": "cutoff_len", "max_seq_length": "cutoff_len", "dataset": "datasets",
+    "pre_seq_len": "num_virtual_tokens", "finetuning_type": "type", "output_dir": "dir",
+}  # fmt: skip
+
 
 def _problem(src: Source, err: dict[str, Any]) -> Problem:
     loc = _data_loc(src.data, tuple(err["loc"]))
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "extra_forbidden":
         valid = _fields_at(JobSpec, src.data, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        close = [SYNONYMS[loc[-1]]] if SYNONYMS.get(str(loc[-1])) in valid else []
+        close = close or difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
         return src.problem(loc, f"unknown key; {hint}", key=True)
     if kind == "missing":
@@ -92,6 +102,10 @@ def _message(kind: str, ctx: dict[str, Any], got: Any, msg: str) -> str:
         return f"must be one of {options} {shown}{hint}"
     if kind == "union_tag_not_found":
         return f"needs a 'type' key: one of {', '.join(METHODS)}"
+    if kind == "string_pattern_mismatch":
+        return f"must use only letters, digits, '.', '_' and '-', starting with a letter or digit {shown}"
+    if kind == "too_short":
+        return f"must list at least {ctx.get('min_length', 1)} item(s) {shown}"
     types = {
         "int": "a whole number", "float": "a number", "bool": "true or false",
         "string": "a string", "dict": "a mapping of keys", "list": "a list", "model": "a mapping of keys",
@@ -99,10 +113,6 @@ def _message(kind: str, ctx: dict[str, Any], got: Any, msg: str) -> str:
     for prefix, name in types.items():
         if kind.startswith(prefix + "_") or kind == f"{prefix}_type":
             return f"must be {name} {shown}"
-    if kind == "string_pattern_mismatch":
-        return f"must use only letters, digits, '.', '_' and '-', starting with a letter or digit {shown}"
-    if kind in ("too_short", "too_long"):
-        return f"{msg[0].lower()}{msg[1:]}"
     if kind == "value_error":
         return msg.removeprefix("Value error, ")
     return f"{msg[0].lower()}{msg[1:]} {shown}"
@@ -137,7 +147,13 @@ def _fields_at(model: type[BaseModel], data: Any, loc: Loc) -> list[str]:
             tp = tp.model_fields[str(part)].annotation if str(part) in tp.model_fields else None
         elif typing.get_origin(tp) in (list, dict):
             tp = typing.get_args(tp)[-1]
-        node = node.get(part) if isinstance(node, dict) else (node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None)
+        node = (
+            node.get(part)
+            if isinstance(node, dict)
+            else (
+                node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None
+            )
+        )
     tp = _pick(tp, node)
     return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
 

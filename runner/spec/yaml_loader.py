@@ -15,6 +15,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError
 
 from runner.errors import Problem
@@ -68,6 +69,12 @@ def load_yaml(path: str | Path, env: dict[str, str] | None = None) -> Source:
         return Source(file, None, problems=[Problem(file, 0, 0, "", f"cannot be read: {e}")])
     try:
         doc = YAML(typ="rt").load(text)
+    except DuplicateKeyError as e:
+        mark, first = e.problem_mark, e.context_mark
+        where = f" (first at line {first.line + 1})" if first else ""
+        key = str(e.problem).split('"')[1] if '"' in str(e.problem) else "?"
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        return Source(file, None, problems=[Problem(file, line, col, key, f"duplicate key{where}; keep one")])
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
@@ -120,8 +127,7 @@ def _interpolate(text: str, loc: Loc, src: Source, env: dict[str, str]) -> str:
         src.problems.append(
             src.problem(
                 loc,
-                f"environment variable {name} is not set; export {name}=... "
-                f"or write ${{{name}:-default}}",
+                f"environment variable {name} is not set; export {name}=... or write ${{{name}:-default}}",
             )
         )
         return m.group(0)

@@ -30,7 +30,9 @@ class MetricsCallback(TrainerCallback):
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         if self.plain:
-            shown = " ".join(f"{k} {_fmt(v)}" for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch")
+            shown = " ".join(
+                f"{k} {_fmt(v)}" for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"
+            )
             log.info("step %d/%d epoch %.2f %s", state.global_step, state.max_steps, row["epoch"], shown)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -62,9 +64,9 @@ def plot_loss(metrics: Path, png: Path) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
-        ax.plot(*zip(*train), label="train loss", color="#1f77b4")
+        ax.plot(*zip(*train, strict=False), label="train loss", color="#1f77b4")
     if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss", color="#d62728")
+        ax.plot(*zip(*evals, strict=False), "o-", label="eval loss", color="#d62728")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(f"loss of {metrics.parent.name}")

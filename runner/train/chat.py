@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     if args.message is not None:
-        print(f"user> {args.message}\nassistant> {reply(spec, model, tokenizer, [{'role': 'user', 'content': args.message}], args.max_new_tokens)}")
+        print(
+            f"user> {args.message}\nassistant> {reply(spec, model, tokenizer, [{'role': 'user', 'content': args.message}], args.max_new_tokens)}"
+        )
         return 0
     history: list[dict] = []
     while True:

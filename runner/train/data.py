@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError
-from runner.spec.job import DataSpec, DatasetSpec
+from runner.spec.job import DatasetSpec, DataSpec
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
@@ -151,7 +151,10 @@ def _alpaca(record: Any, ds: DatasetSpec, origin: str, where: str) -> list[dict[
     for turn in history:
         if not (isinstance(turn, (list, tuple)) and len(turn) == 2):
             raise DataError(f"{origin}: history must be a list of [question, answer] pairs")
-        messages += [{"role": "user", "content": str(turn[0])}, {"role": "assistant", "content": str(turn[1])}]
+        messages += [
+            {"role": "user", "content": str(turn[0])},
+            {"role": "assistant", "content": str(turn[1])},
+        ]
     prompt = f"{instruction}\n{query}" if query else instruction
     return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
 

@@ -59,7 +59,11 @@ def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> Training
 
 def _checkpointing(on: bool) -> dict:
     # transformers 5 renamed gradient_checkpointing to activation_checkpointing.
-    key = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient_checkpointing"
+    key = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+        else "gradient_checkpointing"
+    )
     return {key: on, f"{key}_kwargs": {"use_reentrant": False} if on else None}
 
 
@@ -68,7 +72,11 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
     args = training_arguments(spec, run_dir, has_eval=eval_ds is not None)
     trainable, total = count_parameters(model)
     log.info("trainable params: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    optimizers = (_loraplus_optimizer(spec, model, args), None) if getattr(spec.method, "loraplus_lr_ratio", None) else (None, None)
+    optimizers = (
+        (_loraplus_optimizer(spec, model, args), None)
+        if getattr(spec.method, "loraplus_lr_ratio", None)
+        else (None, None)
+    )
     trainer = Trainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=collator, processing_class=tokenizer, optimizers=optimizers,

@@ -43,8 +43,8 @@ def load_model(spec: JobSpec):
                 "none is visible here. Use method: lora on this machine."
             )
         try:
-            from transformers import BitsAndBytesConfig
             import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
         except ImportError:
             raise UnsupportedError("method qlora needs bitsandbytes, which this image lacks") from None
         compute = torch.bfloat16 if spec.training.bf16 else torch.float16

@@ -21,7 +21,6 @@ class Template:
     stop: tuple[str, ...] = ()  # end-of-turn strings besides the tokenizer's eos
 
 
-
 _CHATML = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
@@ -88,8 +87,7 @@ def apply_template(tokenizer, name: str) -> None:
     if name == "auto":
         if not getattr(tokenizer, "chat_template", None):
             raise RunnerError(
-                "the tokenizer has no chat_template; set model.template to one of "
-                + ", ".join(BUILTIN)
+                "the tokenizer has no chat_template; set model.template to one of " + ", ".join(BUILTIN)
             )
         return
     tokenizer.chat_template = BUILTIN[name].jinja
@@ -105,9 +103,7 @@ def stop_token_ids(tokenizer, name: str) -> list[int]:
 
 
 def render(tokenizer, messages: list[dict], *, generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt
-    )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
 def segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:

@@ -1,0 +1,42 @@
+"""Shared fixtures. The whole suite is offline: no test may reach a model hub."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Specs name paths relative to the project root, as a user's commands do."""
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's own tiny Llama model, built once per session (no download)."""
+    pytest.importorskip("torch", reason="the in-container dependencies (.[train]) are not installed")
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    subprocess.run([sys.executable, "-m", "runner.train.tiny", str(out)], check=True, cwd=ROOT)
+    return out
+
+
+def runner_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess:
+    """The real `runner` command in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "runner.cli", *args],
+        capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})},
+    )  # fmt: skip

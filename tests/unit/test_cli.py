@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from runner.cli import main
+from tests.conftest import ROOT, runner_cli
+
+JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
+
+
+def test_cli_imports_no_heavy_libraries():
+    code = (
+        "import sys, runner.cli, runner.spec, runner.execute.submit, runner.render.launch, runner.envinfo\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'deepspeed', 'datasets', 'accelerate')"
+        " if m in sys.modules]\n"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_shipped_job_validates(tiny_model: Path):
+    assert JOBS, "jobs/ holds no spec"
+    result = runner_cli("validate", *map(str, JOBS), env={"MODEL_DIR": str(tiny_model)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("ok  ") == len(JOBS)
+
+
+def test_plan_shows_resolved_spec_and_command():
+    result = CliRunner().invoke(main, ["plan", "tests/data/good_spec.yaml"])
+    assert result.exit_code == 0, result.output
+    assert "learning_rate: 0.0001" in result.stdout  # defaults are written out
+    assert "-m runner.train" in result.stdout and "HF_HUB_OFFLINE=1" in result.stdout
+
+
+def test_validate_reports_all_files_then_fails():
+    result = CliRunner().invoke(
+        main, ["validate", "tests/data/good_spec.yaml", "tests/data/bad_specs/unknown_key.yaml"]
+    )
+    assert result.exit_code == 2
+    assert "ok  tests/data/good_spec.yaml" in result.stdout
+    assert "unknown_key.yaml:11:3 training.learning_rat" in result.stderr
+
+
+def test_env_reports_versions_without_failing():
+    result = CliRunner().invoke(main, ["env"])
+    assert result.exit_code == 0
+    assert "pydantic" in result.stdout and "torch device" in result.stdout and "docker" in result.stdout
+
+
+def test_chat_refuses_a_directory_that_is_no_run(tmp_path: Path):
+    result = CliRunner().invoke(main, ["chat", str(tmp_path), "-m", "hi"])
+    assert result.exit_code == 1
+    assert "is not a run directory" in result.stderr

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from runner.execute.runs import RunRecord, latest_run, loss_summary, new_run_dir, read_record
+
+
+def test_run_dirs_are_never_reused(tmp_path):
+    dirs = {new_run_dir(tmp_path, "job") for _ in range(30)}
+    assert len(dirs) == 30
+    assert all(d.parent == tmp_path / "job" for d in dirs)
+
+
+def test_record_round_trip_and_latest(tmp_path):
+    for status in ("succeeded", "failed"):
+        d = new_run_dir(tmp_path, "job")
+        RunRecord(id=d.name, name="job", run_dir=str(d), spec_file="j.yaml", status=status).save()
+    assert read_record(d).status == "failed"
+    assert latest_run(tmp_path, "job").status == "succeeded"
+
+
+def test_loss_summary(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n{"step": 9, "loss": 0.5}\n')
+    assert loss_summary(tmp_path) == "loss 5.0000 (step 1) -> 0.5000 (step 9), lowest 0.5000"

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.errors import SpecError
+from runner.spec import load_job, resolve, to_yaml
+from runner.spec.job import JobSpec
+from runner.spec.yaml_loader import dotted, load_yaml
+
+GOOD = """\
+name: ok
+model:
+  path: tests/data/models/fake
+method:
+  type: lora
+  target: q_proj
+data:
+  datasets:
+    - path: tests/data/datasets/alpaca.json
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_good_spec_gets_defaults(tmp_path):
+    spec = load_job(write(tmp_path, GOOD))
+    assert spec.stage == "sft"
+    assert spec.method.type == "lora" and spec.method.r == 8
+    assert spec.method.target == ["q_proj"]  # a single name becomes a list
+    assert spec.training.learning_rate == 1e-4
+
+
+def test_env_interpolation_and_default(tmp_path):
+    text = GOOD.replace("tests/data/models/fake", "${MODELS}/fake").replace(
+        "name: ok", "name: ${NAME:-fallback}"
+    )
+    spec = load_job(write(tmp_path, text), env={"MODELS": "tests/data/models"})
+    assert spec.name == "fallback"
+    assert spec.model.path == "tests/data/models/fake"
+
+
+def test_positions_of_keys_and_values(tmp_path):
+    src = load_yaml(write(tmp_path, GOOD))
+    assert src.keys[("method", "target")] == (6, 3)
+    assert src.values[("method", "target")] == (6, 11)
+    assert src.values[("data", "datasets", 0)] == (9, 7)
+
+
+def test_dotted_paths():
+    assert dotted(("data", "datasets", 0, "path")) == "data.datasets[0].path"
+
+
+def test_every_problem_in_one_pass(tmp_path):
+    text = GOOD.replace("type: lora", "type: lora\n  r: 0").replace("name: ok", "name: ok\nstage: nope")
+    with pytest.raises(SpecError) as e:
+        load_job(write(tmp_path, text))
+    paths = [p.path for p in e.value.problems]
+    assert paths == ["stage", "method.r"]
+
+
+def test_resolve_makes_paths_absolute_and_fills_alpha(tmp_path):
+    spec = resolve(load_job(write(tmp_path, GOOD)), Path.cwd())
+    assert Path(spec.model.path).is_absolute() and Path(spec.data.datasets[0].path).is_absolute()
+    assert spec.method.alpha == 16.0
+
+
+def test_resolved_yaml_round_trips(tmp_path):
+    spec = resolve(load_job(write(tmp_path, GOOD)), Path.cwd())
+    again = load_job(write(tmp_path, to_yaml(spec)))
+    assert again == spec
+
+
+def test_schema_covers_the_whole_product():
+    stages = JobSpec.model_fields["stage"].annotation.__args__
+    assert set(stages) == {"pt", "sft", "rm", "dpo", "kto", "ppo"}
+    from runner.spec.job import METHODS
+
+    assert set(METHODS) == {"full", "freeze", "lora", "qlora", "prefix", "ptuning", "prompt", "ia3"}
