@@ -18,11 +18,12 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, sink: Callable[[bytes], None]):
+    def __init__(self, sink: Callable[[bytes], None], tty: bool = False):
         self.sink = sink
+        self.tty = tty  # the user watches a terminal: the child may draw a progress bar
 
     def run(self, record: RunRecord, argv: list[str], env: dict[str, str]) -> int:
-        child_env = {**os.environ, **env}
+        child_env = {**os.environ, **env, **({"RUNNER_TTY": "1"} if self.tty else {})}
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env, start_new_session=True
         )

@@ -38,5 +38,5 @@ def submit(
         raise RunError(f"unknown executor '{executor}'; available: {', '.join(EXECUTORS)}")
     record, argv = prepare(spec_path, base)
     record.executor = executor
-    EXECUTORS[executor](sink).run(record, argv, OFFLINE_ENV)
+    EXECUTORS[executor](sink, tty=sys.stdout.isatty()).run(record, argv, OFFLINE_ENV)
     return record

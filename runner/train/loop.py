@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 import sys
 from pathlib import Path
@@ -51,7 +52,7 @@ def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> Training
         dataloader_num_workers=t.dataloader_num_workers,
         use_cpu=cpu,
         report_to="none",
-        disable_tqdm=not sys.stderr.isatty(),
+        disable_tqdm=not (sys.stderr.isatty() or os.environ.get("RUNNER_TTY") == "1"),
         remove_unused_columns=False,
         save_only_model=False,
     )
