@@ -1,4 +1,4 @@
-"""parse -> validate -> resolve for job specs. Each step is a function of its own."""
+"""parse -> validate -> resolve for specs. Each step is a function of its own."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from runner.spec.checks import check
 from runner.spec.job import METHODS, JobSpec
 from runner.spec.yaml_loader import Loc, Source, load_yaml
 
+M = typing.TypeVar("M", bound=BaseModel)
+Checks = typing.Callable[[Any, Path], list[tuple[Loc, str]]]
+
 
 def load_job(path: str | Path, *, base: Path | None = None, env: dict[str, str] | None = None) -> JobSpec:
     """Parse and validate a job spec; raise SpecError listing every problem.
@@ -27,17 +30,18 @@ def load_job(path: str | Path, *, base: Path | None = None, env: dict[str, str] 
     return validate(source, base or Path.cwd())
 
 
-def validate(source: Source, base: Path) -> JobSpec:
+def validate(source: Source, base: Path, model: type[M] = JobSpec, checks: Checks = check) -> M:  # type: ignore[assignment]
+    """Schema and checks on parsed data; every problem is collected before raising."""
     problems = list(source.problems)
     spec = None
     if not isinstance(source.data, dict):
-        problems.append(Problem(source.file, 1, 1, "", "a job spec must be a mapping of keys"))
+        problems.append(Problem(source.file, 1, 1, "", "a spec must be a mapping of keys"))
     else:
         try:
-            spec = JobSpec.model_validate(source.data)
+            spec = model.model_validate(source.data)
         except ValidationError as e:
-            problems += [_problem(source, err) for err in e.errors()]
-        problems += [source.problem(loc, msg) for loc, msg in check(source.data, base)]
+            problems += [_problem(source, err, model) for err in e.errors()]
+        problems += [source.problem(loc, msg) for loc, msg in checks(source.data, base)]
     if problems:
         raise SpecError(_unique(problems))
     assert spec is not None
@@ -70,11 +74,11 @@ SYNONYMS = {
 }  # fmt: skip
 
 
-def _problem(src: Source, err: dict[str, Any]) -> Problem:
+def _problem(src: Source, err: dict[str, Any], model: type[BaseModel]) -> Problem:
     loc = _data_loc(src.data, tuple(err["loc"]))
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "extra_forbidden":
-        valid = _fields_at(JobSpec, src.data, loc[:-1])
+        valid = _fields_at(model, src.data, loc[:-1])
         close = [SYNONYMS[loc[-1]]] if SYNONYMS.get(str(loc[-1])) in valid else []
         close = close or difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
