@@ -134,6 +134,97 @@ def tiny_model(out_dir: str, seed: int) -> None:
     sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
 
 
+# --- images: connected side (lock, wheels, build, bundle) and air-gapped side (load) ---------
+
+_find_links = click.option(
+    "--find-links", "find_links", multiple=True, metavar="DIR|URL",
+    help="Extra place to find wheels (e.g. a folder with a CPU torch build). Repeatable.",
+)  # fmt: skip
+
+
+@main.command()
+@click.argument("image")
+@_find_links
+def lock(image: str, find_links: tuple[str, ...]) -> None:
+    """Resolve IMAGE's requirements for its platform into images/IMAGE.lock (pinned, hashed)."""
+    from runner.build.lock import lock as do_lock
+    from runner.build.lock import parse_lock
+    from runner.spec import load_image
+
+    path = do_lock(load_image(image), Path("images"), list(find_links))
+    click.echo(f"{path}: {len(parse_lock(path.read_text(encoding='utf-8')))} packages pinned with hashes")
+
+
+@main.command()
+@click.argument("image")
+@click.option("--verify", is_flag=True, help="Only check the wheelhouse against the lock; no network.")
+@_find_links
+def wheels(image: str, verify: bool, find_links: tuple[str, ...]) -> None:
+    """Fill offline_wheels/IMAGE/ with every wheel the lock needs (or --verify it)."""
+    from runner.build.wheels import WheelhouseError, fill
+    from runner.build.wheels import verify as check
+    from runner.spec import load_image
+
+    spec = load_image(image)
+    if not verify:
+        fill(spec, Path("images"), Path("offline_wheels"), list(find_links))
+    problems = check(spec, Path("images"), Path("offline_wheels"))
+    if problems:
+        raise WheelhouseError(f"offline_wheels/{spec.name} is not complete:\n  " + "\n  ".join(problems))
+    n = len(list((Path("offline_wheels") / spec.name).glob("*.whl")))
+    click.echo(f"offline_wheels/{spec.name}: {n} wheels, complete for images/{spec.name}.lock")
+
+
+@main.command()
+@click.argument("image")
+@click.option("--quiet", "-q", is_flag=True, help="Do not stream the build log.")
+def build(image: str, quiet: bool) -> None:
+    """Build IMAGE from its wheelhouse with the network off for every step."""
+    from runner.build.image import build as do_build
+    from runner.spec import load_image
+
+    built = do_build(
+        load_image(image),
+        Path("images"),
+        Path("offline_wheels"),
+        log=(lambda s: None) if quiet else click.echo,
+    )
+    click.echo(f"built {built.tag} ({built.image_id[:19]}) in {built.seconds:.0f} s")
+
+
+@main.command()
+@click.argument("refs", nargs=-1, required=True)
+@click.option(
+    "-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="Archive to write."
+)
+@click.option(
+    "--model", type=click.Path(file_okay=False, exists=True), help="A model directory to carry too."
+)
+@click.option("--data", type=click.Path(file_okay=False, exists=True), help="A data directory to carry too.")
+def bundle(refs: tuple[str, ...], out: str, model: str | None, data: str | None) -> None:
+    """Pack images (IMAGE names or docker refs) and optionally a model and data into one archive."""
+    from runner.build.bundle import bundle as do_bundle
+
+    resolved = [r if ":" in r or "/" in r else f"runner/{r}:latest" for r in refs]
+    total = do_bundle(
+        resolved, Path(out), Path(model) if model else None, Path(data) if data else None, log=click.echo
+    )
+    click.echo(f"{out}: {Path(out).stat().st_size / 2**20:.1f} MiB, aggregate sha256 {total}")
+
+
+@main.command()
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.option("--to", "to", type=click.Path(file_okay=False), help="Where the bundle's model/ and data/ go.")
+def load(archive: str, to: str | None) -> None:
+    """Verify a bundle's checksums, load its images, check their ids."""
+    from runner.build.bundle import load as do_load
+
+    manifest = do_load(Path(archive), Path(to) if to else None)
+    for image in manifest["images"]:
+        click.echo(f"loaded {image['ref']} ({image['id'][:19]})")
+    click.echo(f"verified: aggregate sha256 {manifest['aggregate']}")
+
+
 @main.command()
 def env() -> None:
     """Versions of every dependency, the torch device state and the Docker engine."""

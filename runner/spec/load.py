@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from runner.errors import Problem, SpecError
 from runner.spec.checks import check
+from runner.spec.image import ImageSpec
 from runner.spec.job import METHODS, JobSpec
 from runner.spec.yaml_loader import Loc, Source, load_yaml
 
@@ -28,6 +29,28 @@ def load_job(path: str | Path, *, base: Path | None = None, env: dict[str, str] 
     if source.problems and source.data is None:
         raise SpecError(source.problems)
     return validate(source, base or Path.cwd())
+
+
+def load_image(name_or_path: str | Path, images_dir: Path | None = None) -> ImageSpec:
+    """An image spec by file path, or by name from images/ (images/NAME.yaml)."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = (images_dir or Path.cwd() / "images") / f"{name_or_path}.yaml"
+        if not path.exists():
+            have = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+            raise SpecError(
+                [
+                    Problem(
+                        str(path), 0, 0, "", f"no such image spec; known images: {', '.join(have) or 'none'}"
+                    )
+                ]
+            )
+    source = load_yaml(path)
+    if source.problems and source.data is None:
+        raise SpecError(source.problems)
+    from runner.build.compat import image_checks
+
+    return validate(source, Path.cwd(), ImageSpec, image_checks)
 
 
 def validate(source: Source, base: Path, model: type[M] = JobSpec, checks: Checks = check) -> M:  # type: ignore[assignment]

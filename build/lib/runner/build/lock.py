@@ -1,0 +1,131 @@
+"""`runner lock IMAGE`: pinned, hashed requirements resolved for the image's platform.
+
+Resolution is done by uv for the target python and platform, not the host's. torch is pinned
+to the version the image uses; when the base image already carries torch, torch and what
+only torch needs are left out of the lock, so an install never replaces the base's CUDA build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from runner.errors import RunnerError
+from runner.spec.image import ImageSpec
+
+EXTRA_REQUIREMENTS = {
+    "trl": "trl>=1.0",
+    "deepspeed": "deepspeed>=0.16",
+    "bitsandbytes": "bitsandbytes>=0.45",
+    "flash-attn": "flash-attn>=2.7",
+    "liger-kernel": "liger-kernel>=0.6",
+}
+_BLOCK = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>\S+)", re.M)
+
+
+class LockError(RunnerError):
+    pass
+
+
+def requirements(spec: ImageSpec) -> list[str]:
+    """What the image must carry: runner's own needs (host and training side) and the extras."""
+    reqs = []
+    for line in metadata.requires("runner") or []:
+        req, _, marker = line.partition(";")
+        if not marker or 'extra == "train"' in marker.replace("'", '"'):
+            reqs.append(req.strip())
+    reqs = [r for r in reqs if not re.match(r"^torch\b", r)]
+    reqs.append(f"torch=={spec.torch}")
+    reqs += [EXTRA_REQUIREMENTS[e] for e in spec.extras]
+    return reqs + list(spec.requirements)
+
+
+def lock_path(images_dir: Path, spec: ImageSpec) -> Path:
+    return images_dir / f"{spec.name}.lock"
+
+
+def spec_hash(spec: ImageSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+
+
+def lock(spec: ImageSpec, images_dir: Path, find_links: list[str] | None = None) -> Path:
+    """Resolve and write images/NAME.lock; returns its path."""
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    if not Path(uv).exists():
+        raise LockError("runner lock needs uv on the connected machine: pip install uv")
+    with tempfile.TemporaryDirectory() as tmp:
+        req_in = Path(tmp) / "requirements.in"
+        req_in.write_text("\n".join(requirements(spec)) + "\n", encoding="utf-8")
+        out = Path(tmp) / "lock.txt"
+        argv = [uv, "pip", "compile", str(req_in), "-o", str(out), "--generate-hashes",
+                "--python-version", spec.python, "--python-platform", spec.platform,
+                "--no-header", "--quiet"]  # fmt: skip
+        for link in find_links or []:
+            argv += ["--find-links", link]
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LockError(f"resolving the requirements of image {spec.name} failed:\n{proc.stderr.strip()}")
+        text = out.read_text(encoding="utf-8")
+    if spec.torch_from == "base":
+        text = drop_with_exclusive_deps(text, "torch")
+    path = lock_path(images_dir, spec)
+    header = (f"# lock of image '{spec.name}' (spec {spec_hash(spec)}), for python {spec.python} on "
+              f"{spec.platform}; written by `runner lock {spec.name}`\n")  # fmt: skip
+    path.write_text(header + text, encoding="utf-8")
+    return path
+
+
+def parse_lock(text: str) -> dict[str, dict]:
+    """name -> {version, hashes, via} from a uv/pip-compile requirements file with hashes."""
+    entries: dict[str, dict] = {}
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", text)
+    for block in blocks:
+        m = _BLOCK.match(block.strip())
+        if not m:
+            continue
+        via = re.findall(r"#[ \t]+via[ \t]+(\S+)|#[ \t]{3,}(\S+)", block)
+        entries[_norm(m["name"])] = {
+            "name": m["name"],
+            "version": m["version"],
+            "hashes": re.findall(r"--hash=sha256:([0-9a-f]{64})", block),
+            "via": {_norm(a or b) for a, b in via if (a or b) != "via"},
+            "text": block.strip(),
+        }
+    return entries
+
+
+def drop_with_exclusive_deps(text: str, package: str) -> str:
+    """Remove `package`, every entry required only by removed entries, and the CUDA runtime
+    pieces of its closure (nvidia-*, triton): the base image carries exactly those builds."""
+    entries = parse_lock(text)
+    closure = {_norm(package)}
+    changed = True
+    while changed:
+        changed = False
+        for name, e in entries.items():
+            if name not in closure and e["via"] & closure:
+                closure.add(name)
+                changed = True
+    removed = {_norm(package)} | {n for n in closure if n.startswith("nvidia-") or n == "triton"}
+    changed = True
+    while changed:
+        changed = False
+        for name, e in entries.items():
+            if name in removed or not e["via"]:
+                continue
+            if all(v in removed for v in e["via"]):
+                removed.add(name)
+                changed = True
+    kept = [e["text"] for n, e in entries.items() if n not in removed]
+    dropped = ", ".join(sorted(entries[n]["name"] for n in removed if n in entries))
+    return f"# carried by the base image, not locked: {dropped}\n" + "\n".join(kept) + "\n"
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()

@@ -1,0 +1,238 @@
+"""The `runner` command. Thin: parse arguments, call one library function, print.
+
+Importing this module must stay cheap: no torch, transformers or peft (a test checks it).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from runner import __version__
+from runner.errors import RunnerError, SpecError
+
+
+class _Group(click.Group):
+    """Turns library errors into one clear message and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except SpecError as e:
+            for problem in e.problems:
+                click.echo(str(problem), err=True)
+            n = len(e.problems)
+            click.echo(f"{n} problem{'s' if n != 1 else ''}; nothing was started.", err=True)
+            ctx.exit(e.exit_code)
+        except RunnerError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="runner")
+def main() -> None:
+    """Fine-tune open LLMs on GPU servers that have no internet."""
+
+
+@main.command()
+@click.argument("jobs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate(jobs: tuple[str, ...]) -> None:
+    """Check job specs; report every problem with its file:line:col."""
+    from runner.spec import load_job
+
+    problems = []
+    for job in jobs:
+        try:
+            load_job(job)
+            click.echo(f"ok  {job}")
+        except SpecError as e:
+            problems += e.problems
+    if problems:
+        raise SpecError(problems)
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+def plan(job: str) -> None:
+    """Show the resolved spec and the exact command a submit would run."""
+    import shlex
+
+    from runner.render.launch import OFFLINE_ENV, render_launch
+    from runner.spec import load_job, resolve, to_yaml
+
+    spec = resolve(load_job(job), Path.cwd())
+    run_dir = Path(spec.output.dir) / spec.name / "<run-id>"
+    click.echo(f"# resolved spec of {job}")
+    click.echo(to_yaml(spec))
+    click.echo("# environment")
+    for key, value in OFFLINE_ENV.items():
+        click.echo(f"{key}={value}")
+    click.echo("# command")
+    click.echo(shlex.join(render_launch(spec, run_dir, python=sys.executable)))
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True,
+              help="Where the job runs: local = a process on this machine.")  # fmt: skip
+def submit(job: str, executor: str) -> None:
+    """Validate JOB, create a new run directory and train."""
+    from runner.execute.submit import submit as do_submit
+
+    def sink(line: bytes) -> None:
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
+
+    from runner.execute.runs import loss_summary
+
+    record = do_submit(job, executor, sink)
+    click.echo(f"run {record.id}: {record.status} (exit {record.exit_code}) -> {record.run_dir}")
+    summary = loss_summary(record.run_dir)
+    if summary:
+        click.echo(summary)
+    if record.status != "succeeded":
+        sys.exit(record.exit_code or 1)
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True))
+@click.option("-m", "--message", help="Ask one question and exit; omit for an interactive chat.")
+def chat(run: str, message: str | None) -> None:
+    """Talk to what a run trained. RUN is a run directory, or a job spec for its latest run."""
+    import os
+    import subprocess
+
+    from runner.execute.runs import latest_run, read_record
+    from runner.render.launch import OFFLINE_ENV, render_chat
+
+    if Path(run).is_file():
+        from runner.spec import load_job
+
+        spec = load_job(run)
+        run_dir = Path(latest_run(spec.output.dir, spec.name).run_dir)
+    else:
+        read_record(run)  # refuse anything that is not a run directory
+        run_dir = Path(run)
+    argv = render_chat(run_dir, message, python=sys.executable)
+    sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
+
+
+@main.command("tiny-model")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+def tiny_model(out_dir: str, seed: int) -> None:
+    """Build a tiny random Llama model and tokenizer locally (no download)."""
+    import os
+    import subprocess
+
+    from runner.render.launch import OFFLINE_ENV
+
+    argv = [sys.executable, "-m", "runner.train.tiny", out_dir, "--seed", str(seed)]
+    sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
+
+
+# --- images: connected side (lock, wheels, build, bundle) and air-gapped side (load) ---------
+
+_find_links = click.option(
+    "--find-links", "find_links", multiple=True, metavar="DIR|URL",
+    help="Extra place to find wheels (e.g. a folder with a CPU torch build). Repeatable.",
+)  # fmt: skip
+
+
+@main.command()
+@click.argument("image")
+@_find_links
+def lock(image: str, find_links: tuple[str, ...]) -> None:
+    """Resolve IMAGE's requirements for its platform into images/IMAGE.lock (pinned, hashed)."""
+    from runner.build.lock import lock as do_lock
+    from runner.build.lock import parse_lock
+    from runner.spec import load_image
+
+    path = do_lock(load_image(image), Path("images"), list(find_links))
+    click.echo(f"{path}: {len(parse_lock(path.read_text(encoding='utf-8')))} packages pinned with hashes")
+
+
+@main.command()
+@click.argument("image")
+@click.option("--verify", is_flag=True, help="Only check the wheelhouse against the lock; no network.")
+@_find_links
+def wheels(image: str, verify: bool, find_links: tuple[str, ...]) -> None:
+    """Fill offline_wheels/IMAGE/ with every wheel the lock needs (or --verify it)."""
+    from runner.build.wheels import WheelhouseError, fill
+    from runner.build.wheels import verify as check
+    from runner.spec import load_image
+
+    spec = load_image(image)
+    if not verify:
+        fill(spec, Path("images"), Path("offline_wheels"), list(find_links))
+    problems = check(spec, Path("images"), Path("offline_wheels"))
+    if problems:
+        raise WheelhouseError(f"offline_wheels/{spec.name} is not complete:\n  " + "\n  ".join(problems))
+    n = len(list((Path("offline_wheels") / spec.name).glob("*.whl")))
+    click.echo(f"offline_wheels/{spec.name}: {n} wheels, complete for images/{spec.name}.lock")
+
+
+@main.command()
+@click.argument("image")
+@click.option("--quiet", "-q", is_flag=True, help="Do not stream the build log.")
+def build(image: str, quiet: bool) -> None:
+    """Build IMAGE from its wheelhouse with the network off for every step."""
+    from runner.build.image import build as do_build
+    from runner.spec import load_image
+
+    built = do_build(
+        load_image(image),
+        Path("images"),
+        Path("offline_wheels"),
+        log=(lambda s: None) if quiet else click.echo,
+    )
+    click.echo(f"built {built.tag} ({built.image_id[:19]}) in {built.seconds:.0f} s")
+
+
+@main.command()
+@click.argument("refs", nargs=-1, required=True)
+@click.option(
+    "-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="Archive to write."
+)
+@click.option(
+    "--model", type=click.Path(file_okay=False, exists=True), help="A model directory to carry too."
+)
+@click.option("--data", type=click.Path(file_okay=False, exists=True), help="A data directory to carry too.")
+def bundle(refs: tuple[str, ...], out: str, model: str | None, data: str | None) -> None:
+    """Pack images (IMAGE names or docker refs) and optionally a model and data into one archive."""
+    from runner.build.bundle import bundle as do_bundle
+
+    resolved = [r if ":" in r or "/" in r else f"runner/{r}:latest" for r in refs]
+    total = do_bundle(
+        resolved, Path(out), Path(model) if model else None, Path(data) if data else None, log=click.echo
+    )
+    click.echo(f"{out}: {Path(out).stat().st_size / 2**20:.1f} MiB, aggregate sha256 {total}")
+
+
+@main.command()
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.option("--to", "to", type=click.Path(file_okay=False), help="Where the bundle's model/ and data/ go.")
+def load(archive: str, to: str | None) -> None:
+    """Verify a bundle's checksums, load its images, check their ids."""
+    from runner.build.bundle import load as do_load
+
+    manifest = do_load(Path(archive), Path(to) if to else None)
+    for image in manifest["images"]:
+        click.echo(f"loaded {image['ref']} ({image['id'][:19]})")
+    click.echo(f"verified: aggregate sha256 {manifest['aggregate']}")
+
+
+@main.command()
+def env() -> None:
+    """Versions of every dependency, the torch device state and the Docker engine."""
+    from runner.envinfo import report
+
+    for key, value in report():
+        click.echo(f"{key:<14} {value}")
+
+
+if __name__ == "__main__":
+    main()

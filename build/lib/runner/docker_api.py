@@ -1,0 +1,100 @@
+"""The one door to the Docker engine (docker SDK). Everything else calls these few methods."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from runner.errors import RunnerError
+
+
+class DockerUnavailable(RunnerError):
+    exit_code = 4
+
+
+class DockerError(RunnerError):
+    pass
+
+
+class Docker:
+    def __init__(self, timeout: int = 600):
+        try:
+            import docker
+
+            self.client = docker.from_env(timeout=timeout)
+            self.client.ping()
+        except Exception as e:  # the SDK raises several types; all mean "no engine"
+            raise DockerUnavailable(
+                f"no Docker engine is reachable ({str(e).splitlines()[0][:200]}); start dockerd "
+                "(scripts/provision-docker.sh does it on Debian) or set DOCKER_HOST"
+            ) from None
+        self.api = self.client.api
+
+    def image_id(self, ref: str) -> str | None:
+        import docker
+
+        try:
+            return self.client.images.get(ref).id
+        except docker.errors.ImageNotFound:
+            return None
+
+    def build(
+        self, context: Path, tag: str, labels: dict[str, str], log: Callable[[str], None] = lambda s: None
+    ) -> str:
+        """Build with the network off for every RUN step; returns the image id."""
+        image_id = None
+        for chunk in self.api.build(
+            path=str(context), tag=tag, labels=labels, network_mode="none", rm=True, forcerm=True, decode=True
+        ):
+            if "stream" in chunk:
+                for line in chunk["stream"].splitlines():
+                    if line.strip():
+                        log(line)
+            if "error" in chunk:
+                raise DockerError(f"docker build of {tag} failed: {chunk['error'].strip()}")
+            if "aux" in chunk and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
+        return image_id or self.image_id(tag) or ""
+
+    def tag(self, image_id: str, ref: str) -> None:
+        repo, _, tag = ref.rpartition(":")
+        self.client.images.get(image_id).tag(repo, tag)
+
+    def history(self, ref: str) -> list[dict[str, Any]]:
+        return self.client.images.get(ref).history()
+
+    def save(self, refs: list[str], out: Path) -> None:
+        with open(out, "wb") as f:
+            for chunk in _save(self, refs):
+                f.write(chunk)
+
+    def load(self, tar: Path) -> list[str]:
+        with open(tar, "rb") as f:
+            images = self.client.images.load(f)
+        return [img.id for img in images]
+
+    def remove_image(self, ref: str) -> None:
+        import docker
+
+        try:
+            self.client.images.remove(ref, force=True)
+        except docker.errors.ImageNotFound:
+            pass
+
+    def run(self, image: str, command: list[str], **kwargs: Any) -> tuple[int, str]:
+        """Run to completion; returns (exit code, combined log)."""
+        container = self.client.containers.run(image, command, detach=True, **kwargs)
+        try:
+            code = container.wait()["StatusCode"]
+            return code, container.logs().decode("utf-8", "replace")
+        finally:
+            container.remove(force=True)
+
+
+def _save(docker: Docker, refs: list[str]) -> Iterator[bytes]:
+    # GET /images/get?names=a&names=b : one tar holding every named image with its tags.
+    url = docker.api._url("/images/get")
+    res = docker.api._get(url, params={"names": refs}, stream=True)
+    docker.api._raise_for_status(res)
+    yield from res.iter_content(chunk_size=1 << 20)

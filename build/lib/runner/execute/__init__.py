@@ -1,0 +1,1 @@
+"""Executors run rendered commands; run records keep their state on disk."""

@@ -1,0 +1,47 @@
+"""The local executor: the entrypoint as a child process on this machine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from runner.execute.runs import RunRecord, now
+
+LOG = "train.log"
+
+
+class LocalExecutor:
+    """Runs argv as a subprocess, streams its output to `sink` and to the run's log."""
+
+    name = "local"
+
+    def __init__(self, sink: Callable[[bytes], None], tty: bool = False):
+        self.sink = sink
+        self.tty = tty  # the user watches a terminal: the child may draw a progress bar
+
+    def run(self, record: RunRecord, argv: list[str], env: dict[str, str]) -> int:
+        child_env = {**os.environ, **env, **({"RUNNER_TTY": "1"} if self.tty else {})}
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env, start_new_session=True
+        )
+        record.update(status="running", pid=proc.pid, started=now(), command=argv)
+        stopped = False
+        with open(Path(record.run_dir) / LOG, "ab") as log:
+            try:
+                assert proc.stdout is not None
+                for line in iter(proc.stdout.readline, b""):
+                    log.write(line)
+                    log.flush()
+                    self.sink(line)
+                code = proc.wait()
+            except KeyboardInterrupt:
+                # Ctrl-C: let the trainer stop cleanly, as `runner stop` does.
+                stopped = True
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait()
+        status = "stopped" if stopped else ("succeeded" if code == 0 else "failed")
+        record.update(status=status, exit_code=code, ended=now(), pid=None)
+        return code

@@ -1,0 +1,108 @@
+"""Run directories and their records: OUTPUT/<name>/<run-id>/run.json.
+
+State lives on disk beside the run, never in memory, so any later command (or a restarted
+CLI) sees the same truth. A run directory is created exactly once and never reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.errors import RunError
+
+RECORD = "run.json"
+
+
+@dataclass
+class RunRecord:
+    id: str
+    name: str
+    run_dir: str
+    spec_file: str
+    executor: str = "local"
+    status: str = "created"  # created -> running -> succeeded | failed | stopped
+    command: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+    pid: int | None = None
+    created: str = ""
+    started: str | None = None
+    ended: str | None = None
+    message: str | None = None
+
+    def save(self) -> None:
+        path = Path(self.run_dir) / RECORD
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)  # a reader never sees half a record
+
+    def update(self, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(self, key, value)
+        self.save()
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def new_run_dir(output_dir: str | Path, name: str) -> Path:
+    """A fresh directory OUTPUT/name/<timestamp>-<random>; never an existing one."""
+    parent = Path(output_dir) / name
+    for _ in range(20):
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        path = parent / run_id
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise RunError(f"cannot create run directory under {parent}: {e.strerror}") from e
+    raise RunError(f"could not find a free run id under {parent}")
+
+
+def read_record(run_dir: str | Path) -> RunRecord:
+    path = Path(run_dir) / RECORD
+    try:
+        return RunRecord(**json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise RunError(f"{run_dir} is not a run directory (no {RECORD})") from None
+    except (ValueError, TypeError) as e:
+        raise RunError(f"{path} is damaged: {e}") from None
+
+
+def runs_of(output_dir: str | Path, name: str) -> list[RunRecord]:
+    """Every recorded run of a job, oldest first (run ids sort by time)."""
+    parent = Path(output_dir) / name
+    if not parent.is_dir():
+        return []
+    return [read_record(p) for p in sorted(parent.iterdir()) if (p / RECORD).exists()]
+
+
+def latest_run(output_dir: str | Path, name: str, status: str = "succeeded") -> RunRecord:
+    done = [r for r in runs_of(output_dir, name) if r.status == status]
+    if not done:
+        raise RunError(f"job '{name}' has no {status} run under {output_dir}; submit it first")
+    return done[-1]
+
+
+def loss_summary(run_dir: str | Path) -> str | None:
+    """One line: how the training loss moved, from the run's metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    if not losses:
+        return None
+    (s0, first), (s1, last) = losses[0], losses[-1]
+    low = min(loss for _, loss in losses)
+    plot = Path(run_dir) / "loss.png"
+    where = f"; plot: {plot}" if plot.exists() else ""
+    return f"loss {first:.4f} (step {s0}) -> {last:.4f} (step {s1}), lowest {low:.4f}{where}"

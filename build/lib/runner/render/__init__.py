@@ -1,0 +1,1 @@
+"""Pure renderers: spec in, text or argv out. Nothing here touches the file system."""

@@ -1,0 +1,175 @@
+"""Checks that need more than one field, or the file system.
+
+They run on the raw (interpolated) data, beside schema validation, so one pass reports
+everything; each check skips values whose type the schema already rejects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from runner.spec.job import DATA_FORMATS, PROMPT_LEARNING, TEMPLATES
+from runner.spec.yaml_loader import Loc
+
+# What this build of runner can execute; the schema already covers the whole product.
+AVAILABLE_STAGES = ("pt", "sft")
+_MODEL_FILES = ("config.json",)
+Found = list[tuple[Loc, str]]
+
+
+def check(data: Any, base: Path) -> Found:
+    """Every problem beyond the schema: (location, message)."""
+    if not isinstance(data, dict):
+        return []
+    found: Found = []
+    stage = data.get("stage", "sft")
+    method = _get(data, "method", "type")
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    _check_stage_method(stage, method, found)
+    _check_model(model, stage, base, found)
+    _check_data(data.get("data"), stage, base, found)
+    _check_output(_get(data, "output", "dir"), base, found)
+    if _get(data, "training", "bf16") is True and _get(data, "training", "fp16") is True:
+        found.append((("training", "fp16"), "bf16 and fp16 are both true; keep one of them"))
+    return found
+
+
+def _get(data: dict, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _check_stage_method(stage: Any, method: Any, found: Found) -> None:
+    if isinstance(stage, str) and stage in ("rm", "dpo", "kto", "ppo") and method in PROMPT_LEARNING:
+        found.append(
+            (("method", "type"),
+             f"'{method}' cannot train stage '{stage}' (it needs a value head or reference model "
+             "that prompt-learning adapters do not support); use lora, qlora, freeze or full"))  # fmt: skip
+    if stage == "ppo" and method in ("full", "freeze"):
+        found.append(
+            (("method", "type"),
+             f"stage 'ppo' keeps policy, reference, reward and value models in memory; "
+             f"'{method}' is not supported for it, use lora or qlora"))  # fmt: skip
+    if isinstance(stage, str) and stage not in AVAILABLE_STAGES and stage in (
+        "rm", "dpo", "kto", "ppo"
+    ):  # fmt: skip
+        found.append(
+            (("stage",),
+             f"stage '{stage}' is not available in this version of runner yet; "
+             f"available: {', '.join(AVAILABLE_STAGES)}"))  # fmt: skip
+
+
+def _check_model(model: dict, stage: Any, base: Path, found: Found) -> None:
+    path = model.get("path")
+    model_ok = False
+    if isinstance(path, str):
+        model_ok = _check_dir(path, base, ("model", "path"), _MODEL_FILES, "a Hugging Face model", found)
+    adapter = model.get("adapter")
+    if isinstance(adapter, str):
+        _check_dir(adapter, base, ("model", "adapter"), ("adapter_config.json",), "a PEFT adapter", found)
+    template = model.get("template", "auto")
+    if isinstance(template, str) and template not in TEMPLATES:
+        close = _closest(template, TEMPLATES)
+        found.append(
+            (("model", "template"),
+             f"unknown template '{template}'; "
+             + (f"did you mean '{close}'? " if close else "")
+             + f"known: {', '.join(TEMPLATES)}"))  # fmt: skip
+    elif template == "auto" and model_ok and stage != "pt" and not _has_chat_template(base / path):
+        found.append(
+            (("model", "template"),
+             f"the tokenizer in '{path}' has no chat_template; name a built-in template "
+             f"({', '.join(TEMPLATES[1:])})"))  # fmt: skip
+
+
+def _check_dir(value: str, base: Path, loc: Loc, must_hold: tuple[str, ...], what: str, found: Found) -> bool:
+    path = base / value
+    if "${" in value:
+        return False  # an unset variable, already reported
+    if not path.is_dir():
+        found.append((loc, f"no such directory '{value}'; {_holds(path.parent, value)}"))
+        return False
+    missing = [f for f in must_hold if not (path / f).exists()]
+    if missing:
+        found.append(
+            (loc, f"'{value}' is not {what} directory (no {', '.join(missing)}); it holds: "
+                  f"{_listing(path)}"))  # fmt: skip
+        return False
+    return True
+
+
+def _check_data(data: Any, stage: Any, base: Path, found: Found) -> None:
+    datasets = data.get("datasets") if isinstance(data, dict) else None
+    if not isinstance(datasets, list):
+        return
+    for i, ds in enumerate(datasets):
+        if not isinstance(ds, dict):
+            continue
+        path, fmt = ds.get("path"), ds.get("format", "alpaca")
+        if isinstance(path, str) and "${" not in path and not (base / path).exists():
+            found.append(
+                (("data", "datasets", i, "path"),
+                 f"no such file or directory '{path}'; {_holds((base / path).parent, path)}"))  # fmt: skip
+        if fmt not in DATA_FORMATS:
+            continue
+        if stage == "pt" and fmt != "text":
+            found.append(
+                (("data", "datasets", i, "format"),
+                 f"stage 'pt' trains on plain text; use format: text (got '{fmt}')"))  # fmt: skip
+        if stage in ("sft", "rm", "dpo", "kto", "ppo") and fmt == "text":
+            found.append(
+                (("data", "datasets", i, "format"),
+                 f"stage '{stage}' needs conversations; use format: alpaca or sharegpt "
+                 "(format: text is for stage pt)"))  # fmt: skip
+
+
+def _check_output(value: Any, base: Path, found: Found) -> None:
+    if not isinstance(value, str):
+        return
+    path = base / value
+    # The nearest existing ancestor must be writable, or no run directory can be created.
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not (probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)):
+        found.append(
+            (("output", "dir"),
+             f"'{probe}' is not a writable directory; choose another output.dir or fix its "
+             "permissions"))  # fmt: skip
+
+
+def _has_chat_template(model_dir: Path) -> bool:
+    if (model_dir / "chat_template.jinja").exists() or (model_dir / "chat_template.json").exists():
+        return True
+    config = model_dir / "tokenizer_config.json"
+    try:
+        return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError):
+        return False
+
+
+def _holds(parent: Path, value: str) -> str:
+    if not parent.is_dir():
+        return f"'{Path(value).parent}/' does not exist either"
+    return f"'{Path(value).parent}/' holds: {_listing(parent)}"
+
+
+def _listing(directory: Path, limit: int = 12) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir())
+    if not names:
+        return "nothing (empty)"
+    more = f" ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _closest(word: str, options: tuple[str, ...] | list[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return match[0] if match else None

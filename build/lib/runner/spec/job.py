@@ -1,0 +1,253 @@
+"""The job spec: one YAML file describes one fine-tuning job, end to end.
+
+Every field's help is written once, in `Field(description=...)`; `runner explain` and the
+commented example specs reuse it. Keys under `training` are named as in transformers'
+`TrainingArguments` so a user's existing flags carry over unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
+Stage = Literal["pt", "sft", "rm", "dpo", "kto", "ppo"]
+DATA_FORMATS = ("alpaca", "sharegpt", "text")
+# Built-in chat templates; "auto" means the tokenizer's own chat_template.
+TEMPLATES = ("auto", "default", "alpaca", "chatml", "qwen", "llama3", "chatglm3", "mistral", "baichuan2")
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+    "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay",
+)  # fmt: skip
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class ModelSpec(_Spec):
+    path: str = Field(
+        description="Local directory of a Hugging Face model (config.json, weights, tokenizer). "
+        "Nothing is ever downloaded."
+    )
+    template: str = Field(
+        "auto",
+        description="Chat template: 'auto' uses the tokenizer's own chat_template; otherwise one of "
+        + ", ".join(TEMPLATES[1:])
+        + ".",
+    )
+    adapter: str | None = Field(
+        None, description="Directory of a PEFT adapter to start from (continue an earlier run)."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped inside the model directory (ChatGLM3 needs it)."
+    )
+
+
+# --- methods: a discriminated union on `type`, each with only its own fields ---------------
+
+
+class FullMethod(_Spec):
+    type: Literal["full"] = Field(description="Train every weight of the model.")
+
+
+class FreezeMethod(_Spec):
+    type: Literal["freeze"] = Field(description="Train only the last layers; freeze the rest.")
+    trainable_layers: int = Field(2, ge=1, description="How many of the last decoder layers train.")
+    extra_modules: list[str] = Field(
+        default_factory=list,
+        description="Further module names to train as well, e.g. [embed_tokens, lm_head].",
+    )
+
+
+class LoraMethod(_Spec):
+    type: Literal["lora"] = Field(description="Low-rank adapters (PEFT LoRA).")
+    r: int = Field(8, ge=1, description="Rank of the adapter matrices.")
+    alpha: float | None = Field(None, gt=0, description="Scaling numerator; default 2 x r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target: Annotated[list[str], Field(min_length=1)] = Field(
+        default_factory=lambda: ["all-linear"],
+        description="Modules to adapt: 'all-linear' or names such as [q_proj, v_proj].",
+    )
+    rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
+    dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    loraplus_lr_ratio: float | None = Field(
+        None, gt=0, description="LoRA+: learning rate of B = ratio x learning rate of A."
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Modules trained in full beside the adapter."
+    )
+
+    _wrap = field_validator("target", "modules_to_save", mode="before")(_as_list)
+
+
+class QLoraMethod(LoraMethod):
+    type: Literal["qlora"] = Field(description="LoRA on a 4- or 8-bit quantized base (CUDA only).")
+    bits: Literal[4, 8] = Field(4, description="Quantization width of the frozen base.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too.")
+
+
+class PrefixMethod(_Spec):
+    type: Literal["prefix"] = Field(description="Prefix tuning; with projection: true it is P-Tuning v2.")
+    num_virtual_tokens: int = Field(20, ge=1, description="Length of the trained prefix.")
+    projection: bool = Field(False, description="Reparametrize the prefix with an MLP (P-Tuning v2).")
+    encoder_hidden_size: int = Field(512, ge=1, description="Hidden size of that MLP.")
+
+
+class PtuningMethod(_Spec):
+    type: Literal["ptuning"] = Field(description="P-Tuning: virtual tokens from a prompt encoder.")
+    num_virtual_tokens: int = Field(20, ge=1, description="How many virtual tokens.")
+    encoder_type: Literal["MLP", "LSTM"] = Field("MLP", description="The prompt encoder.")
+    encoder_hidden_size: int = Field(128, ge=1, description="Hidden size of the prompt encoder.")
+
+
+class PromptMethod(_Spec):
+    type: Literal["prompt"] = Field(description="Prompt tuning: trained soft prompt embeddings.")
+    num_virtual_tokens: int = Field(20, ge=1, description="Length of the soft prompt.")
+    init_text: str | None = Field(None, description="Initialize the soft prompt from this text.")
+
+
+class IA3Method(_Spec):
+    type: Literal["ia3"] = Field(description="IA3: learned rescaling vectors.")
+    target: Annotated[list[str], Field(min_length=1)] = Field(
+        default_factory=lambda: ["all-linear"], description="Modules to rescale."
+    )
+    feedforward: list[str] = Field(
+        default_factory=list, description="Which of `target` are feed-forward (scaled on input)."
+    )
+
+    _wrap = field_validator("target", "feedforward", mode="before")(_as_list)
+
+
+Method = Annotated[
+    FullMethod | FreezeMethod | LoraMethod | QLoraMethod | PrefixMethod | PtuningMethod | PromptMethod | IA3Method,
+    Field(discriminator="type"),
+]  # fmt: skip
+METHODS = ("full", "freeze", "lora", "qlora", "prefix", "ptuning", "prompt", "ia3")
+PROMPT_LEARNING = ("prefix", "ptuning", "prompt")
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+class DatasetSpec(_Spec):
+    path: str = Field(description="A json/jsonl/csv/parquet file, or a directory of them.")
+    format: Literal["alpaca", "sharegpt", "text"] = Field(
+        "alpaca", description="alpaca (instruction/input/output), sharegpt (conversations), text."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map the format's fields to your file's columns, e.g. {instruction: 问题}.",
+    )
+    max_samples: int | None = Field(None, ge=1, description="Use at most this many records.")
+
+
+class DataSpec(_Spec):
+    datasets: Annotated[list[DatasetSpec], Field(min_length=1)] = Field(
+        description="One or more datasets, mixed in the order given."
+    )
+    placeholders: dict[str, str] = Field(
+        default_factory=dict,
+        description="Values for {{name}}-style placeholders in the data, e.g. {name: 小R}.",
+    )
+    cutoff_len: int = Field(1024, ge=8, description="Truncate tokenized samples to this length.")
+    packing: bool = Field(False, description="Pack several samples into one row.")
+    val_size: float = Field(0.0, ge=0, description="Held-out share (< 1) or count (>= 1) for evaluation.")
+    max_samples: int | None = Field(None, ge=1, description="Use at most this many records in all.")
+    on_bad_record: Literal["error", "skip"] = Field(
+        "error", description="A malformed record stops the job (error) or is counted and skipped."
+    )
+
+
+# --- training: names as in transformers.TrainingArguments ----------------------------------
+
+
+class TrainingSpec(_Spec):
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    num_train_epochs: float = Field(3.0, gt=0, description="Epochs over the training data.")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: off).")
+    per_device_train_batch_size: int = Field(4, ge=1, description="Samples per device per step.")
+    per_device_eval_batch_size: int = Field(4, ge=1, description="Samples per device in eval.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per step.")
+    lr_scheduler_type: Literal[SCHEDULERS] = Field("cosine", description="Learning-rate schedule.")  # type: ignore[valid-type]
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps spent warming up.")
+    warmup_steps: int = Field(0, ge=0, description="Warm-up steps (overrides warmup_ratio).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    optim: str = Field("adamw_torch", description="Optimizer name as in TrainingArguments.")
+    logging_steps: int = Field(10, ge=1, description="Log metrics every N steps.")
+    save_steps: int = Field(500, ge=1, description="Save a checkpoint every N steps.")
+    save_total_limit: int | None = Field(2, ge=1, description="Keep at most N checkpoints.")
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (needs val_size).")
+    seed: int = Field(42, description="Random seed for weights init, shuffling and dropout.")
+    bf16: bool = Field(False, description="Train in bfloat16 mixed precision.")
+    fp16: bool = Field(False, description="Train in float16 mixed precision.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    dataloader_num_workers: int = Field(0, ge=0, description="Worker processes for data loading.")
+
+
+# --- where and how it runs ------------------------------------------------------------------
+
+_SHM = re.compile(r"^\d+(\.\d+)?[kmgKMG]?[bB]?$")
+
+
+class ResourcesSpec(_Spec):
+    gpus: Any = Field(
+        "all", description="'all', a count (0 = CPU only), or a list of device ids like [0, 1]."
+    )
+    nodes: int = Field(1, ge=1, description="Machines the job spans.")
+    shm: str = Field("16g", description="Shared memory for the container (/dev/shm), e.g. 16g.")
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpus(cls, v: Any) -> Any:
+        if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            return v
+        if isinstance(v, list) and v and all(isinstance(i, int) and i >= 0 for i in v):
+            return v
+        raise ValueError(f"must be 'all', a count >= 0, or a list of device ids (got {v!r})")
+
+    @field_validator("shm")
+    @classmethod
+    def _shm(cls, v: str) -> str:
+        if not _SHM.match(v):
+            raise ValueError(f"must be a size such as 16g or 512m (got {v!r})")
+        return v
+
+
+class DeepSpeedSpec(_Spec):
+    zero: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage.")
+    offload_optimizer: bool = Field(False, description="Keep optimizer state in CPU memory.")
+    offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO-3).")
+
+
+class DistributedSpec(_Spec):
+    deepspeed: DeepSpeedSpec | None = Field(None, description="Train with DeepSpeed ZeRO.")
+
+
+class OutputSpec(_Spec):
+    dir: str = Field("outputs", description="Runs are written to DIR/<name>/<run-id>/.")
+
+
+class JobSpec(_Spec):
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Job name; letters, digits, '.', '_' and '-'.",
+    )
+    stage: Stage = Field("sft", description="pt, sft, rm, dpo, kto or ppo.")
+    model: ModelSpec
+    method: Method
+    data: DataSpec
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    image: str = Field("default", description="Image spec in images/ that the job runs in.")
+    output: OutputSpec = Field(default_factory=OutputSpec)

@@ -1,0 +1,231 @@
+"""parse -> validate -> resolve for specs. Each step is a function of its own."""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from runner.errors import Problem, SpecError
+from runner.spec.checks import check
+from runner.spec.image import ImageSpec
+from runner.spec.job import METHODS, JobSpec
+from runner.spec.yaml_loader import Loc, Source, load_yaml
+
+M = typing.TypeVar("M", bound=BaseModel)
+Checks = typing.Callable[[Any, Path], list[tuple[Loc, str]]]
+
+
+def load_job(path: str | Path, *, base: Path | None = None, env: dict[str, str] | None = None) -> JobSpec:
+    """Parse and validate a job spec; raise SpecError listing every problem.
+
+    Relative paths inside the spec are taken from `base` (the working directory by default),
+    as they are when a user runs a command from the project root.
+    """
+    source = load_yaml(path, env)
+    if source.problems and source.data is None:
+        raise SpecError(source.problems)
+    return validate(source, base or Path.cwd())
+
+
+def load_image(name_or_path: str | Path, images_dir: Path | None = None) -> ImageSpec:
+    """An image spec by file path, or by name from images/ (images/NAME.yaml)."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = (images_dir or Path.cwd() / "images") / f"{name_or_path}.yaml"
+        if not path.exists():
+            have = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+            raise SpecError(
+                [
+                    Problem(
+                        str(path), 0, 0, "", f"no such image spec; known images: {', '.join(have) or 'none'}"
+                    )
+                ]
+            )
+    source = load_yaml(path)
+    if source.problems and source.data is None:
+        raise SpecError(source.problems)
+    from runner.build.compat import image_checks
+
+    return validate(source, Path.cwd(), ImageSpec, image_checks)
+
+
+def validate(source: Source, base: Path, model: type[M] = JobSpec, checks: Checks = check) -> M:  # type: ignore[assignment]
+    """Schema and checks on parsed data; every problem is collected before raising."""
+    problems = list(source.problems)
+    spec = None
+    if not isinstance(source.data, dict):
+        problems.append(Problem(source.file, 1, 1, "", "a spec must be a mapping of keys"))
+    else:
+        try:
+            spec = model.model_validate(source.data)
+        except ValidationError as e:
+            problems += [_problem(source, err, model) for err in e.errors()]
+        problems += [source.problem(loc, msg) for loc, msg in checks(source.data, base)]
+    if problems:
+        raise SpecError(_unique(problems))
+    assert spec is not None
+    return spec
+
+
+def resolve(spec: JobSpec, base: Path) -> JobSpec:
+    """Fill in what the user left implicit: absolute paths and derived defaults."""
+    spec = spec.model_copy(deep=True)
+    spec.model.path = str((base / spec.model.path).resolve())
+    if spec.model.adapter:
+        spec.model.adapter = str((base / spec.model.adapter).resolve())
+    for ds in spec.data.datasets:
+        ds.path = str((base / ds.path).resolve())
+    spec.output.dir = str((base / spec.output.dir).resolve())
+    if getattr(spec.method, "alpha", "n/a") is None:
+        spec.method.alpha = 2.0 * spec.method.r  # type: ignore[union-attr]
+    return spec
+
+
+# --- pydantic errors -> one line each, in the user's words -------------------------------
+
+# Names users bring from LLaMA-Factory, PEFT and plain scripts, mapped to ours.
+SYNONYMS = {
+    "rank": "r", "lora_rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+    "lora_target": "target", "target_modules": "target", "model_name_or_path": "path",
+    "lr": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
+    "max_length": "cutoff_len", "max_seq_length": "cutoff_len", "dataset": "datasets",
+    "pre_seq_len": "num_virtual_tokens", "finetuning_type": "type", "output_dir": "dir",
+}  # fmt: skip
+
+
+def _problem(src: Source, err: dict[str, Any], model: type[BaseModel]) -> Problem:
+    loc = _data_loc(src.data, tuple(err["loc"]))
+    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "extra_forbidden":
+        valid = _fields_at(model, src.data, loc[:-1])
+        close = [SYNONYMS[loc[-1]]] if SYNONYMS.get(str(loc[-1])) in valid else []
+        close = close or difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+        return src.problem(loc, f"unknown key; {hint}", key=True)
+    if kind == "missing":
+        return src.problem(loc, "required key is missing; add it", key=True)
+    return src.problem(loc, _message(kind, ctx, got, err["msg"]))
+
+
+def _message(kind: str, ctx: dict[str, Any], got: Any, msg: str) -> str:
+    shown = f"(got {got!r})"
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        limit = int(limit) if isinstance(limit, float) and limit.is_integer() else limit
+        return f"must be {bounds[kind]} {limit} {shown}"
+    if kind in ("literal_error", "union_tag_invalid", "enum"):
+        options = ctx.get("expected") or ctx.get("expected_tags") or ""
+        options = options.replace("'", "").replace(" or ", ", ")
+        if kind == "union_tag_invalid":
+            got = ctx.get("tag", got)
+            shown = f"(got {got!r})"
+        close = difflib.get_close_matches(str(got), [o.strip() for o in options.split(",")], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"must be one of {options} {shown}{hint}"
+    if kind == "union_tag_not_found":
+        return f"needs a 'type' key: one of {', '.join(METHODS)}"
+    if kind == "string_pattern_mismatch":
+        return f"must use only letters, digits, '.', '_' and '-', starting with a letter or digit {shown}"
+    if kind == "too_short":
+        return f"must list at least {ctx.get('min_length', 1)} item(s) {shown}"
+    types = {
+        "int": "a whole number", "float": "a number", "bool": "true or false",
+        "string": "a string", "dict": "a mapping of keys", "list": "a list", "model": "a mapping of keys",
+    }  # fmt: skip
+    for prefix, name in types.items():
+        if kind.startswith(prefix + "_") or kind == f"{prefix}_type":
+            return f"must be {name} {shown}"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    return f"{msg[0].lower()}{msg[1:]} {shown}"
+
+
+def _data_loc(data: Any, loc: Loc) -> Loc:
+    """Pydantic's loc with union tags (method: lora) dropped, as the user wrote the keys."""
+    out: list[str | int] = []
+    node = data
+    for i, part in enumerate(loc):
+        here = isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int)
+        if not here and part in METHODS and i + 1 < len(loc):
+            continue  # a discriminator tag, not a key
+        out.append(part)
+        node = node[part] if here and isinstance(node, (dict, list)) and _has(node, part) else None
+    return tuple(out)
+
+
+def _has(node: Any, part: Any) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(part, int) and 0 <= part < len(node)
+
+
+def _fields_at(model: type[BaseModel], data: Any, loc: Loc) -> list[str]:
+    """Valid key names of the mapping at loc, for did-you-mean hints."""
+    tp: Any = model
+    node = data
+    for part in loc:
+        tp = _pick(tp, node)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            tp = tp.model_fields[str(part)].annotation if str(part) in tp.model_fields else None
+        elif typing.get_origin(tp) in (list, dict):
+            tp = typing.get_args(tp)[-1]
+        node = (
+            node.get(part)
+            if isinstance(node, dict)
+            else (
+                node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None
+            )
+        )
+    tp = _pick(tp, node)
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
+def _pick(tp: Any, node: Any) -> Any:
+    """Unwrap Annotated/Optional/discriminated unions down to one concrete type."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            tag = node.get("type") if isinstance(node, dict) else None
+            chosen = [m for m in members if _tag(m) == tag] or members
+            tp = chosen[0]
+        else:
+            return tp
+
+
+def _tag(tp: Any) -> Any:
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and "type" in tp.model_fields:
+        args = typing.get_args(tp.model_fields["type"].annotation)
+        return args[0] if args else None
+    return None
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    seen, out = set(), []
+    for p in problems:
+        if (p.line, p.col, p.path, p.message) not in seen:
+            seen.add((p.line, p.col, p.path, p.message))
+            out.append(p)
+    return out
+
+
+def to_yaml(spec: JobSpec) -> str:
+    """The fully resolved spec as YAML, every default written out."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.sort_base_mapping_type_on_output = False  # keep the schema's key order
+    yaml.allow_unicode = True
+    out = io.StringIO()
+    yaml.dump(spec.model_dump(mode="json"), out)
+    return out.getvalue()

@@ -1,0 +1,71 @@
+"""Training entrypoint: `python -m runner.train JOB.yaml [--run-dir DIR]`.
+
+Inside a container this is the whole job. Without --run-dir it creates a fresh run
+directory itself, so it also works on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from runner.errors import RunnerError, SpecError
+from runner.execute.runs import RunRecord, now
+
+STAGES = {"sft": "runner.train.sft", "pt": "runner.train.pt"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runner.train", description=__doc__)
+    parser.add_argument("spec", help="job spec (YAML)")
+    parser.add_argument("--run-dir", help="existing run directory to write into")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    record = None
+    try:
+        run_dir, record = _run_dir(args)
+        from runner.spec import load_job
+
+        spec = load_job(run_dir / "spec.yaml")
+        stage = importlib.import_module(STAGES[spec.stage])
+        metrics = stage.run(spec, run_dir)
+    except (SpecError, RunnerError) as e:
+        print(e if isinstance(e, SpecError) else f"error: {e}", file=sys.stderr)
+        if record:
+            record.update(status="failed", exit_code=e.exit_code, ended=now(), message=str(e))
+        return e.exit_code
+    except BaseException:
+        if record:
+            record.update(status="failed", exit_code=1, ended=now())
+        raise
+    if record:
+        record.update(status="succeeded", exit_code=0, ended=now())
+    loss = metrics.get("train_loss")
+    print(f"done: {metrics['global_step']} steps, train_loss {loss:.4f}, saved {run_dir / metrics['output']}")
+    return 0
+
+
+def _run_dir(args: argparse.Namespace) -> tuple[Path, RunRecord | None]:
+    """The run directory; created (with its record, kept up to date here) when none is given."""
+    if args.run_dir:
+        return Path(args.run_dir), None
+    from runner.execute.submit import prepare
+
+    record, argv = prepare(args.spec)
+    record.update(
+        status="running",
+        started=now(),
+        command=[sys.executable, "-m", "runner.train", args.spec],
+        executor="entrypoint",
+    )
+    print(f"run directory: {record.run_dir}")
+    return Path(record.run_dir), record
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Trainer callbacks: metrics.jsonl, plain progress lines off a terminal, the loss plot."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+METRICS = "metrics.jsonl"
+
+
+class MetricsCallback(TrainerCallback):
+    """One JSON line per logging step; a readable line too when no progress bar is shown."""
+
+    def __init__(self, run_dir: Path, plain: bool):
+        self.path = run_dir / METRICS
+        self.plain = plain
+        self.start = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **logs,
+               "elapsed_s": round(time.time() - self.start, 2)}  # fmt: skip
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.plain:
+            shown = " ".join(
+                f"{k} {_fmt(v)}" for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"
+            )
+            log.info("step %d/%d epoch %.2f %s", state.global_step, state.max_steps, row["epoch"], shown)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            plot_loss(self.path, self.path.parent / "loss.png")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_loss(metrics: Path, png: Path) -> Path | None:
+    rows = read_metrics(metrics)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r and math.isfinite(r["loss"])]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if not train and not evals:
+        log.warning("no loss was logged; %s not written", png.name)
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display inside a container
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=False), label="train loss", color="#1f77b4")
+    if evals:
+        ax.plot(*zip(*evals, strict=False), "o-", label="eval loss", color="#d62728")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"loss of {metrics.parent.name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png

@@ -1,0 +1,110 @@
+"""The part every stage shares: TrainingArguments from the spec, the Trainer, the save."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
+
+from runner.spec.job import JobSpec
+from runner.train.callbacks import MetricsCallback
+from runner.train.methods import PEFT_METHODS
+from runner.train.model import count_parameters, device_type
+
+log = logging.getLogger(__name__)
+
+
+def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> TrainingArguments:
+    t = spec.training
+    cpu = device_type() == "cpu"
+    if cpu and (t.bf16 or t.fp16):
+        log.warning("no CUDA device: training in float32 instead of %s", "bf16" if t.bf16 else "fp16")
+    eval_steps = t.eval_steps or t.save_steps
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps or t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        adam_epsilon=t.adam_epsilon,
+        optim=t.optim,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None,
+        seed=t.seed,
+        bf16=t.bf16 and not cpu,
+        fp16=t.fp16 and not cpu,
+        **_checkpointing(t.gradient_checkpointing),
+        dataloader_num_workers=t.dataloader_num_workers,
+        use_cpu=cpu,
+        report_to="none",
+        disable_tqdm=not (sys.stderr.isatty() or os.environ.get("RUNNER_TTY") == "1"),
+        remove_unused_columns=False,
+        save_only_model=False,
+    )
+
+
+def _checkpointing(on: bool) -> dict:
+    # transformers 5 renamed gradient_checkpointing to activation_checkpointing.
+    key = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+        else "gradient_checkpointing"
+    )
+    return {key: on, f"{key}_kwargs": {"use_reentrant": False} if on else None}
+
+
+def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, collator) -> dict:
+    """Train, save the result and return the final metrics (also written to results.json)."""
+    args = training_arguments(spec, run_dir, has_eval=eval_ds is not None)
+    trainable, total = count_parameters(model)
+    log.info("trainable params: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    optimizers = (
+        (_loraplus_optimizer(spec, model, args), None)
+        if getattr(spec.method, "loraplus_lr_ratio", None)
+        else (None, None)
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        data_collator=collator, processing_class=tokenizer, optimizers=optimizers,
+        callbacks=[MetricsCallback(run_dir, plain=args.disable_tqdm)],
+    )  # fmt: skip
+    trainer.remove_callback(PrinterCallback)  # MetricsCallback prints readable lines instead
+    result = trainer.train()
+    out = run_dir / ("adapter" if spec.method.type in PEFT_METHODS or spec.model.adapter else "model")
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    metrics = {**result.metrics, "trainable_params": trainable, "total_params": total,
+               "train_samples": len(train_ds), "global_step": result.global_step, "output": out.name}  # fmt: skip
+    if eval_ds is not None:
+        metrics.update(trainer.evaluate())
+    (run_dir / "results.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics
+
+
+def _loraplus_optimizer(spec: JobSpec, model, args: TrainingArguments):
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(
+        model=model, optimizer_cls=torch.optim.AdamW, lr=args.learning_rate,
+        loraplus_lr_ratio=spec.method.loraplus_lr_ratio, weight_decay=args.weight_decay,
+    )  # fmt: skip
+
+
+def seed_everything(spec: JobSpec) -> None:
+    set_seed(spec.training.seed)

@@ -1,0 +1,97 @@
+"""Turn a loaded base model into what `method` trains, through PEFT where it applies."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from runner.errors import RunnerError
+from runner.spec.job import JobSpec
+
+log = logging.getLogger(__name__)
+PEFT_METHODS = ("lora", "qlora", "prefix", "ptuning", "prompt", "ia3")
+
+
+def apply_method(model, spec: JobSpec):
+    """Returns the model to train: the same object (full, freeze) or a PeftModel."""
+    method = spec.method
+    if spec.model.adapter:
+        return _continue_adapter(model, spec)
+    if method.type == "full":
+        model.requires_grad_(True)
+        return model
+    if method.type == "freeze":
+        return _freeze(model, method.trainable_layers, method.extra_modules)
+    from peft import get_peft_model
+
+    if method.type == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=spec.training.gradient_checkpointing
+        )
+    return get_peft_model(model, peft_config(spec))
+
+
+def peft_config(spec: JobSpec):
+    import peft
+
+    m = spec.method
+    task = peft.TaskType.CAUSAL_LM
+    if m.type in ("lora", "qlora"):
+        return peft.LoraConfig(
+            task_type=task, r=m.r, lora_alpha=m.alpha or 2 * m.r, lora_dropout=m.dropout,
+            target_modules=_targets(m.target), use_rslora=m.rslora, use_dora=m.dora,
+            modules_to_save=m.modules_to_save or None,
+        )  # fmt: skip
+    if m.type == "prefix":
+        return peft.PrefixTuningConfig(
+            task_type=task, num_virtual_tokens=m.num_virtual_tokens,
+            prefix_projection=m.projection, encoder_hidden_size=m.encoder_hidden_size,
+        )  # fmt: skip
+    if m.type == "ptuning":
+        return peft.PromptEncoderConfig(
+            task_type=task, num_virtual_tokens=m.num_virtual_tokens,
+            encoder_reparameterization_type=m.encoder_type, encoder_hidden_size=m.encoder_hidden_size,
+        )  # fmt: skip
+    if m.type == "prompt":
+        if m.init_text:
+            return peft.PromptTuningConfig(
+                task_type=task, num_virtual_tokens=m.num_virtual_tokens,
+                prompt_tuning_init=peft.PromptTuningInit.TEXT, prompt_tuning_init_text=m.init_text,
+                tokenizer_name_or_path=spec.model.path,
+            )  # fmt: skip
+        return peft.PromptTuningConfig(task_type=task, num_virtual_tokens=m.num_virtual_tokens)
+    if m.type == "ia3":
+        targets = _targets(m.target)
+        ff = m.feedforward or (None if targets == "all-linear" else [])
+        return peft.IA3Config(task_type=task, target_modules=targets, feedforward_modules=ff)
+    raise RunnerError(f"method {m.type} has no PEFT config")
+
+
+def _targets(target: list[str]) -> str | list[str]:
+    return "all-linear" if target == ["all-linear"] else target
+
+
+def _freeze(model, n_layers: int, extra: list[str]):
+    total = getattr(model.config, "num_hidden_layers", None)
+    if not total:
+        raise RunnerError("method freeze: the model config has no num_hidden_layers")
+    if n_layers > total:
+        raise RunnerError(f"method.trainable_layers is {n_layers} but the model has {total} layers")
+    first = total - n_layers
+    layer = re.compile(r"\.(?:layers|h|blocks|encoder\.layers)\.(\d+)\.")
+    for name, param in model.named_parameters():
+        m = layer.search(f".{name}")
+        trained = bool(m and int(m.group(1)) >= first) or any(f".{e}." in f".{name}" for e in extra)
+        param.requires_grad_(trained)
+    return model
+
+
+def _continue_adapter(model, spec: JobSpec):
+    from peft import PeftModel
+
+    if spec.method.type not in PEFT_METHODS:
+        raise RunnerError(f"model.adapter is a PEFT adapter; method {spec.method.type} cannot continue it")
+    log.info("continuing training of adapter %s", spec.model.adapter)
+    return PeftModel.from_pretrained(model, spec.model.adapter, is_trainable=True)
