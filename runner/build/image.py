@@ -66,15 +66,17 @@ def make_context(spec: ImageSpec, images_dir: Path, wheels_root: Path, ctx: Path
             + "\n  ".join(problems)
         )
     (ctx / "Dockerfile").write_text(render_dockerfile(spec), encoding="utf-8")
+    # The context mirrors the project root, so the top-level Dockerfile builds from it as well.
     src = wheel_dir(wheels_root, spec)
-    (ctx / "wheels").mkdir()
+    wheels = ctx / "offline_wheels" / spec.name
+    wheels.mkdir(parents=True)
     for wheel in src.glob("*.whl"):
         try:
-            os.link(wheel, ctx / "wheels" / wheel.name)  # no copy of gigabytes
+            os.link(wheel, wheels / wheel.name)  # no copy of gigabytes
         except OSError:
-            shutil.copy2(wheel, ctx / "wheels" / wheel.name)
-    (ctx / "wheels" / "requirements.txt").write_text(install_requirements(src), encoding="utf-8")
-    wheel = runner_wheel(ctx / "runner")
+            shutil.copy2(wheel, wheels / wheel.name)
+    (wheels / "requirements.txt").write_text(install_requirements(src), encoding="utf-8")
+    wheel = runner_wheel(ctx / "dist")
     return {
         "org.opencontainers.image.title": f"runner/{spec.name}",
         "org.opencontainers.image.base.name": spec.base,
@@ -83,9 +85,7 @@ def make_context(spec: ImageSpec, images_dir: Path, wheels_root: Path, ctx: Path
         "runner.image-spec-sha256": spec_hash(spec),
         "runner.lock-sha256": sha256(lock_path(images_dir, spec)),
         "runner.wheel-sha256": sha256(wheel),
-        "runner.requirements": (ctx / "wheels" / "requirements.txt")
-        .read_text()
-        .replace(" --hash=sha256:", "@"),
+        "runner.requirements": (wheels / "requirements.txt").read_text().replace(" --hash=sha256:", "@"),
     }
 
 
@@ -108,7 +108,8 @@ def build(
             "carry base.tar over, then: docker load -i base.tar"
         )
     start = time.time()
-    with tempfile.TemporaryDirectory(prefix="runner-build-", dir=wheels_root) as tmp:
+    # The context sits beside the wheelhouse: same file system, so wheels are hard-linked.
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=wheels_root) as tmp:
         ctx = Path(tmp)
         labels = make_context(spec, images_dir, wheels_root, ctx)
         tag = content_tag(spec, labels, (ctx / "Dockerfile").read_text())

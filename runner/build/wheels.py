@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,8 +58,10 @@ def fill(spec: ImageSpec, images_dir: Path, root: Path, find_links: list[str] | 
             break
         sdists.append(missing)
         binary.pop(missing)
-    built = _build_sdists([entries[n] for n in sdists], out, find_links) if sdists else []
-    return write_manifest(spec, lock_file, out, built)
+    built = _build_sdists([entries[n] for n in sdists], out, find_links, spec) if sdists else []
+    manifest = write_manifest(spec, lock_file, out, built)
+    (out / "requirements.txt").write_text(install_requirements(out), encoding="utf-8")
+    return manifest
 
 
 def _download(
@@ -83,20 +87,54 @@ def _download(
     raise WheelhouseError(f"downloading wheels for image {spec.name} failed:\n{proc.stderr.strip()[-3000:]}")
 
 
-def _build_sdists(entries: list[dict], out: Path, links: list[str] | None) -> list[str]:
-    # deepspeed's setup.py imports torch: build without isolation, with its ops left to JIT.
+def _build_sdists(entries: list[dict], out: Path, links: list[str] | None, spec: ImageSpec) -> list[str]:
+    """Fetch the hash-checked sdists, then build wheels: inside the base image when an engine
+    holds it (compiled parts then match the image), else on this machine."""
     before = {p.name for p in out.glob("*.whl")}
-    for e in entries:
-        argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                "--no-binary", e["name"], f"{e['name']}=={e['version']}", "-w", str(out), "--quiet"]  # fmt: skip
-        for link in links or []:
-            argv += ["--find-links", link]
+    sdists = out / ".sdists"
+    sdists.mkdir(exist_ok=True)
+    req = sdists / "requirements.txt"
+    req.write_text("\n".join(e["text"] for e in entries) + "\n", encoding="utf-8")
+    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--no-binary", ":all:",
+            "-r", str(req), "-d", str(sdists), "--quiet"]  # fmt: skip
+    for link in links or []:
+        argv += ["--find-links", link]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise WheelhouseError(
+            f"downloading the sdists of {', '.join(e['name'] for e in entries)} failed:\n{proc.stderr[-3000:]}"
+        )
+    archives = sorted(p for p in sdists.iterdir() if p.name != "requirements.txt")
+    docker = _engine_with(spec.base)
+    # deepspeed's setup.py imports torch: no build isolation, and its ops are left to JIT.
+    if docker is not None:
+        script = (f"{shlex.quote(spec.python_bin)} -m pip wheel --no-deps --no-build-isolation --no-index "
+                  f"-w /out " + " ".join(f"/sdists/{shlex.quote(a.name)}" for a in archives))  # fmt: skip
+        code, log = docker.run(
+            spec.base, ["sh", "-c", script], network_mode="none", environment={"DS_BUILD_OPS": "0"},
+            volumes={str(sdists): {"bind": "/sdists", "mode": "ro"}, str(out): {"bind": "/out", "mode": "rw"}},
+        )  # fmt: skip
+        if code != 0:
+            raise WheelhouseError(f"building wheels from sdists inside {spec.base} failed:\n{log[-3000:]}")
+    else:
+        argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                "-w", str(out), "--quiet", *map(str, archives)]  # fmt: skip
         proc = subprocess.run(argv, capture_output=True, text=True, env={**_env(), "DS_BUILD_OPS": "0"})
         if proc.returncode != 0:
-            raise WheelhouseError(
-                f"building a wheel of {e['name']}=={e['version']} failed:\n{proc.stderr[-3000:]}"
-            )
+            raise WheelhouseError(f"building wheels from sdists failed:\n{proc.stderr[-3000:]}")
+    shutil.rmtree(sdists)
     return sorted({p.name for p in out.glob("*.whl")} - before)
+
+
+def _engine_with(image: str):
+    """A Docker client when an engine is up and holds `image`; None otherwise."""
+    from runner.docker_api import Docker, DockerUnavailable
+
+    try:
+        docker = Docker()
+    except DockerUnavailable:
+        return None
+    return docker if docker.image_id(image) else None
 
 
 def _env() -> dict[str, str]:

@@ -20,8 +20,9 @@ class ImageSpec(BaseModel):
         pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Image name; also the tag's repository part."
     )
     base: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$",
         description="Base image reference, e.g. pytorch/pytorch:2.6.0-cuda12.4-cudnn9-devel. "
-        "It must already be loaded into the Docker engine (nothing is pulled)."
+        "It must already be loaded into the Docker engine (nothing is pulled).",
     )
     python: str = Field(pattern=r"^3\.\d{1,2}$", description="Python version of the base, e.g. '3.11'.")
     python_bin: str = Field("python3", description="The base's python interpreter (path or name).")

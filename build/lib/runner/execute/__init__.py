@@ -1,1 +1,0 @@
-"""Executors run rendered commands; run records keep their state on disk."""

@@ -1,1 +1,0 @@
-"""Pure renderers: spec in, text or argv out. Nothing here touches the file system."""
