@@ -61,7 +61,9 @@ def main(name: str = "cpu") -> None:
         shutil.copytree(ROOT / "runner", src / "runner", ignore=shutil.ignore_patterns("__pycache__"))
         for f in ("pyproject.toml", "README.md"):
             shutil.copy(ROOT / f, src / f)
-        (src / "runner" / "__init__.py").write_text((src / "runner" / "__init__.py").read_text() + "\n# changed\n")
+        (src / "runner" / "__init__.py").write_text(
+            (src / "runner" / "__init__.py").read_text() + "\n# changed\n"
+        )
         original = image_mod.project_root
         image_mod.project_root = lambda: src
         warm = image_mod.build(spec, images, wheels_root, docker=docker)
@@ -70,7 +72,12 @@ def main(name: str = "cpu") -> None:
 
         base_size = docker.client.images.get(spec.base).attrs["Size"]
         img_size = docker.client.images.get(cold.image_id).attrs["Size"]
-        rows.append(("image size over its base", f"{(img_size - base_size) / 2**20:.0f} MiB (base {base_size / 2**20:.0f} MiB)"))
+        rows.append(
+            (
+                "image size over its base",
+                f"{(img_size - base_size) / 2**20:.0f} MiB (base {base_size / 2**20:.0f} MiB)",
+            )
+        )
 
         archive = tmp / "bench.bundle"
         _, t = timed(bundle, [cold.tag], archive, docker=docker)

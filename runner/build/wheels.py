@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from runner.build.lock import _norm, lock_path, parse_lock
@@ -68,7 +69,8 @@ def _download(
     entries: dict, out: Path, spec: ImageSpec, links: list[str] | None, binary_only: bool
 ) -> str | None:
     """pip download; returns the normalized name of a package without a wheel, else None."""
-    req = out / ".requirements.txt"
+    tmp = tempfile.TemporaryDirectory()
+    req = Path(tmp.name) / "requirements.txt"
     req.write_text("\n".join(e["text"] for e in entries.values()) + "\n", encoding="utf-8")
     argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "-r", str(req),
             "-d", str(out), "--python-version", spec.python, "--implementation", "cp",
@@ -78,7 +80,7 @@ def _download(
     for link in links or []:
         argv += ["--find-links", link]
     proc = subprocess.run(argv, capture_output=True, text=True)
-    req.unlink()
+    tmp.cleanup()
     if proc.returncode == 0:
         return None
     m = _NO_MATCH.search(proc.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from runner.errors import RunError
 from runner.execute.local import LocalExecutor
 from runner.execute.runs import RunRecord, new_run_dir, now
+from runner.render.deepspeed import render_deepspeed
 from runner.render.launch import OFFLINE_ENV, render_launch
 from runner.spec import load_job, resolve, to_yaml
 
@@ -21,6 +23,9 @@ def prepare(spec_path: str | Path, base: Path | None = None) -> tuple[RunRecord,
     spec = resolve(load_job(spec_path, base=base), base)
     run_dir = new_run_dir(spec.output.dir, spec.name)
     (run_dir / "spec.yaml").write_text(to_yaml(spec), encoding="utf-8")
+    ds_config = render_deepspeed(spec)
+    if ds_config is not None:
+        (run_dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=2) + "\n", encoding="utf-8")
     argv = render_launch(spec, run_dir, python=sys.executable)
     record = RunRecord(
         id=run_dir.name, name=spec.name, run_dir=str(run_dir), spec_file=str(spec_path),

@@ -20,10 +20,32 @@ OFFLINE_ENV = {
 }
 
 
+def procs_per_node(spec: JobSpec) -> int | str:
+    """Processes on each machine: as asked, else one per GPU ('gpu' lets torchrun count them)."""
+    r = spec.resources
+    if r.procs_per_node:
+        return r.procs_per_node
+    if r.gpus == "all":
+        return "gpu"
+    if isinstance(r.gpus, list):
+        return len(r.gpus)
+    return max(r.gpus, 1)
+
+
 def render_launch(spec: JobSpec, run_dir: PurePath, python: str = "python") -> list[str]:
-    """argv of the training entrypoint for one process on one machine."""
-    del spec  # multi-process launches (torchrun, deepspeed) will read resources from it
-    return [python, "-m", "runner.train", str(run_dir / "spec.yaml"), "--run-dir", str(run_dir)]
+    """argv that runs the training entrypoint: one process, or torchrun for several/nodes."""
+    entry = ["-m", "runner.train", str(run_dir / "spec.yaml"), "--run-dir", str(run_dir)]
+    nproc, nodes = procs_per_node(spec), spec.resources.nodes
+    if nodes == 1 and nproc == 1:
+        return [python, *entry]
+    argv = [python, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    if nodes == 1:
+        argv.append("--standalone")
+    else:
+        d = spec.distributed
+        argv += [f"--nnodes={nodes}", f"--node-rank={d.node_rank}",
+                 f"--master-addr={d.master_addr}", f"--master-port={d.master_port}"]  # fmt: skip
+    return argv + entry
 
 
 def render_chat(run_dir: PurePath, message: str | None, python: str = "python") -> list[str]:

@@ -32,6 +32,13 @@ def check(data: Any, base: Path) -> Found:
     _check_model(model, stage, base, found)
     _check_data(data.get("data"), stage, base, found)
     _check_output(_get(data, "output", "dir"), base, found)
+    ds = _get(data, "distributed", "deepspeed")
+    if isinstance(ds, dict) and ds.get("offload_params") is True and ds.get("zero", 2) != 3:
+        found.append((("distributed", "deepspeed", "offload_params"),
+                      "parameter offload needs ZeRO stage 3; set zero: 3 or offload_params: false"))  # fmt: skip
+    rank, nodes = _get(data, "distributed", "node_rank"), _get(data, "resources", "nodes")
+    if isinstance(rank, int) and isinstance(nodes, int) and not isinstance(rank, bool) and rank >= nodes:
+        found.append((("distributed", "node_rank"), f"must be < resources.nodes ({nodes}) (got {rank})"))
     if _get(data, "training", "bf16") is True and _get(data, "training", "fp16") is True:
         found.append((("training", "fp16"), "bf16 and fp16 are both true; keep one of them"))
     return found

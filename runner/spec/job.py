@@ -204,6 +204,9 @@ class ResourcesSpec(_Spec):
         "all", description="'all', a count (0 = CPU only), or a list of device ids like [0, 1]."
     )
     nodes: int = Field(1, ge=1, description="Machines the job spans.")
+    procs_per_node: int | None = Field(
+        None, ge=1, description="Processes per machine; default one per GPU (one on CPU)."
+    )
     shm: str = Field("16g", description="Shared memory for the container (/dev/shm), e.g. 16g.")
 
     @field_validator("gpus", mode="before")
@@ -231,6 +234,11 @@ class DeepSpeedSpec(_Spec):
 
 class DistributedSpec(_Spec):
     deepspeed: DeepSpeedSpec | None = Field(None, description="Train with DeepSpeed ZeRO.")
+    master_addr: str = Field("127.0.0.1", description="Address of node 0 (multi-node rendezvous).")
+    master_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port on node 0.")
+    node_rank: int = Field(
+        0, ge=0, description="This machine's rank; write ${NODE_RANK:-0} to set it per node."
+    )
 
 
 class OutputSpec(_Spec):

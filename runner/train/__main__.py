@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         raise
     if record:
         record.update(status="succeeded", exit_code=0, ended=now())
+    if not metrics:  # not the main process of a distributed run
+        return 0
     loss = metrics.get("train_loss")
     print(f"done: {metrics['global_step']} steps, train_loss {loss:.4f}, saved {run_dir / metrics['output']}")
     return 0

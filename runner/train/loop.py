@@ -51,6 +51,8 @@ def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> Training
         **_checkpointing(t.gradient_checkpointing),
         dataloader_num_workers=t.dataloader_num_workers,
         use_cpu=cpu,
+        deepspeed=str(run_dir / "deepspeed.json") if spec.distributed.deepspeed else None,
+        ddp_find_unused_parameters=False,
         report_to="none",
         disable_tqdm=not (sys.stderr.isatty() or os.environ.get("RUNNER_TTY") == "1"),
         remove_unused_columns=False,
@@ -86,12 +88,14 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
     trainer.remove_callback(PrinterCallback)  # MetricsCallback prints readable lines instead
     result = trainer.train()
     out = run_dir / ("adapter" if spec.method.type in PEFT_METHODS or spec.model.adapter else "model")
-    trainer.save_model(str(out))
+    trainer.save_model(str(out))  # every rank must call it (ZeRO-3 gathers the weights)
+    evaluated = trainer.evaluate() if eval_ds is not None else {}
+    if not trainer.is_world_process_zero():
+        return {}
     tokenizer.save_pretrained(str(out))
     metrics = {**result.metrics, "trainable_params": trainable, "total_params": total,
-               "train_samples": len(train_ds), "global_step": result.global_step, "output": out.name}  # fmt: skip
-    if eval_ds is not None:
-        metrics.update(trainer.evaluate())
+               "train_samples": len(train_ds), "global_step": result.global_step, "output": out.name,
+               "world_size": trainer.args.world_size, **evaluated}  # fmt: skip
     (run_dir / "results.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics
 

@@ -193,3 +193,11 @@ def test_bundle_remove_load_run_again(docker, cpu_image, tiny_model, tmp_path):
     assert manifest["images"] == [{"ref": cpu_image.tag, "id": cpu_image.image_id}]
     code, log = _train_in(docker, cpu_image.tag, tiny_model, tmp_path / "out", tmp_path)
     assert code == 0, log[-3000:]
+
+
+def test_missing_base_image_says_how_to_load_it(docker, cpu_spec, images_dir, wheels_root):
+    from runner.build.image import BaseImageMissing, build
+
+    spec = cpu_spec.model_copy(update={"base": "example.invalid/absent:1"})
+    with pytest.raises(BaseImageMissing, match=r"docker save example.invalid/absent:1 .* docker load -i"):
+        build(spec, images_dir, wheels_root, docker=docker)

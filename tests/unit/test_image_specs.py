@@ -70,7 +70,9 @@ def test_contradictions_are_spec_errors_with_lines(tmp_path: Path):
     with pytest.raises(SpecError) as e:
         load_image(tmp_path / "bad.yaml")
     messages = [str(p) for p in e.value.problems]
-    assert any(":9:8 torch: pytorch/pytorch:2.6.0-cuda12.4-cudnn9-devel carries torch 2.6.0" in m for m in messages)
+    assert any(
+        ":9:8 torch: pytorch/pytorch:2.6.0-cuda12.4-cudnn9-devel carries torch 2.6.0" in m for m in messages
+    )
     assert any("torch_from: " in m and "already carries torch" in m for m in messages)
 
 

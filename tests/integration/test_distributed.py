@@ -1,0 +1,49 @@
+"""Two processes, one machine, on CPU: torchrun + gloo DDP through the real `runner submit`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runner.execute.runs import read_record
+from tests.conftest import ROOT, runner_cli
+
+pytestmark = pytest.mark.integration
+
+JOB = """\
+name: ddp
+model:
+  path: {model}
+method:
+  type: lora
+data:
+  datasets:
+    - path: {root}/data/identity.json
+  cutoff_len: 64
+training:
+  max_steps: 4
+  per_device_train_batch_size: 2
+  logging_steps: 1
+resources:
+  gpus: 0
+  procs_per_node: 2
+output:
+  dir: {out}
+"""
+
+
+def test_two_process_ddp_on_cpu(tmp_path: Path, tiny_model: Path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(JOB.format(model=tiny_model, root=ROOT, out=tmp_path / "out"), encoding="utf-8")
+    result = runner_cli("submit", str(spec), "--executor", "local")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    (run_dir,) = (tmp_path / "out" / "ddp").iterdir()
+    record = read_record(run_dir)
+    assert record.command[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node=2"]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["world_size"] == 2 and results["global_step"] == 4
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in rows if "loss" in r]) == 4  # logged once, by rank 0 only

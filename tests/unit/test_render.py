@@ -1,0 +1,78 @@
+"""Golden tests of the rendered launch commands and DeepSpeed configs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import PurePosixPath
+
+import pytest
+
+from runner.render.deepspeed import render_deepspeed
+from runner.render.launch import render_launch
+from runner.spec import JobSpec
+from tests.conftest import ROOT
+
+GOLDEN = ROOT / "tests" / "golden"
+RUN = PurePosixPath("/out/job/RUN")
+BASE = {
+    "name": "job",
+    "model": {"path": "/models/m"},
+    "method": {"type": "lora"},
+    "data": {"datasets": [{"path": "/data/d.json"}]},
+}
+
+
+def spec(**changes) -> JobSpec:
+    data = {**BASE}
+    for key, value in changes.items():
+        data[key] = value
+    return JobSpec.model_validate(data)
+
+
+LAUNCHES = {
+    "cpu": {"resources": {"gpus": 0}},
+    "one-gpu": {"resources": {"gpus": [3]}},
+    "all-gpus": {"resources": {"gpus": "all"}},
+    "cpu-two-procs": {"resources": {"gpus": 0, "procs_per_node": 2}},
+    "two-nodes": {"resources": {"gpus": 4, "nodes": 2},
+                  "distributed": {"master_addr": "10.0.0.1", "master_port": 29400, "node_rank": 1}},
+}  # fmt: skip
+
+
+def test_launch_commands_golden():
+    text = "".join(f"{name}: {json.dumps(render_launch(spec(**c), RUN))}\n" for name, c in LAUNCHES.items())
+    golden = GOLDEN / "launch.txt"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("zero", [0, 1, 2, 3])
+@pytest.mark.parametrize("offload", [False, True])
+def test_deepspeed_config_golden(zero: int, offload: bool):
+    ds = {"zero": zero, "offload_optimizer": offload, "offload_params": offload and zero == 3}
+    config = render_deepspeed(spec(distributed={"deepspeed": ds}))
+    text = json.dumps(config, indent=2) + "\n"
+    golden = GOLDEN / f"deepspeed-zero{zero}{'-offload' if offload else ''}.json"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+    assert config["zero_optimization"]["stage"] == zero
+    assert config["train_micro_batch_size_per_gpu"] == "auto"  # filled from the same TrainingArguments
+
+
+def test_no_deepspeed_no_config():
+    assert render_deepspeed(spec()) is None
+
+
+def test_deepspeed_config_is_accepted_by_transformers():
+    """transformers' own DeepSpeed config class parses it and resolves every "auto"."""
+    pytest.importorskip("accelerate")
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    for zero in (2, 3):
+        config = render_deepspeed(spec(distributed={"deepspeed": {"zero": zero, "offload_optimizer": True}}))
+        parsed = HfTrainerDeepSpeedConfig(config)
+        assert parsed.get_value("zero_optimization.stage") == zero
+        assert parsed.is_zero3() == (zero == 3) and parsed.is_offload()
