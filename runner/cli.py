@@ -35,6 +35,9 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="runner")
 def main() -> None:
     """Fine-tune open LLMs on GPU servers that have no internet."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
 
 
 @main.command()
@@ -76,8 +79,8 @@ def plan(job: str) -> None:
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True,
-              help="Where the job runs: local = a process on this machine.")  # fmt: skip
+@click.option("--executor", type=click.Choice(["docker", "local"]), default="docker", show_default=True,
+              help="docker: in the job's image (GPUs, read-only inputs, no network); local: a process here.")  # fmt: skip
 def submit(job: str, executor: str) -> None:
     """Validate JOB, create a new run directory and train."""
     from runner.execute.submit import submit as do_submit

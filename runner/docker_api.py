@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError
+
+log = logging.getLogger(__name__)
 
 
 class DockerUnavailable(RunnerError):
@@ -81,6 +84,54 @@ class Docker:
             self.client.images.remove(ref, force=True)
         except docker.errors.ImageNotFound:
             pass
+
+    def start(self, config: dict[str, Any]):
+        """Start a container from a rendered config (runner.render.container); returns it."""
+        import docker
+
+        kwargs = dict(config)
+        kwargs["ulimits"] = [
+            docker.types.Ulimit(**{k.lower(): v for k, v in u.items()}) for u in config["ulimits"]
+        ]
+        kwargs["device_requests"] = [
+            docker.types.DeviceRequest(
+                driver=r["Driver"],
+                count=r.get("Count", 0),
+                device_ids=r.get("DeviceIDs"),
+                capabilities=r["Capabilities"],
+            )
+            for r in config["device_requests"]
+        ]
+        container = self.client.containers.create(**kwargs)
+        try:
+            container.start()
+        except docker.errors.APIError as e:
+            container.remove(force=True)
+            if "rlimit" not in str(e) or not kwargs["ulimits"]:
+                raise DockerError(f"container {config['name']} did not start: {e.explanation or e}") from None
+            # Raising memlock needs CAP_SYS_RESOURCE, which some hosts (nested containers) withhold.
+            # The job still runs; NCCL over InfiniBand would be the one to suffer, so say so.
+            log.warning(
+                "this engine may not raise memlock/stack limits (%s); starting without them", e.explanation
+            )
+            kwargs["ulimits"] = []
+            container = self.client.containers.create(**kwargs)
+            container.start()
+        return container
+
+    def gpu_count(self) -> int:
+        """GPUs the engine can hand to containers (0 without the NVIDIA runtime)."""
+        info = self.client.info()
+        if "nvidia" not in (info.get("Runtimes") or {}):
+            return 0
+        import shutil
+        import subprocess
+
+        smi = shutil.which("nvidia-smi")
+        if not smi:
+            return 0
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True)
+        return len([line for line in out.stdout.splitlines() if line.startswith("GPU ")])
 
     def run(self, image: str, command: list[str], **kwargs: Any) -> tuple[int, str]:
         """Run to completion; returns (exit code, combined log)."""

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from runner.execute.runs import RunRecord, now
+from runner.render.launch import OFFLINE_ENV, render_launch
+from runner.spec.job import JobSpec
 
 LOG = "train.log"
 
@@ -22,8 +25,12 @@ class LocalExecutor:
         self.sink = sink
         self.tty = tty  # the user watches a terminal: the child may draw a progress bar
 
-    def run(self, record: RunRecord, argv: list[str], env: dict[str, str]) -> int:
-        child_env = {**os.environ, **env, **({"RUNNER_TTY": "1"} if self.tty else {})}
+    def check(self, spec: JobSpec) -> None:
+        """Nothing to refuse beyond the spec's own validation."""
+
+    def run(self, record: RunRecord, spec: JobSpec) -> int:
+        argv = render_launch(spec, Path(record.run_dir), python=sys.executable)
+        child_env = {**os.environ, **OFFLINE_ENV, **({"RUNNER_TTY": "1"} if self.tty else {})}
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env, start_new_session=True
         )

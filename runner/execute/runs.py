@@ -34,6 +34,7 @@ class RunRecord:
     started: str | None = None
     ended: str | None = None
     message: str | None = None
+    container: str | None = None
 
     def save(self) -> None:
         path = Path(self.run_dir) / RECORD

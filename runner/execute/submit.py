@@ -8,31 +8,35 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner.errors import RunError
+from runner.execute.docker import DockerExecutor
 from runner.execute.local import LocalExecutor
 from runner.execute.runs import RunRecord, new_run_dir, now
 from runner.render.deepspeed import render_deepspeed
-from runner.render.launch import OFFLINE_ENV, render_launch
-from runner.spec import load_job, resolve, to_yaml
+from runner.render.launch import render_launch
+from runner.spec import JobSpec, load_job, resolve, to_yaml
 
-EXECUTORS = {"local": LocalExecutor}
+EXECUTORS = {"local": LocalExecutor, "docker": DockerExecutor}
 
 
-def prepare(spec_path: str | Path, base: Path | None = None) -> tuple[RunRecord, list[str]]:
-    """Validate, create the run directory, write the resolved spec: nothing runs yet."""
+def prepare(spec_path: str | Path, base: Path | None = None, executor=None) -> tuple[RunRecord, JobSpec]:
+    """Validate, let the executor refuse what it cannot run, then create the run directory and
+    write the resolved spec. Any refusal happens before anything exists on disk."""
     base = base or Path.cwd()
     spec = resolve(load_job(spec_path, base=base), base)
+    if executor is not None:
+        executor.check(spec)
     run_dir = new_run_dir(spec.output.dir, spec.name)
     (run_dir / "spec.yaml").write_text(to_yaml(spec), encoding="utf-8")
     ds_config = render_deepspeed(spec)
     if ds_config is not None:
         (run_dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=2) + "\n", encoding="utf-8")
-    argv = render_launch(spec, run_dir, python=sys.executable)
     record = RunRecord(
         id=run_dir.name, name=spec.name, run_dir=str(run_dir), spec_file=str(spec_path),
-        command=argv, created=now(),
+        command=render_launch(spec, run_dir, python=sys.executable), created=now(),
+        executor=getattr(executor, "name", "entrypoint"),
     )  # fmt: skip
     record.save()
-    return record, argv
+    return record, spec
 
 
 def submit(
@@ -41,7 +45,7 @@ def submit(
     """Run a job to its end; the record on disk says how it ended."""
     if executor not in EXECUTORS:
         raise RunError(f"unknown executor '{executor}'; available: {', '.join(EXECUTORS)}")
-    record, argv = prepare(spec_path, base)
-    record.executor = executor
-    EXECUTORS[executor](sink, tty=sys.stdout.isatty()).run(record, argv, OFFLINE_ENV)
+    runner_ = EXECUTORS[executor](sink, tty=sys.stdout.isatty())
+    record, spec = prepare(spec_path, base, runner_)
+    runner_.run(record, spec)
     return record

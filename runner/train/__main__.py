@@ -58,7 +58,7 @@ def _run_dir(args: argparse.Namespace) -> tuple[Path, RunRecord | None]:
         return Path(args.run_dir), None
     from runner.execute.submit import prepare
 
-    record, argv = prepare(args.spec)
+    record, _ = prepare(args.spec)
     record.update(
         status="running",
         started=now(),

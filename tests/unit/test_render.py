@@ -76,3 +76,34 @@ def test_deepspeed_config_is_accepted_by_transformers():
         parsed = HfTrainerDeepSpeedConfig(config)
         assert parsed.get_value("zero_optimization.stage") == zero
         assert parsed.is_zero3() == (zero == 3) and parsed.is_offload()
+
+
+def test_container_config_golden():
+    from runner.render.container import render_container
+
+    job = spec(
+        image="cpu",
+        resources={"gpus": [0, 1], "shm": "32g"},
+        model={"path": "/models/m", "adapter": "/runs/a"},
+    )
+    config = render_container(job, RUN, uid=1234, gid=100, run_id="RUN")
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    golden = GOLDEN / "container.json"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+    assert config["network_mode"] == "none" and config["user"] == "1234:100"
+    assert {v["mode"] for k, v in config["volumes"].items() if k != str(RUN)} == {"ro"}
+    assert config["volumes"][str(RUN)]["mode"] == "rw"
+    assert config["device_requests"] == [
+        {"Driver": "nvidia", "Capabilities": [["gpu"]], "DeviceIDs": ["0", "1"]}
+    ]
+
+
+def test_cpu_job_requests_no_gpu_and_multi_node_uses_host_network():
+    from runner.render.container import render_container
+
+    assert render_container(spec(resources={"gpus": 0}), RUN, 1, 1, "R")["device_requests"] == []
+    two = spec(resources={"gpus": "all", "nodes": 2})
+    config = render_container(two, RUN, 1, 1, "R")
+    assert config["network_mode"] == "host" and config["device_requests"][0]["Count"] == -1

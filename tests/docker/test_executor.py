@@ -1,0 +1,66 @@
+"""`runner submit` with the docker executor, on the real engine."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from runner.execute.runs import read_record
+from tests.conftest import ROOT, runner_cli
+
+pytestmark = pytest.mark.docker
+
+JOB = """\
+name: dock
+image: {image}
+model:
+  path: {model}
+method:
+  type: lora
+data:
+  datasets:
+    - path: {root}/data/identity.json
+  cutoff_len: 64
+training:
+  max_steps: 3
+  logging_steps: 1
+resources:
+  gpus: {gpus}
+output:
+  dir: {out}
+"""
+
+
+def write(tmp_path: Path, tiny_model: Path, image: str = "cpu", gpus: object = 0) -> Path:
+    spec = tmp_path / "job.yaml"
+    spec.write_text(JOB.format(image=image, model=tiny_model, root=ROOT, gpus=gpus, out=tmp_path / "out"))
+    return spec
+
+
+def test_submit_runs_in_the_image_offline(cpu_image, tiny_model: Path, tmp_path: Path, docker):
+    result = runner_cli("submit", str(write(tmp_path, tiny_model)))  # docker is the default executor
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "out" / "dock").iterdir()
+    record = read_record(run_dir)
+    assert (record.executor, record.status, record.exit_code) == ("docker", "succeeded", 0)
+    assert (run_dir / "adapter" / "adapter_model.safetensors").stat().st_uid == os.getuid()
+    assert json.loads((run_dir / "results.json").read_text())["global_step"] == 3
+    assert "step 3/3" in (run_dir / "train.log").read_text()
+    assert docker.client.containers.list(all=True, filters={"label": f"runner.run-id={record.id}"}) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"gpus": 2}, "resources.gpus asks for 2 but this machine has 0 GPU(s)"),
+        ({"image": "not-built"}, "image runner/not-built:latest is not loaded"),
+    ],
+)
+def test_refused_before_anything_starts(change, message, tiny_model: Path, tmp_path: Path, docker):
+    result = runner_cli("submit", str(write(tmp_path, tiny_model, **change)))
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
