@@ -77,27 +77,129 @@ def plan(job: str) -> None:
     click.echo(shlex.join(render_launch(spec, run_dir, python=sys.executable)))
 
 
+def _sink(line: bytes) -> None:
+    sys.stdout.buffer.write(line)
+    sys.stdout.flush()
+
+
+def _report(record) -> None:
+    from runner.execute.runs import loss_summary
+
+    click.echo(f"run {record.id}: {record.status} (exit {record.exit_code}) -> {record.run_dir}")
+    if record.message:
+        click.echo(f"  {record.message}")
+    summary = loss_summary(record.run_dir)
+    if summary:
+        click.echo(summary)
+    if record.status not in ("succeeded", "running"):
+        sys.exit(record.exit_code or 1)
+
+
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--executor", type=click.Choice(["docker", "local"]), default="docker", show_default=True,
               help="docker: in the job's image (GPUs, read-only inputs, no network); local: a process here.")  # fmt: skip
-def submit(job: str, executor: str) -> None:
+@click.option("--detach", "-d", is_flag=True, help="Start and return; follow with `runner logs ID -f`.")
+def submit(job: str, executor: str, detach: bool) -> None:
     """Validate JOB, create a new run directory and train."""
     from runner.execute.submit import submit as do_submit
 
-    def sink(line: bytes) -> None:
-        sys.stdout.buffer.write(line)
-        sys.stdout.flush()
+    record = do_submit(job, executor, _sink, detach=detach)
+    if detach:
+        click.echo(f"run {record.id}: started in container {record.container} -> {record.run_dir}")
+        click.echo(f"  runner logs {record.id} -f    runner stop {record.id}")
+        return
+    _report(record)
 
-    from runner.execute.runs import loss_summary
 
-    record = do_submit(job, executor, sink)
-    click.echo(f"run {record.id}: {record.status} (exit {record.exit_code}) -> {record.run_dir}")
-    summary = loss_summary(record.run_dir)
-    if summary:
-        click.echo(summary)
-    if record.status != "succeeded":
-        sys.exit(record.exit_code or 1)
+def _record(run_id: str):
+    """A run's record, brought up to date with its container when it ran detached."""
+    from runner.execute.runs import find_run
+
+    record = find_run(run_id)
+    if record.status == "running" and record.container:
+        from runner.docker_api import Docker
+        from runner.execute.docker import refresh
+
+        refresh(record, Docker())
+    return record
+
+
+@main.command("ls")
+def list_runs() -> None:
+    """Every run this user submitted, newest last."""
+    from runner.execute.runs import all_runs
+
+    rows = all_runs()
+    for r in rows:
+        if r.status == "running":
+            r = _record(r.id)
+        click.echo(f"{r.id:<22} {r.name:<20} {r.status:<10} {r.executor:<7} {r.run_dir}")
+    if not rows:
+        click.echo("no runs yet")
+
+
+@main.command()
+@click.argument("run_id")
+def status(run_id: str) -> None:
+    """A run's state, exit code, cause and loss so far."""
+    import json as _json
+    from dataclasses import asdict
+
+    record = _record(run_id)
+    click.echo(_json.dumps(asdict(record), indent=2, ensure_ascii=False))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the run ends.")
+def logs(run_id: str, follow: bool) -> None:
+    """Print a run's log (train.log), and with -f follow it while the run goes on."""
+    import time
+
+    record = _record(run_id)
+    path = Path(record.run_dir) / "train.log"
+    offset = 0
+    while True:
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+                offset += len(chunk)
+                _sink(chunk)
+        if not follow or record.status != "running":
+            break
+        time.sleep(1)
+        record = _record(run_id)
+    if follow:
+        click.echo(f"run {record.id}: {record.status} (exit {record.exit_code})")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--timeout", default=300, show_default=True, help="Seconds to wait for the checkpoint.")
+def stop(run_id: str, timeout: int) -> None:
+    """Stop a detached run: it saves a checkpoint, then exits; `runner resume` continues it."""
+    from runner.docker_api import Docker
+    from runner.execute.docker import stop as do_stop
+
+    record = do_stop(_record(run_id), Docker(), timeout)
+    click.echo(f"run {record.id}: {record.status} (exit {record.exit_code})")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--detach", "-d", is_flag=True, help="Start and return.")
+def resume(run_id: str, detach: bool) -> None:
+    """Continue a stopped or failed run from its newest complete checkpoint, in place."""
+    from runner.docker_api import Docker
+    from runner.execute.docker import resume as do_resume
+
+    record = do_resume(_record(run_id), Docker(), _sink, detach)
+    if detach:
+        click.echo(f"run {record.id}: resumed in container {record.container}")
+        return
+    _report(record)
 
 
 @main.command()

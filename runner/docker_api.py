@@ -119,6 +119,14 @@ class Docker:
             container.start()
         return container
 
+    def container(self, ref: str):
+        import docker
+
+        try:
+            return self.client.containers.get(ref)
+        except docker.errors.NotFound:
+            return None
+
     def gpu_count(self) -> int:
         """GPUs the engine can hand to containers (0 without the NVIDIA runtime)."""
         info = self.client.info()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from runner.docker_api import Docker
 from runner.errors import RunError, RunnerError
 from runner.execute.local import LOG
-from runner.execute.runs import RunRecord, now
+from runner.execute.runs import RunRecord, explain_failure, now
 from runner.render.container import host_paths_exist, image_ref, render_container
 from runner.spec.job import JobSpec
 
@@ -44,17 +45,29 @@ class DockerExecutor:
                     "use gpus: 0 for CPU, or fewer GPUs"
                 )
 
-    def run(self, record: RunRecord, spec: JobSpec) -> int:
+    def start(self, record: RunRecord, spec: JobSpec, resume: bool = False, tee: bool = True):
+        """Start the job's container and return it; with `tee` it writes its own train.log."""
         if self.docker is None:
             self.check(spec)
         config = render_container(spec, Path(record.run_dir), os.getuid(), os.getgid(), record.id)
+        config["environment"].update(
+            {"RUNNER_TEE": "1" if tee else "0", "RUNNER_RESUME": "1" if resume else "0"}
+        )
+        if resume:
+            config["name"] += f"-r{int(time.time())}"
         record.update(command=config["command"], executor=self.name)
         try:
             container = self.docker.start(config)
         except RunnerError as e:
             record.update(status="failed", ended=now(), message=str(e))
             raise
-        record.update(status="running", started=now(), container=container.id[:12])
+        record.update(
+            status="running", started=now(), ended=None, exit_code=None, container=container.id[:12]
+        )
+        return container
+
+    def run(self, record: RunRecord, spec: JobSpec, resume: bool = False) -> int:
+        container = self.start(record, spec, resume=resume, tee=False)
         stopped = False
         with open(Path(record.run_dir) / LOG, "ab") as log:
             try:
@@ -69,6 +82,51 @@ class DockerExecutor:
                 code = container.wait()["StatusCode"]
             finally:
                 container.remove(force=True)
-        status = "stopped" if stopped else ("succeeded" if code == 0 else "failed")
-        record.update(status=status, exit_code=code, ended=now())
+        finish(record, code, stopped)
         return code
+
+
+def finish(record: RunRecord, code: int, stopped: bool = False) -> None:
+    status = "stopped" if stopped or code == 143 else ("succeeded" if code == 0 else "failed")
+    record.update(status=status, exit_code=code, ended=now(), pid=None,
+                  message=explain_failure(record.run_dir, code) if code else None)  # fmt: skip
+
+
+def refresh(record: RunRecord, docker: Docker) -> RunRecord:
+    """Bring a running record up to date with its container (which may have ended meanwhile)."""
+    if record.status != "running" or not record.container:
+        return record
+    container = docker.container(record.container)
+    if container is None:
+        record.update(status="failed", ended=now(), message="its container is gone")
+        return record
+    container.reload()
+    if container.status in ("exited", "dead"):
+        finish(record, container.attrs["State"]["ExitCode"])
+        container.remove(force=True)
+    return record
+
+
+def stop(record: RunRecord, docker: Docker, timeout: int = 300) -> RunRecord:
+    """SIGTERM: the trainer saves a checkpoint after the current step and exits."""
+    container = docker.container(record.container) if record.container else None
+    if record.status != "running" or container is None:
+        raise RunError(f"run {record.id} is not running (status: {record.status})")
+    container.stop(timeout=timeout)
+    return refresh(record, docker)
+
+
+def resume(record: RunRecord, docker: Docker, sink: Callable[[bytes], None], detach: bool) -> RunRecord:
+    """Continue a stopped or failed run in place, from its newest complete checkpoint."""
+    if record.status in ("running", "succeeded"):
+        raise RunError(f"run {record.id} is {record.status}; only a stopped or failed run resumes")
+    from runner.spec import load_job
+
+    spec = load_job(Path(record.run_dir) / "spec.yaml")
+    executor = DockerExecutor(sink, docker=None)
+    executor.check(spec)
+    if detach:
+        executor.start(record, spec, resume=True)
+    else:
+        executor.run(record, spec, resume=True)
+    return record

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from runner.execute.runs import RunRecord, now
+from runner.execute.runs import RunRecord, explain_failure, now
 from runner.render.launch import OFFLINE_ENV, render_launch
 from runner.spec.job import JobSpec
 
@@ -50,5 +50,6 @@ class LocalExecutor:
                 proc.send_signal(signal.SIGTERM)
                 code = proc.wait()
         status = "stopped" if stopped else ("succeeded" if code == 0 else "failed")
-        record.update(status=status, exit_code=code, ended=now(), pid=None)
+        record.update(status=status, exit_code=code, ended=now(), pid=None,
+                      message=explain_failure(record.run_dir, code) if code else None)  # fmt: skip
         return code

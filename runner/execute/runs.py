@@ -107,3 +107,66 @@ def loss_summary(run_dir: str | Path) -> str | None:
     plot = Path(run_dir) / "loss.png"
     where = f"; plot: {plot}" if plot.exists() else ""
     return f"loss {first:.4f} (step {s0}) -> {last:.4f} (step {s1}), lowest {low:.4f}{where}"
+
+
+# --- an index of runs by id, so `runner status ID` finds a run wherever its output went -------
+
+
+def index_dir() -> Path:
+    base = os.environ.get("RUNNER_HOME") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "runner"
+    )
+    return Path(base) / "runs"
+
+
+def register(record: RunRecord) -> None:
+    try:
+        index_dir().mkdir(parents=True, exist_ok=True)
+        (index_dir() / record.id).write_text(record.run_dir + "\n", encoding="utf-8")
+    except OSError:
+        pass  # an unwritable home only costs the lookup by id; the run itself is unaffected
+
+
+def find_run(ref: str) -> RunRecord:
+    """A run by directory, id, or unique id prefix."""
+    if Path(ref, RECORD).exists():
+        return read_record(ref)
+    entries = sorted(index_dir().glob(f"{ref}*")) if index_dir().is_dir() else []
+    if not entries:
+        raise RunError(f"no run '{ref}'; `runner ls` lists them")
+    if len(entries) > 1:
+        raise RunError(f"'{ref}' matches several runs: {', '.join(p.name for p in entries[:5])}")
+    return read_record(entries[0].read_text(encoding="utf-8").strip())
+
+
+def all_runs() -> list[RunRecord]:
+    out = []
+    for entry in sorted(index_dir().glob("*")) if index_dir().is_dir() else []:
+        try:
+            out.append(read_record(entry.read_text(encoding="utf-8").strip()))
+        except RunError:
+            continue  # its directory was deleted
+    return out
+
+
+# Exit codes and log lines -> what happened and what to do.
+_ADVICE = [
+    ("out of memory", "CUDA ran out of memory: lower per_device_train_batch_size (raise "
+     "gradient_accumulation_steps to keep the batch), set gradient_checkpointing: true, use "
+     "deepspeed zero 3 with offload, or method qlora"),
+    ("nccl", "NCCL failed: on consumer cards (RTX 30xx/40xx) set NCCL_P2P_DISABLE=1 and "
+     "NCCL_IB_DISABLE=1; check resources.shm"),
+]  # fmt: skip
+
+
+def explain_failure(run_dir: str | Path, code: int | None) -> str | None:
+    log = Path(run_dir) / "train.log"
+    tail = log.read_text(encoding="utf-8", errors="replace")[-20000:].lower() if log.exists() else ""
+    for needle, advice in _ADVICE:
+        if needle in tail:
+            return advice
+    if code == 137:
+        return "killed (SIGKILL): the host ran out of memory, or the stop did not finish in time"
+    if code == 143:
+        return "stopped on request; `runner resume` continues from the last checkpoint"
+    return None

@@ -10,7 +10,7 @@ from pathlib import Path
 from runner.errors import RunError
 from runner.execute.docker import DockerExecutor
 from runner.execute.local import LocalExecutor
-from runner.execute.runs import RunRecord, new_run_dir, now
+from runner.execute.runs import RunRecord, new_run_dir, now, register
 from runner.render.deepspeed import render_deepspeed
 from runner.render.launch import render_launch
 from runner.spec import JobSpec, load_job, resolve, to_yaml
@@ -36,16 +36,23 @@ def prepare(spec_path: str | Path, base: Path | None = None, executor=None) -> t
         executor=getattr(executor, "name", "entrypoint"),
     )  # fmt: skip
     record.save()
+    register(record)
     return record, spec
 
 
 def submit(
-    spec_path: str | Path, executor: str, sink: Callable[[bytes], None], base: Path | None = None
-) -> RunRecord:
-    """Run a job to its end; the record on disk says how it ended."""
+    spec_path: str | Path, executor: str, sink: Callable[[bytes], None], base: Path | None = None,
+    detach: bool = False,
+) -> RunRecord:  # fmt: skip
+    """Run a job to its end (or start it, detached); the record on disk says how it went."""
     if executor not in EXECUTORS:
         raise RunError(f"unknown executor '{executor}'; available: {', '.join(EXECUTORS)}")
+    if detach and executor != "docker":
+        raise RunError("--detach needs the docker executor (a container outlives this command)")
     runner_ = EXECUTORS[executor](sink, tty=sys.stdout.isatty())
     record, spec = prepare(spec_path, base, runner_)
-    runner_.run(record, spec)
+    if detach:
+        runner_.start(record, spec)
+    else:
+        runner_.run(record, spec)
     return record

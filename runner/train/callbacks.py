@@ -76,3 +76,30 @@ def plot_loss(metrics: Path, png: Path) -> Path | None:
     fig.savefig(png)
     plt.close(fig)
     return png
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM (docker stop, runner stop, a scheduler's preemption): save a checkpoint at the end
+    of the current step and stop, so `runner resume` continues from there."""
+
+    def __init__(self):
+        import signal
+
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, signum, frame):
+        self.requested = True
+        log.info("stop requested: saving a checkpoint after this step")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint; one being written (no trainer_state.json yet) is skipped."""
+    done = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)

@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from runner.spec.job import JobSpec
-from runner.train.callbacks import MetricsCallback
+from runner.train.callbacks import MetricsCallback, StopOnSignal, latest_checkpoint
 from runner.train.methods import PEFT_METHODS
 from runner.train.model import count_parameters, device_type
 
@@ -71,6 +71,7 @@ def _checkpointing(on: bool) -> dict:
 
 
 def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, collator) -> dict:
+    """Train (continuing from the newest checkpoint when RUNNER_RESUME=1), save, report."""
     """Train, save the result and return the final metrics (also written to results.json)."""
     args = training_arguments(spec, run_dir, has_eval=eval_ds is not None)
     trainable, total = count_parameters(model)
@@ -83,10 +84,16 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
     trainer = Trainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=collator, processing_class=tokenizer, optimizers=optimizers,
-        callbacks=[MetricsCallback(run_dir, plain=args.disable_tqdm)],
+        callbacks=[MetricsCallback(run_dir, plain=args.disable_tqdm), stop := StopOnSignal()],
     )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # MetricsCallback prints readable lines instead
-    result = trainer.train()
+    resume = latest_checkpoint(run_dir / "checkpoints") if os.environ.get("RUNNER_RESUME") == "1" else None
+    if resume:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if stop.requested:
+        log.info("stopped at step %d; checkpoint saved; `runner resume` continues", result.global_step)
+        return {"stopped": True, "global_step": result.global_step}
     out = run_dir / ("adapter" if spec.method.type in PEFT_METHODS or spec.model.adapter else "model")
     trainer.save_model(str(out))  # every rank must call it (ZeRO-3 gathers the weights)
     evaluated = trainer.evaluate() if eval_ds is not None else {}
