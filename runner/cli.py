@@ -97,6 +97,28 @@ def _report(record) -> None:
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", type=click.Path(file_okay=False), default="compose", show_default=True,
+              help="Directory for docker-compose.yml and the resolved spec.")  # fmt: skip
+def compose(job: str, out: str) -> None:
+    """Render a compose file that runs JOB with `docker compose up` (no runner needed there)."""
+    import os
+
+    from runner.render.compose import render_compose
+    from runner.spec import load_job, resolve, to_yaml
+
+    spec = resolve(load_job(job), Path.cwd())
+    target = Path(out).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    spec_file = target / f"{spec.name}.yaml"
+    spec_file.write_text(to_yaml(spec), encoding="utf-8")
+    (target / "docker-compose.yml").write_text(
+        render_compose(spec, spec_file, os.getuid(), os.getgid()), encoding="utf-8"
+    )
+    click.echo(f"{target / 'docker-compose.yml'}: cd {out} && docker compose up")
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--executor", type=click.Choice(["docker", "local"]), default="docker", show_default=True,
               help="docker: in the job's image (GPUs, read-only inputs, no network); local: a process here.")  # fmt: skip
 @click.option("--detach", "-d", is_flag=True, help="Start and return; follow with `runner logs ID -f`.")

@@ -107,3 +107,15 @@ def test_cpu_job_requests_no_gpu_and_multi_node_uses_host_network():
     two = spec(resources={"gpus": "all", "nodes": 2})
     config = render_container(two, RUN, 1, 1, "R")
     assert config["network_mode"] == "host" and config["device_requests"][0]["Count"] == -1
+
+
+def test_compose_golden():
+    from runner.render.compose import render_compose
+
+    job = spec(image="cpu", resources={"gpus": 2, "shm": "32g"}, output={"dir": "/out"})
+    text = render_compose(job, PurePosixPath("/c/job.yaml"), uid=1234, gid=100)
+    golden = GOLDEN / "compose.yml"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+    assert "pull_policy: never" in text and "network_mode: none" in text and "count: 2" in text
