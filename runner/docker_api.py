@@ -127,19 +127,24 @@ class Docker:
         except docker.errors.NotFound:
             return None
 
-    def gpu_count(self) -> int:
-        """GPUs the engine can hand to containers (0 without the NVIDIA runtime)."""
+    def gpu_names(self) -> list[str]:
+        """Names of the GPUs the engine can hand to containers (none without the NVIDIA runtime)."""
         info = self.client.info()
         if "nvidia" not in (info.get("Runtimes") or {}):
-            return 0
+            return []
         import shutil
         import subprocess
 
         smi = shutil.which("nvidia-smi")
         if not smi:
-            return 0
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True)
-        return len([line for line in out.stdout.splitlines() if line.startswith("GPU ")])
+            return []
+        out = subprocess.run(
+            [smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
+        )
+        return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+    def gpu_count(self) -> int:
+        return len(self.gpu_names())
 
     def run(self, image: str, command: list[str], **kwargs: Any) -> tuple[int, str]:
         """Run to completion; returns (exit code, combined log)."""

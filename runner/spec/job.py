@@ -232,8 +232,18 @@ class DeepSpeedSpec(_Spec):
     offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO-3).")
 
 
+class NcclSpec(_Spec):
+    p2p_disable: bool | Literal["auto"] = Field(
+        "auto", description="NCCL_P2P_DISABLE; auto: on for several consumer cards (RTX 30xx/40xx/50xx)."
+    )
+    ib_disable: bool | Literal["auto"] = Field(
+        "auto", description="NCCL_IB_DISABLE; auto: on for several consumer cards."
+    )
+
+
 class DistributedSpec(_Spec):
     deepspeed: DeepSpeedSpec | None = Field(None, description="Train with DeepSpeed ZeRO.")
+    nccl: NcclSpec = Field(default_factory=NcclSpec, description="NCCL switches for multi-GPU runs.")
     master_addr: str = Field("127.0.0.1", description="Address of node 0 (multi-node rendezvous).")
     master_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port on node 0.")
     node_rank: int = Field(

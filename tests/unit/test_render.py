@@ -119,3 +119,26 @@ def test_compose_golden():
         golden.write_text(text, encoding="utf-8")
     assert text == golden.read_text(encoding="utf-8")
     assert "pull_policy: never" in text and "network_mode: none" in text and "count: 2" in text
+
+
+@pytest.mark.parametrize(
+    ("gpus", "names", "nccl", "expected"),
+    [
+        (2, ["NVIDIA GeForce RTX 4090"] * 2, {}, {"NCCL_P2P_DISABLE": "1", "NCCL_IB_DISABLE": "1"}),
+        ("all", ["NVIDIA GeForce RTX 3090"] * 4, {}, {"NCCL_P2P_DISABLE": "1", "NCCL_IB_DISABLE": "1"}),
+        (1, ["NVIDIA GeForce RTX 4090"], {}, {}),  # one card: no collective to hang
+        (8, ["NVIDIA H100 80GB HBM3"] * 8, {}, {}),  # NVLink: leave NCCL alone
+        (2, ["NVIDIA RTX A6000"] * 2, {}, {}),
+        (
+            2,
+            ["NVIDIA GeForce RTX 4090"] * 2,
+            {"p2p_disable": False},
+            {"NCCL_P2P_DISABLE": "0", "NCCL_IB_DISABLE": "1"},
+        ),
+        (8, ["NVIDIA H100 80GB HBM3"] * 8, {"ib_disable": True}, {"NCCL_IB_DISABLE": "1"}),
+    ],
+)
+def test_nccl_policy(gpus, names, nccl, expected):
+    from runner.render.nccl import nccl_env
+
+    assert nccl_env(spec(resources={"gpus": gpus}, distributed={"nccl": nccl}), names) == expected
