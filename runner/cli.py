@@ -227,24 +227,25 @@ def resume(run_id: str, detach: bool) -> None:
 @main.command()
 @click.argument("run", type=click.Path(exists=True))
 @click.option("-m", "--message", help="Ask one question and exit; omit for an interactive chat.")
-def chat(run: str, message: str | None) -> None:
+@click.option("--executor", type=click.Choice(["docker", "local"]), default=None,
+              help="Where the model runs; default: where the run trained.")  # fmt: skip
+def chat(run: str, message: str | None, executor: str | None) -> None:
     """Talk to what a run trained. RUN is a run directory, or a job spec for its latest run."""
-    import os
-    import subprocess
-
     from runner.execute.runs import latest_run, read_record
-    from runner.render.launch import OFFLINE_ENV, render_chat
+    from runner.execute.tools import run_tool
+    from runner.render.launch import render_chat
 
     if Path(run).is_file():
         from runner.spec import load_job
 
         spec = load_job(run)
-        run_dir = Path(latest_run(spec.output.dir, spec.name).run_dir)
+        record = latest_run(spec.output.dir, spec.name)
     else:
-        read_record(run)  # refuse anything that is not a run directory
-        run_dir = Path(run)
-    argv = render_chat(run_dir, message, python=sys.executable)
-    sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
+        record = read_record(run)  # refuses anything that is not a run directory
+        record.run_dir = str(Path(run).resolve())
+    executor = executor or ("docker" if record.executor == "docker" else "local")
+    module_args = render_chat(Path(record.run_dir), message, python="python")[2:]
+    sys.exit(run_tool(record, module_args, executor, _sink, interactive=message is None))
 
 
 @main.command("tiny-model")

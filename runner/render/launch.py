@@ -40,7 +40,8 @@ def render_launch(spec: JobSpec, run_dir: PurePath, python: str = "python") -> l
         return [python, *entry]
     argv = [python, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     if nodes == 1:
-        argv.append("--standalone")
+        # The loopback address, not the hostname: a container without network cannot resolve it.
+        argv += ["--standalone", "--local-addr=127.0.0.1"]
     else:
         d = spec.distributed
         argv += [f"--nnodes={nodes}", f"--node-rank={d.node_rank}",

@@ -145,9 +145,10 @@ def _check_output(value: Any, base: Path, found: Found) -> None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe.exists() and not (probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)):
+        shown = os.path.relpath(probe, base) if not Path(value).is_absolute() else str(probe)
         found.append(
             (("output", "dir"),
-             f"'{probe}' is not a writable directory; choose another output.dir or fix its "
+             f"'{shown}' is not a writable directory; choose another output.dir or fix its "
              "permissions"))  # fmt: skip
 
 

@@ -50,6 +50,9 @@ def test_submit_runs_in_the_image_offline(cpu_image, tiny_model: Path, tmp_path:
     assert json.loads((run_dir / "results.json").read_text())["global_step"] == 3
     assert "step 3/3" in (run_dir / "train.log").read_text()
     assert docker.client.containers.list(all=True, filters={"label": f"runner.run-id={record.id}"}) == []
+    chat = runner_cli("chat", str(run_dir), "-m", "你是谁？")  # in the same image, as the run trained
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert "user> 你是谁？" in chat.stdout and "assistant>" in chat.stdout
 
 
 @pytest.mark.parametrize(
@@ -64,3 +67,13 @@ def test_refused_before_anything_starts(change, message, tiny_model: Path, tmp_p
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_two_process_ddp_in_one_container(cpu_image, tiny_model: Path, tmp_path: Path):
+    spec = write(tmp_path, tiny_model)
+    spec.write_text(spec.read_text().replace("  gpus: 0\n", "  gpus: 0\n  procs_per_node: 2\n"))
+    result = runner_cli("submit", str(spec))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "out" / "dock").iterdir()
+    assert read_record(run_dir).command[:4] == ["python", "-m", "torch.distributed.run", "--nproc-per-node=2"]
+    assert json.loads((run_dir / "results.json").read_text())["world_size"] == 2

@@ -20,3 +20,17 @@ def test_record_round_trip_and_latest(tmp_path):
 def test_loss_summary(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n{"step": 9, "loss": 0.5}\n')
     assert loss_summary(tmp_path) == "loss 5.0000 (step 1) -> 0.5000 (step 9), lowest 0.5000"
+
+
+def test_failures_are_explained(tmp_path):
+    from runner.execute.runs import explain_failure
+
+    (tmp_path / "train.log").write_text(
+        "...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+    )
+    assert "per_device_train_batch_size" in explain_failure(tmp_path, 1)
+    assert "gradient_checkpointing" in explain_failure(tmp_path, 1)
+    (tmp_path / "train.log").write_text("fine\n")
+    assert "resume" in explain_failure(tmp_path, 143)
+    assert "SIGKILL" in explain_failure(tmp_path, 137)
+    assert explain_failure(tmp_path, 1) is None

@@ -1,0 +1,47 @@
+"""Commands that run a model besides training (chat now; eval, export, serve later) go through
+the same executor as the run: in its image with the network off, or as a local process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from runner.errors import RunError
+from runner.execute.runs import RunRecord
+from runner.render.container import render_container
+from runner.render.launch import OFFLINE_ENV
+
+
+def run_tool(
+    record: RunRecord, module_args: list[str], executor: str, sink: Callable[[bytes], None], interactive: bool
+) -> int:
+    """`python -m <module_args>` for a finished run; the run directory is read-only to it."""
+    if executor == "local":
+        return subprocess.call([sys.executable, "-m", *module_args], env={**os.environ, **OFFLINE_ENV})
+    if interactive:
+        raise RunError("an interactive chat runs with --executor local; in the image, ask with -m MESSAGE")
+    from runner.docker_api import Docker
+    from runner.execute.docker import DockerExecutor
+    from runner.spec import load_job
+
+    spec = load_job(Path(record.run_dir) / "spec.yaml")
+    docker = Docker()
+    DockerExecutor(sink, docker=docker).check(
+        spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpus": 0})})
+    )
+    config = render_container(
+        spec, Path(record.run_dir), os.getuid(), os.getgid(), f"{record.id}-tool{int(time.time())}"
+    )
+    config.update(command=["python", "-m", *module_args], device_requests=config["device_requests"][:1])
+    config["volumes"][record.run_dir]["mode"] = "ro"
+    container = docker.start(config)
+    try:
+        for chunk in container.logs(stream=True, follow=True):
+            sink(chunk)
+        return container.wait()["StatusCode"]
+    finally:
+        container.remove(force=True)
