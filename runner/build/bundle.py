@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import runner
+from runner.build.wheels import sha256
 from runner.docker_api import Docker
 from runner.errors import RunnerError
 
@@ -39,14 +40,6 @@ def _files_of(directory: Path, prefix: str) -> Iterator[tuple[str, Path]]:
     for path in sorted(directory.rglob("*")):
         if path.is_file():
             yield f"{prefix}/{path.relative_to(directory).as_posix()}", path
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def aggregate(lines: list[str]) -> str:
@@ -80,7 +73,7 @@ def bundle(
         sums = []
         for name, path in members:
             log(f"checksum {name}")
-            sums.append(f"{_sha256_file(path)}  {name}")
+            sums.append(f"{sha256(path)}  {name}")
         manifest = {
             "runner_version": runner.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -132,7 +125,7 @@ def verify_and_extract(archive: Path, dest: Path) -> tuple[dict, str]:
             raise BundleError(f"{archive} lacks files listed in {CHECKSUMS}: {', '.join(missing)}")
         tar.extractall(dest, filter="data")
     for name, digest in expected.items():
-        if _sha256_file(dest / name) != digest:
+        if sha256(dest / name) != digest:
             raise BundleError(f"{name} in {archive} is damaged: its sha256 differs from {CHECKSUMS}")
     manifest = json.loads((dest / MANIFEST).read_text(encoding="utf-8"))
     return manifest, stated

@@ -36,7 +36,8 @@ def render_launch(spec: JobSpec, run_dir: PurePath, python: str = "python") -> l
     """argv that runs the training entrypoint: one process, or torchrun for several/nodes."""
     entry = ["-m", "runner.train", str(run_dir / "spec.yaml"), "--run-dir", str(run_dir)]
     nproc, nodes = procs_per_node(spec), spec.resources.nodes
-    if nodes == 1 and nproc == 1:
+    # DeepSpeed expects the launcher's environment (RANK, MASTER_ADDR, ...) even for one process.
+    if nodes == 1 and nproc == 1 and spec.distributed.deepspeed is None:
         return [python, *entry]
     argv = [python, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     if nodes == 1:

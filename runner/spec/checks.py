@@ -33,6 +33,9 @@ def check(data: Any, base: Path) -> Found:
     _check_data(data.get("data"), stage, base, found)
     _check_output(_get(data, "output", "dir"), base, found)
     ds = _get(data, "distributed", "deepspeed")
+    if isinstance(ds, dict) and _get(data, "resources", "gpus") == 0:
+        found.append((("distributed", "deepspeed"),
+                      "DeepSpeed ZeRO shards over GPUs, and resources.gpus is 0; remove deepspeed or ask for GPUs"))  # fmt: skip
     if isinstance(ds, dict) and ds.get("offload_params") is True and ds.get("zero", 2) != 3:
         found.append((("distributed", "deepspeed", "offload_params"),
                       "parameter offload needs ZeRO stage 3; set zero: 3 or offload_params: false"))  # fmt: skip

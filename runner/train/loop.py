@@ -10,6 +10,7 @@ from pathlib import Path
 
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
+from runner.errors import UnsupportedError
 from runner.spec.job import JobSpec
 from runner.train.callbacks import MetricsCallback, StopOnSignal, latest_checkpoint
 from runner.train.methods import PEFT_METHODS
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> TrainingArguments:
     t = spec.training
     cpu = device_type() == "cpu"
+    if cpu and spec.distributed.deepspeed:
+        raise UnsupportedError("distributed.deepspeed needs CUDA GPUs; none is visible here")
     if cpu and (t.bf16 or t.fp16):
         log.warning("no CUDA device: training in float32 instead of %s", "bf16" if t.bf16 else "fp16")
     eval_steps = t.eval_steps or t.save_steps

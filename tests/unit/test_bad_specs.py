@@ -46,3 +46,15 @@ def test_submit_of_bad_spec_starts_nothing(tmp_path: Path):
     assert result.exit_code == 2
     assert "training.learning_rate: must be > 0 (got -1)" in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.skipif(bool(__import__("shutil").which("nvidia-smi")), reason="this machine has GPUs")
+def test_local_submit_refuses_gpus_this_machine_lacks(tmp_path: Path):
+    spec = tmp_path / "job.yaml"
+    out = tmp_path / "outputs"
+    text = Path("tests/data/good_spec.yaml").read_text(encoding="utf-8")
+    spec.write_text(text + f"resources:\n  gpus: all\noutput:\n  dir: {out}\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["submit", str(spec), "--executor", "local"])
+    assert result.exit_code == 1
+    assert "this machine has 0 GPU(s); set gpus: 0 to train on CPU" in result.stderr
+    assert not out.exists()

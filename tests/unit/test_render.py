@@ -142,3 +142,8 @@ def test_nccl_policy(gpus, names, nccl, expected):
     from runner.render.nccl import nccl_env
 
     assert nccl_env(spec(resources={"gpus": gpus}, distributed={"nccl": nccl}), names) == expected
+
+
+def test_deepspeed_always_goes_through_the_launcher():
+    job = spec(resources={"gpus": 1}, distributed={"deepspeed": {"zero": 2}})
+    assert render_launch(job, RUN)[:3] == ["python", "-m", "torch.distributed.run"]
