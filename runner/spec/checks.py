@@ -32,6 +32,13 @@ def check(data: Any, base: Path) -> Found:
     _check_model(model, stage, base, found)
     _check_data(data.get("data"), stage, base, found)
     _check_output(_get(data, "output", "dir"), base, found)
+    method_data = data.get("method") if isinstance(data.get("method"), dict) else {}
+    ff, targets = method_data.get("feedforward"), method_data.get("target")
+    if method == "ia3" and isinstance(ff, list) and ff:
+        missing = [f for f in ff if not (isinstance(targets, list) and f in targets)]
+        if missing:
+            found.append((("method", "feedforward"),
+                          f"{', '.join(map(str, missing))} must also be listed in method.target"))  # fmt: skip
     ds = _get(data, "distributed", "deepspeed")
     if isinstance(ds, dict) and _get(data, "resources", "gpus") == 0:
         found.append((("distributed", "deepspeed"),

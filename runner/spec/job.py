@@ -116,8 +116,9 @@ class PromptMethod(_Spec):
 
 class IA3Method(_Spec):
     type: Literal["ia3"] = Field(description="IA3: learned rescaling vectors.")
-    target: Annotated[list[str], Field(min_length=1)] = Field(
-        default_factory=lambda: ["all-linear"], description="Modules to rescale."
+    target: list[str] = Field(
+        default_factory=list,
+        description="Modules to rescale; empty: PEFT's choice for the architecture (Llama: k_proj, v_proj, down_proj).",
     )
     feedforward: list[str] = Field(
         default_factory=list, description="Which of `target` are feed-forward (scaled on input)."

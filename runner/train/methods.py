@@ -63,9 +63,10 @@ def peft_config(spec: JobSpec):
             )  # fmt: skip
         return peft.PromptTuningConfig(task_type=task, num_virtual_tokens=m.num_virtual_tokens)
     if m.type == "ia3":
-        targets = _targets(m.target)
-        ff = m.feedforward or (None if targets == "all-linear" else [])
-        return peft.IA3Config(task_type=task, target_modules=targets, feedforward_modules=ff)
+        # Both empty: PEFT's per-architecture defaults, which pair targets with feed-forward layers.
+        return peft.IA3Config(
+            task_type=task, target_modules=m.target or None, feedforward_modules=m.feedforward or None
+        )
     raise RunnerError(f"method {m.type} has no PEFT config")
 
 

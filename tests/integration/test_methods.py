@@ -1,0 +1,58 @@
+"""Every CPU-capable method trains the tiny model, saves, reloads and generates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, runner_cli
+
+pytestmark = pytest.mark.integration
+
+METHODS = {
+    "full": "{type: full}",
+    "freeze": "{type: freeze, trainable_layers: 1}",
+    "lora-dora-rslora": "{type: lora, r: 4, dora: true, rslora: true, modules_to_save: [lm_head]}",
+    "prefix-v2": "{type: prefix, num_virtual_tokens: 4, projection: true, encoder_hidden_size: 32}",
+    "ptuning": "{type: ptuning, num_virtual_tokens: 4, encoder_hidden_size: 32}",
+    "prompt": "{type: prompt, num_virtual_tokens: 4, init_text: 你是谁}",
+    "ia3": "{type: ia3}",
+}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_method_trains_saves_reloads_generates(name: str, tmp_path: Path, tiny_model: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        f"name: m\nmodel: {{path: {tiny_model}}}\nmethod: {METHODS[name]}\n"
+        f"data: {{datasets: [{{path: {ROOT}/data/identity.json}}], cutoff_len: 64}}\n"
+        f"training: {{max_steps: 3, learning_rate: 1.0e-2}}\nresources: {{gpus: 0}}\noutput: {{dir: {tmp_path}/out}}\n"
+    )
+    result = runner_cli("submit", str(spec), "--executor", "local")
+    assert result.returncode == 0, result.stdout[-3000:]
+    (run_dir,) = (tmp_path / "out" / "m").iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    trainable, total = results["trainable_params"], results["total_params"]
+    original = AutoModelForCausalLM.from_pretrained(tiny_model, local_files_only=True).state_dict()
+    if name == "full":
+        assert trainable == total == sum(t.numel() for t in original.values())
+    else:
+        assert 0 < trainable < total
+    if name in ("full", "freeze"):
+        saved = AutoModelForCausalLM.from_pretrained(run_dir / "model", local_files_only=True).state_dict()
+        changed = {k for k in original if not torch.equal(original[k], saved[k])}
+        if name == "freeze":  # only the last of the two decoder layers trains
+            assert changed and all(k.startswith("model.layers.1.") for k in changed), changed
+            assert trainable == sum(v.numel() for k, v in original.items() if k.startswith("model.layers.1."))
+        else:
+            assert "model.layers.0.self_attn.q_proj.weight" in changed
+    from runner.train.chat import load, reply
+
+    spec_obj, model, tokenizer = load(run_dir)
+    answer = reply(spec_obj, model, tokenizer, [{"role": "user", "content": "你是谁？"}], max_new_tokens=4)
+    assert isinstance(answer, str)
