@@ -1,0 +1,142 @@
+"""Goldens: each built-in template's exact rendering and trained text; each data format's
+conversion (alpaca with history, sharegpt both spellings, CSV with a column mapping)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from runner.spec.job import DataSpec
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+GOLDEN = ROOT / "tests" / "golden"
+CONVERSATION = [
+    {"role": "system", "content": "You are helpful."},
+    {"role": "user", "content": "你好"},
+    {"role": "assistant", "content": "你好！"},
+    {"role": "user", "content": "Who are you?"},
+    {"role": "assistant", "content": "I am 小R."},
+]
+
+
+def golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model: Path):
+    from runner.train.model import load_tokenizer
+
+    return load_tokenizer(str(tiny_model))
+
+
+def test_every_builtin_template_renders_and_masks(tokenizer):
+    from runner.train.templates import BUILTIN, apply_template, encode
+
+    out = []
+    for name in sorted(BUILTIN):
+        apply_template(tokenizer, name)
+        row = encode(tokenizer, CONVERSATION, cutoff_len=4096)
+        full = tokenizer.decode(row["input_ids"])
+        trained = tokenizer.decode(
+            [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != -100]
+        )
+        assert "你好！" in trained and "I am 小R." in trained and "Who are you?" not in trained
+        out.append(f"== {name}\n-- rendered\n{full}\n-- trained\n{trained}\n")
+    golden("templates.txt", "\n".join(out))
+
+
+def _convert(tmp_path: Path, filename: str, content: str, dataset: dict) -> list:
+    from runner.train.data import load
+
+    (tmp_path / filename).write_text(content, encoding="utf-8")
+    spec = DataSpec.model_validate({"datasets": [{"path": str(tmp_path / filename), **dataset}]})
+    return load(spec).conversations
+
+
+def test_data_formats_golden(tmp_path: Path):
+    cases = {
+        "alpaca-history": _convert(
+            tmp_path,
+            "a.json",
+            json.dumps(
+                [
+                    {
+                        "instruction": "翻译",
+                        "input": "hello",
+                        "output": "你好",
+                        "system": "You translate.",
+                        "history": [["1+1", "2"]],
+                    }
+                ],
+                ensure_ascii=False,
+            ),
+            {"format": "alpaca"},
+        ),  # fmt: skip
+        "sharegpt-from-value": _convert(
+            tmp_path,
+            "s.jsonl",
+            json.dumps(
+                {
+                    "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}],
+                    "system": "sys",
+                }
+            )
+            + "\n",
+            {"format": "sharegpt"},
+        ),  # fmt: skip
+        "sharegpt-role-content": _convert(
+            tmp_path,
+            "m.jsonl",
+            json.dumps(
+                {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+            )
+            + "\n",
+            {"format": "sharegpt", "columns": {"conversations": "messages"}},
+        ),  # fmt: skip
+        "csv-columns": _convert(
+            tmp_path,
+            "c.csv",
+            "行动,问题,回答\n查询,余额多少？,您的余额是100元。\n",
+            {"format": "alpaca", "columns": {"instruction": "问题", "input": "行动", "output": "回答"}},
+        ),  # fmt: skip
+        "advertise-gen": _convert(
+            tmp_path,
+            "ad.json",
+            json.dumps([{"content": "类型#裙", "summary": "一条裙子"}], ensure_ascii=False),
+            {"format": "alpaca", "columns": {"instruction": "content", "output": "summary"}},
+        ),  # fmt: skip
+    }
+    golden("data_formats.json", json.dumps(cases, ensure_ascii=False, indent=1) + "\n")
+
+
+def test_bad_jsonl_line_is_named_or_skipped(tmp_path: Path):
+    from runner.train.data import DataError
+
+    content = '{"instruction": "a", "output": "b"}\n{broken\n{"instruction": "c", "output": "d"}\n'
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: invalid JSON"):
+        _convert(tmp_path, "bad.jsonl", content, {"format": "alpaca"})
+    from runner.train.data import load
+
+    spec = DataSpec.model_validate(
+        {"datasets": [{"path": str(tmp_path / "bad.jsonl")}], "on_bad_record": "skip"}
+    )
+    loaded = load(spec)
+    assert len(loaded.conversations) == 2 and loaded.skipped == 1
+
+
+def test_missing_column_names_the_record_and_the_fix(tmp_path: Path):
+    from runner.train.data import DataError
+
+    with pytest.raises(
+        DataError,
+        match=r"no column 'instruction' \(it has: 问题, 回答\); map it in data\.datasets\[0\]\.columns",
+    ):
+        _convert(tmp_path, "x.csv", "问题,回答\n甲,乙\n", {"format": "alpaca"})
