@@ -244,7 +244,7 @@ def chat(run: str, message: str | None, executor: str | None) -> None:
         record = read_record(run)  # refuses anything that is not a run directory
         record.run_dir = str(Path(run).resolve())
     executor = executor or ("docker" if record.executor == "docker" else "local")
-    module_args = render_chat(Path(record.run_dir), message, python="python")[2:]
+    module_args = render_chat(Path(record.run_dir), message)
     sys.exit(run_tool(record, module_args, executor, _sink, interactive=message is None))
 
 

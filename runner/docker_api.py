@@ -132,16 +132,9 @@ class Docker:
         info = self.client.info()
         if "nvidia" not in (info.get("Runtimes") or {}):
             return []
-        import shutil
-        import subprocess
+        from runner.execute.gpus import host_gpu_names
 
-        smi = shutil.which("nvidia-smi")
-        if not smi:
-            return []
-        out = subprocess.run(
-            [smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
-        )
-        return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+        return host_gpu_names()
 
     def gpu_count(self) -> int:
         return len(self.gpu_names())

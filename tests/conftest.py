@@ -43,3 +43,27 @@ def runner_cli(
         [sys.executable, "-m", "runner.cli", *args],
         capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})},
     )  # fmt: skip
+
+
+def write_job(path: Path, model: Path, **sections) -> Path:
+    """A small LoRA job on the identity data, CPU only; keyword sections replace or extend it.
+
+    Written as JSON, which every YAML reader accepts.
+    """
+    import json
+
+    job = {
+        "name": "job",
+        "model": {"path": str(model)},
+        "method": {"type": "lora"},
+        "data": {"datasets": [{"path": str(ROOT / "data" / "identity.json")}], "cutoff_len": 64},
+        "training": {"max_steps": 3, "logging_steps": 1},
+        "resources": {"gpus": 0},
+        "output": {"dir": str(path.parent / "out")},
+    }
+    for key, value in sections.items():
+        job[key] = (
+            {**job[key], **value} if isinstance(value, dict) and isinstance(job.get(key), dict) else value
+        )
+    path.write_text(json.dumps(job, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path

@@ -90,11 +90,11 @@ def parse_lock(text: str) -> dict[str, dict]:
         if not m:
             continue
         via = re.findall(r"#[ \t]+via[ \t]+(\S+)|#[ \t]{3,}(\S+)", block)
-        entries[_norm(m["name"])] = {
+        entries[normalize(m["name"])] = {
             "name": m["name"],
             "version": m["version"],
             "hashes": re.findall(r"--hash=sha256:([0-9a-f]{64})", block),
-            "via": {_norm(a or b) for a, b in via if (a or b) != "via"},
+            "via": {normalize(a or b) for a, b in via if (a or b) != "via"},
             "text": block.strip(),
         }
     return entries
@@ -104,7 +104,7 @@ def drop_with_exclusive_deps(text: str, package: str) -> str:
     """Remove `package`, every entry required only by removed entries, and the CUDA runtime
     pieces of its closure (nvidia-*, triton): the base image carries exactly those builds."""
     entries = parse_lock(text)
-    closure = {_norm(package)}
+    closure = {normalize(package)}
     changed = True
     while changed:
         changed = False
@@ -112,7 +112,7 @@ def drop_with_exclusive_deps(text: str, package: str) -> str:
             if name not in closure and e["via"] & closure:
                 closure.add(name)
                 changed = True
-    removed = {_norm(package)} | {n for n in closure if n.startswith("nvidia-") or n == "triton"}
+    removed = {normalize(package)} | {n for n in closure if n.startswith("nvidia-") or n == "triton"}
     changed = True
     while changed:
         changed = False
@@ -127,5 +127,6 @@ def drop_with_exclusive_deps(text: str, package: str) -> str:
     return f"# carried by the base image, not locked: {dropped}\n" + "\n".join(kept) + "\n"
 
 
-def _norm(name: str) -> str:
+def normalize(name: str) -> str:
+    """PEP 503 project name: lower case, runs of -_. as one '-'."""
     return re.sub(r"[-_.]+", "-", name).lower()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 import shutil
@@ -17,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from runner.build.lock import _norm, lock_path, parse_lock
+from runner.build.lock import lock_path, normalize, parse_lock
 from runner.errors import RunnerError
 from runner.spec.image import ImageSpec
 
@@ -84,8 +85,8 @@ def _download(
     if proc.returncode == 0:
         return None
     m = _NO_MATCH.search(proc.stderr)
-    if m and _norm(m[1]) in entries:
-        return _norm(m[1])
+    if m and normalize(m[1]) in entries:
+        return normalize(m[1])
     raise WheelhouseError(f"downloading wheels for image {spec.name} failed:\n{proc.stderr.strip()[-3000:]}")
 
 
@@ -121,7 +122,7 @@ def _build_sdists(entries: list[dict], out: Path, links: list[str] | None, spec:
     else:
         argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                 "-w", str(out), "--quiet", *map(str, archives)]  # fmt: skip
-        proc = subprocess.run(argv, capture_output=True, text=True, env={**_env(), "DS_BUILD_OPS": "0"})
+        proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "DS_BUILD_OPS": "0"})
         if proc.returncode != 0:
             raise WheelhouseError(f"building wheels from sdists failed:\n{proc.stderr[-3000:]}")
     shutil.rmtree(sdists)
@@ -137,12 +138,6 @@ def _engine_with(image: str):
     except DockerUnavailable:
         return None
     return docker if docker.image_id(image) else None
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def sha256(path: Path) -> str:
@@ -172,7 +167,7 @@ def write_manifest(spec: ImageSpec, lock_file: Path, out: Path, built: list[str]
 def wheel_project(filename: str) -> tuple[str, str]:
     """(normalized project name, version) of a wheel file name."""
     name, version = filename.split("-")[:2]
-    return _norm(name), version
+    return normalize(name), version
 
 
 def verify(spec: ImageSpec, images_dir: Path, root: Path) -> list[str]:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from runner.docker_api import Docker
 from runner.errors import RunError, RunnerError
+from runner.execute.gpus import require_gpus
 from runner.execute.local import LOG
 from runner.execute.runs import RunRecord, explain_failure, now
-from runner.render.container import host_paths_exist, image_ref, render_container
+from runner.render.container import image_ref, missing_on_host, render_container
 from runner.spec.job import JobSpec
 
 
@@ -32,18 +33,11 @@ class DockerExecutor:
                 f"image {ref} is not loaded; build it (runner build {spec.image}) or load its bundle "
                 f"(runner load FILE)"
             )
-        missing = host_paths_exist(spec)
+        missing = missing_on_host(spec)
         if missing:
             raise RunError(f"not on this host, so it cannot be mounted: {', '.join(missing)}")
-        wanted = spec.resources.gpus
-        if wanted != 0:
-            have = self.docker.gpu_count()
-            need = len(wanted) if isinstance(wanted, list) else (1 if wanted == "all" else wanted)
-            if have < need:
-                raise RunError(
-                    f"resources.gpus asks for {wanted} but this machine has {have} GPU(s) visible to Docker; "
-                    "use gpus: 0 for CPU, or fewer GPUs"
-                )
+        if spec.resources.gpus != 0:
+            require_gpus(spec, self.docker.gpu_count(), "this machine")
 
     def start(self, record: RunRecord, spec: JobSpec, resume: bool = False, tee: bool = True):
         """Start the job's container and return it; with `tee` it writes its own train.log."""

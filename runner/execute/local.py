@@ -9,23 +9,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from runner.errors import RunError
+from runner.execute.gpus import host_gpu_names, require_gpus
 from runner.execute.runs import RunRecord, explain_failure, now
 from runner.render.launch import OFFLINE_ENV, render_launch
 from runner.spec.job import JobSpec
 
 LOG = "train.log"
-
-
-def gpu_names() -> list[str]:
-    """GPUs on this machine, from nvidia-smi (no torch import on the host side)."""
-    import shutil
-
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return []
-    out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
-    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
 class LocalExecutor:
@@ -39,16 +28,7 @@ class LocalExecutor:
 
     def check(self, spec: JobSpec) -> None:
         """Refuse GPUs this machine does not have, before anything is created."""
-        wanted = spec.resources.gpus
-        if wanted == 0:
-            return
-        have = len(gpu_names())
-        need = len(wanted) if isinstance(wanted, list) else (1 if wanted == "all" else wanted)
-        if have < need:
-            raise RunError(
-                f"resources.gpus is {wanted!r} but this machine has {have} GPU(s); "
-                "set gpus: 0 to train on CPU"
-            )
+        require_gpus(spec, len(host_gpu_names()) if spec.resources.gpus != 0 else 0, "this machine")
 
     def run(self, record: RunRecord, spec: JobSpec) -> int:
         argv = render_launch(spec, Path(record.run_dir), python=sys.executable)

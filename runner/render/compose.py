@@ -9,16 +9,13 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Any
 
-from runner.render.container import gpu_request, image_ref
+from runner.render.container import gpu_request, image_ref, read_only_paths
 from runner.render.launch import OFFLINE_ENV
 from runner.spec.job import JobSpec
 
 
 def compose_service(spec: JobSpec, spec_file: PurePath, uid: int, gid: int) -> dict[str, Any]:
-    ro = [spec.model.path, *(d.path for d in spec.data.datasets)] + (
-        [spec.model.adapter] if spec.model.adapter else []
-    )
-    volumes = [f"{p}:{p}:ro" for p in dict.fromkeys(ro)]
+    volumes = [f"{p}:{p}:ro" for p in read_only_paths(spec)]
     volumes += [f"{spec_file}:/job/spec.yaml:ro", f"{spec.output.dir}:{spec.output.dir}"]
     service: dict[str, Any] = {
         "image": image_ref(spec),

@@ -19,11 +19,14 @@ def image_ref(spec: JobSpec) -> str:
     return spec.image if ":" in spec.image or "/" in spec.image else f"runner/{spec.image}:latest"
 
 
+def read_only_paths(spec: JobSpec) -> list[str]:
+    """Model, adapter and data: what the job reads and must never write."""
+    paths = [spec.model.path, *(d.path for d in spec.data.datasets)]
+    return list(dict.fromkeys(paths + ([spec.model.adapter] if spec.model.adapter else [])))
+
+
 def mounts(spec: JobSpec, run_dir: PurePath) -> dict[str, dict[str, str]]:
-    ro = [spec.model.path, *(d.path for d in spec.data.datasets)]
-    if spec.model.adapter:
-        ro.append(spec.model.adapter)
-    volumes = {p: {"bind": p, "mode": "ro"} for p in dict.fromkeys(ro)}
+    volumes = {p: {"bind": p, "mode": "ro"} for p in read_only_paths(spec)}
     volumes[str(run_dir)] = {"bind": str(run_dir), "mode": "rw"}
     return volumes
 
@@ -64,6 +67,6 @@ def render_container(spec: JobSpec, run_dir: PurePath, uid: int, gid: int, run_i
     }
 
 
-def host_paths_exist(spec: JobSpec) -> list[str]:
+def missing_on_host(spec: JobSpec) -> list[str]:
     """Mount sources that are missing on this host (a spec validated elsewhere, say)."""
-    return [p for p in mounts(spec, Path(spec.output.dir)) if p != spec.output.dir and not Path(p).exists()]
+    return [p for p in read_only_paths(spec) if not Path(p).exists()]

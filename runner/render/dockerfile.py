@@ -14,8 +14,7 @@ TEMPLATES = Path(__file__).with_name("templates")
 
 # What the image sets beyond the job launch environment: no library may phone home.
 IMAGE_ENV = {
-    **{k: v for k, v in OFFLINE_ENV.items() if k != "PYTHONUNBUFFERED"},
-    "PYTHONUNBUFFERED": "1",
+    **OFFLINE_ENV,
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "BITSANDBYTES_NOWELCOME": "1",

@@ -50,6 +50,7 @@ def render_launch(spec: JobSpec, run_dir: PurePath, python: str = "python") -> l
     return argv + entry
 
 
-def render_chat(run_dir: PurePath, message: str | None, python: str = "python") -> list[str]:
-    argv = [python, "-m", "runner.train.chat", str(run_dir)]
+def render_chat(run_dir: PurePath, message: str | None) -> list[str]:
+    """Module and arguments of a chat with a run's result (run as `python -m` + these)."""
+    argv = ["runner.train.chat", str(run_dir)]
     return argv + (["--message", message] if message is not None else [])

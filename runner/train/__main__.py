@@ -93,7 +93,6 @@ def _run_dir(args: argparse.Namespace) -> tuple[Path, RunRecord | None]:
         status="running",
         started=now(),
         command=[sys.executable, "-m", "runner.train", args.spec],
-        executor="entrypoint",
     )
     print(f"run directory: {record.run_dir}")
     return Path(record.run_dir), record

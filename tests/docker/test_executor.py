@@ -9,35 +9,15 @@ from pathlib import Path
 import pytest
 
 from runner.execute.runs import read_record
-from tests.conftest import ROOT, runner_cli
+from tests.conftest import runner_cli, write_job
 
 pytestmark = pytest.mark.docker
 
-JOB = """\
-name: dock
-image: {image}
-model:
-  path: {model}
-method:
-  type: lora
-data:
-  datasets:
-    - path: {root}/data/identity.json
-  cutoff_len: 64
-training:
-  max_steps: 3
-  logging_steps: 1
-resources:
-  gpus: {gpus}
-output:
-  dir: {out}
-"""
 
-
-def write(tmp_path: Path, tiny_model: Path, image: str = "cpu", gpus: object = 0) -> Path:
-    spec = tmp_path / "job.yaml"
-    spec.write_text(JOB.format(image=image, model=tiny_model, root=ROOT, gpus=gpus, out=tmp_path / "out"))
-    return spec
+def write(tmp_path: Path, tiny_model: Path, image: str = "cpu", gpus: object = 0, **resources) -> Path:
+    return write_job(
+        tmp_path / "job.yaml", tiny_model, name="dock", image=image, resources={"gpus": gpus, **resources}
+    )
 
 
 def test_submit_runs_in_the_image_offline(cpu_image, tiny_model: Path, tmp_path: Path, docker):
@@ -70,8 +50,7 @@ def test_refused_before_anything_starts(change, message, tiny_model: Path, tmp_p
 
 
 def test_two_process_ddp_in_one_container(cpu_image, tiny_model: Path, tmp_path: Path):
-    spec = write(tmp_path, tiny_model)
-    spec.write_text(spec.read_text().replace("  gpus: 0\n", "  gpus: 0\n  procs_per_node: 2\n"))
+    spec = write(tmp_path, tiny_model, procs_per_node=2)
     result = runner_cli("submit", str(spec))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run_dir,) = (tmp_path / "out" / "dock").iterdir()

@@ -9,37 +9,16 @@ from pathlib import Path
 import pytest
 
 from runner.execute.runs import find_run
-from tests.conftest import ROOT, runner_cli
+from tests.conftest import runner_cli, write_job
 
 pytestmark = pytest.mark.docker
 STEPS = 1500
 
-JOB = """\
-name: life
-image: cpu
-model:
-  path: {model}
-method:
-  type: lora
-data:
-  datasets:
-    - path: {root}/data/identity.json
-  cutoff_len: 64
-training:
-  max_steps: {steps}
-  logging_steps: 10
-  save_steps: 100
-resources:
-  gpus: 0
-output:
-  dir: {out}
-"""
-
 
 def test_detach_stop_resume_reaches_every_step(cpu_image, tiny_model: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
-    spec = tmp_path / "job.yaml"
-    spec.write_text(JOB.format(model=tiny_model, root=ROOT, steps=STEPS, out=tmp_path / "out"))
+    spec = write_job(tmp_path / "job.yaml", tiny_model, name="life", image="cpu",
+                     training={"max_steps": STEPS, "logging_steps": 10, "save_steps": 100})  # fmt: skip
     started = runner_cli("submit", str(spec), "--detach")
     assert started.returncode == 0, started.stderr
     run_id = started.stdout.split()[1].rstrip(":")

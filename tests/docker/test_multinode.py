@@ -11,40 +11,16 @@ import pytest
 from runner.execute.runs import read_record
 from runner.execute.submit import prepare
 from runner.render.container import render_container
-from tests.conftest import ROOT
+from tests.conftest import write_job
 
 pytestmark = pytest.mark.docker
 
-JOB = """\
-name: twonode
-image: cpu
-model:
-  path: {model}
-method:
-  type: lora
-data:
-  datasets:
-    - path: {root}/data/identity.json
-  cutoff_len: 64
-training:
-  max_steps: 4
-  per_device_train_batch_size: 2
-  logging_steps: 1
-resources:
-  gpus: 0
-  nodes: 2
-  procs_per_node: 1
-distributed:
-  master_addr: node0
-  master_port: 29555
-output:
-  dir: {out}
-"""
-
 
 def test_two_nodes_rendezvous_and_save_one_adapter(docker, cpu_image, tiny_model: Path, tmp_path: Path):
-    spec_file = tmp_path / "job.yaml"
-    spec_file.write_text(JOB.format(model=tiny_model, root=ROOT, out=tmp_path / "out"))
+    spec_file = write_job(tmp_path / "job.yaml", tiny_model, name="twonode", image="cpu",
+                          training={"max_steps": 4, "per_device_train_batch_size": 2},
+                          resources={"nodes": 2, "procs_per_node": 1},
+                          distributed={"master_addr": "node0", "master_port": 29555})  # fmt: skip
     record, spec = prepare(spec_file)
     net = docker.client.networks.create(f"runner-test-{os.getpid()}", driver="bridge", internal=True)
     containers = []

@@ -8,35 +8,15 @@ from pathlib import Path
 import pytest
 
 from runner.execute.runs import read_record
-from tests.conftest import ROOT, runner_cli
+from tests.conftest import runner_cli, write_job
 
 pytestmark = pytest.mark.integration
 
-JOB = """\
-name: ddp
-model:
-  path: {model}
-method:
-  type: lora
-data:
-  datasets:
-    - path: {root}/data/identity.json
-  cutoff_len: 64
-training:
-  max_steps: 4
-  per_device_train_batch_size: 2
-  logging_steps: 1
-resources:
-  gpus: 0
-  procs_per_node: 2
-output:
-  dir: {out}
-"""
-
 
 def test_two_process_ddp_on_cpu(tmp_path: Path, tiny_model: Path):
-    spec = tmp_path / "job.yaml"
-    spec.write_text(JOB.format(model=tiny_model, root=ROOT, out=tmp_path / "out"), encoding="utf-8")
+    spec = write_job(tmp_path / "job.yaml", tiny_model, name="ddp",
+                     training={"max_steps": 4, "per_device_train_batch_size": 2},
+                     resources={"procs_per_node": 2})  # fmt: skip
     result = runner_cli("submit", str(spec), "--executor", "local")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     (run_dir,) = (tmp_path / "out" / "ddp").iterdir()

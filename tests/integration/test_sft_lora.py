@@ -96,7 +96,7 @@ def test_adapter_reloads_lora_changed_base_did_not(lora_run: Path, tiny_model: P
     assert checked == len(original)
     ids = torch.tensor([[1, 2, 3]])
     out = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
-    assert out.shape[1] == 7 or out.shape[1] < 7  # stops at eos at the latest after 4 tokens
+    assert 3 < out.shape[1] <= 7  # generated at least one token, at most the 4 asked for
 
 
 def test_a_second_submit_never_overwrites(tmp_path: Path, tiny_model: Path, lora_run: Path):
