@@ -11,6 +11,7 @@ from runner.errors import RunError
 from runner.execute.docker import DockerExecutor
 from runner.execute.local import LocalExecutor
 from runner.execute.runs import RunRecord, new_run_dir, now, register
+from runner.render.container import cache_path
 from runner.render.deepspeed import render_deepspeed
 from runner.render.launch import render_launch
 from runner.spec import JobSpec, load_job, resolve, to_yaml
@@ -26,6 +27,8 @@ def prepare(spec_path: str | Path, base: Path | None = None, executor=None) -> t
     if executor is not None:
         executor.check(spec)
     run_dir = new_run_dir(spec.output.dir, spec.name)
+    if cache := cache_path(spec):
+        Path(cache).mkdir(exist_ok=True)  # made here, so it belongs to the user, not to a container
     (run_dir / "spec.yaml").write_text(to_yaml(spec), encoding="utf-8")
     ds_config = render_deepspeed(spec)
     if ds_config is not None:

@@ -26,6 +26,7 @@ def run_tool(
         raise RunError("an interactive chat runs with --executor local; in the image, ask with -m MESSAGE")
     from runner.docker_api import Docker
     from runner.execute.docker import DockerExecutor
+    from runner.render.container import cache_path
     from runner.spec import load_job
 
     spec = load_job(Path(record.run_dir) / "spec.yaml")
@@ -38,6 +39,7 @@ def run_tool(
     )
     config.update(command=["python", "-m", *module_args], device_requests=config["device_requests"][:1])
     config["volumes"][record.run_dir]["mode"] = "ro"
+    config["volumes"].pop(cache_path(spec) or "", None)  # a tool reads the result, no data
     container = docker.start(config)
     try:
         for chunk in container.logs(stream=True, follow=True):

@@ -1,7 +1,8 @@
 """render_container(job) -> dict: how the job's container is started (docker SDK run kwargs).
 
 Host paths are mounted at the same paths inside the container, so the resolved spec needs
-no rewriting: model and data read-only, the run directory writable, nothing else.
+no rewriting: model and data read-only; the run directory and the tokenized-data cache
+writable; nothing else.
 """
 
 from __future__ import annotations
@@ -25,9 +26,16 @@ def read_only_paths(spec: JobSpec) -> list[str]:
     return list(dict.fromkeys(paths + ([spec.model.adapter] if spec.model.adapter else [])))
 
 
+def cache_path(spec: JobSpec) -> str | None:
+    """Where tokenized data is kept between runs (shared by the jobs of one output.dir)."""
+    return str(PurePath(spec.output.dir) / ".cache") if spec.data.cache else None
+
+
 def mounts(spec: JobSpec, run_dir: PurePath) -> dict[str, dict[str, str]]:
     volumes = {p: {"bind": p, "mode": "ro"} for p in read_only_paths(spec)}
     volumes[str(run_dir)] = {"bind": str(run_dir), "mode": "rw"}
+    if cache := cache_path(spec):
+        volumes[cache] = {"bind": cache, "mode": "rw"}
     return volumes
 
 

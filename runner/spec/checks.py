@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from runner.spec import registry
 from runner.spec.job import DATA_FORMATS, PROMPT_LEARNING, TEMPLATES
 from runner.spec.yaml_loader import Loc
 
@@ -125,8 +126,16 @@ def _check_data(data: Any, stage: Any, base: Path, found: Found) -> None:
     datasets = data.get("datasets") if isinstance(data, dict) else None
     if not isinstance(datasets, list):
         return
+    dataset_dir = data.get("dataset_dir")
+    if isinstance(dataset_dir, str):
+        _check_dir(
+            dataset_dir, base, ("data", "dataset_dir"), (registry.REGISTRY,), "a dataset registry", found
+        )
     for i, ds in enumerate(datasets):
         if not isinstance(ds, dict):
+            continue
+        if isinstance(ds.get("name"), str) and "path" not in ds:
+            _check_named(ds, i, dataset_dir, stage, base, found)
             continue
         path, fmt = ds.get("path"), ds.get("format", "alpaca")
         if isinstance(path, str) and "${" not in path and not (base / path).exists():
@@ -144,6 +153,24 @@ def _check_data(data: Any, stage: Any, base: Path, found: Found) -> None:
                 (("data", "datasets", i, "format"),
                  f"stage '{stage}' needs conversations; use format: alpaca or sharegpt "
                  "(format: text is for stage pt)"))  # fmt: skip
+
+
+def _check_named(ds: dict, i: int, dataset_dir: Any, stage: Any, base: Path, found: Found) -> None:
+    loc = ("data", "datasets", i, "name")
+    clash = [k for k in ("format", "columns", "tags") if k in ds]
+    if clash:
+        found.append((loc, f"a named dataset takes {', '.join(clash)} from dataset_info.json; "
+                           "remove them here or give path instead of name"))  # fmt: skip
+    if not isinstance(dataset_dir, str):
+        found.append((loc, "a dataset given by name needs data.dataset_dir (the directory of "
+                           f"{registry.REGISTRY})"))  # fmt: skip
+        return
+    if "${" in dataset_dir or not (base / dataset_dir / registry.REGISTRY).is_file():
+        return  # reported at data.dataset_dir
+    try:
+        registry.expand(ds["name"], base / dataset_dir, stage if isinstance(stage, str) else "sft")
+    except registry.RegistryError as e:
+        found.append((loc, str(e)))
 
 
 def _check_output(value: Any, base: Path, found: Found) -> None:

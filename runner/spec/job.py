@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
 Stage = Literal["pt", "sft", "rm", "dpo", "kto", "ppo"]
@@ -58,12 +58,24 @@ class FullMethod(_Spec):
 
 
 class FreezeMethod(_Spec):
-    type: Literal["freeze"] = Field(description="Train only the last layers; freeze the rest.")
-    trainable_layers: int = Field(2, ge=1, description="How many of the last decoder layers train.")
+    type: Literal["freeze"] = Field(
+        description="Train only the last layers or named modules; freeze the rest."
+    )
+    trainable_layers: int = Field(
+        2, ge=0, description="How many of the last decoder layers train (0: only extra_modules)."
+    )
     extra_modules: list[str] = Field(
         default_factory=list,
-        description="Further module names to train as well, e.g. [embed_tokens, lm_head].",
+        description="Module names (or name suffixes) to train as well, e.g. [embed_tokens, lm_head, mlp].",
     )
+
+    _wrap = field_validator("extra_modules", mode="before")(_as_list)
+
+    @model_validator(mode="after")
+    def _something(self) -> FreezeMethod:
+        if self.trainable_layers == 0 and not self.extra_modules:
+            raise ValueError("trainable_layers is 0 and extra_modules is empty: nothing would train")
+        return self
 
 
 class LoraMethod(_Spec):
@@ -138,8 +150,16 @@ PROMPT_LEARNING = ("prefix", "ptuning", "prompt")
 # --- data ---------------------------------------------------------------------------------
 
 
+SHAREGPT_TAGS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag")
+
+
 class DatasetSpec(_Spec):
-    path: str = Field(description="A json/jsonl/csv/parquet file, or a directory of them.")
+    name: str | None = Field(
+        None, description="An entry of data.dataset_dir/dataset_info.json (LLaMA-Factory's format)."
+    )
+    path: str | None = Field(
+        None, description="A json/jsonl/csv/tsv/parquet file, or a directory of them (or give name)."
+    )
     format: Literal["alpaca", "sharegpt", "text"] = Field(
         "alpaca", description="alpaca (instruction/input/output), sharegpt (conversations), text."
     )
@@ -147,24 +167,80 @@ class DatasetSpec(_Spec):
         default_factory=dict,
         description="Map the format's fields to your file's columns, e.g. {instruction: 问题}.",
     )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="sharegpt keys and role names, e.g. {role_tag: from, content_tag: value, "
+        "user_tag: human, assistant_tag: gpt, system_tag: system}.",
+    )
     max_samples: int | None = Field(None, ge=1, description="Use at most this many records.")
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(SHAREGPT_TAGS))
+        if unknown:
+            raise ValueError(f"unknown tag {', '.join(unknown)}; valid tags: {', '.join(SHAREGPT_TAGS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _source(self) -> DatasetSpec:
+        if not self.path and not self.name:
+            raise ValueError("give the data file as path: FILE, or a registry entry as name: ENTRY")
+        return self
+
+
+MIXES = ("concat", "interleave_under", "interleave_over")
 
 
 class DataSpec(_Spec):
     datasets: Annotated[list[DatasetSpec], Field(min_length=1)] = Field(
-        description="One or more datasets, mixed in the order given."
+        description="One or more datasets, mixed as data.mix says."
+    )
+    dataset_dir: str | None = Field(
+        None, description="Directory holding dataset_info.json, for datasets given by name."
+    )
+    mix: Literal[MIXES] = Field(  # type: ignore[valid-type]
+        "concat",
+        description="concat: one after another; interleave_under: sample until the first dataset "
+        "runs out; interleave_over: until every dataset ran out (smaller ones repeat).",
+    )
+    mix_probs: list[float] | None = Field(
+        None, description="Sampling probability of each dataset when interleaving (sums to 1)."
     )
     placeholders: dict[str, str] = Field(
         default_factory=dict,
         description="Values for {{name}}-style placeholders in the data, e.g. {name: 小R}.",
     )
     cutoff_len: int = Field(1024, ge=8, description="Truncate tokenized samples to this length.")
-    packing: bool = Field(False, description="Pack several samples into one row.")
+    packing: bool = Field(
+        False,
+        description="sft: each micro-batch becomes one row without padding, positions restarting per "
+        "sample and no attention across samples. pt always concatenates and cuts into blocks.",
+    )
     val_size: float = Field(0.0, ge=0, description="Held-out share (< 1) or count (>= 1) for evaluation.")
     max_samples: int | None = Field(None, ge=1, description="Use at most this many records in all.")
     on_bad_record: Literal["error", "skip"] = Field(
         "error", description="A malformed record stops the job (error) or is counted and skipped."
     )
+    preprocessing_workers: int | None = Field(
+        None, ge=1, description="Processes that tokenize; default: up to 8 for large datasets."
+    )
+    cache: bool = Field(
+        True, description="Keep tokenized data under OUTPUT/.cache, keyed by a hash of its inputs."
+    )
+
+    @model_validator(mode="after")
+    def _mix(self) -> DataSpec:
+        if self.mix_probs is not None:
+            if self.mix == "concat":
+                raise ValueError("mix_probs needs mix: interleave_under or interleave_over")
+            if len(self.mix_probs) != len(self.datasets):
+                raise ValueError(
+                    f"mix_probs has {len(self.mix_probs)} value(s) for {len(self.datasets)} dataset(s)"
+                )
+            if any(p < 0 for p in self.mix_probs) or abs(sum(self.mix_probs) - 1) > 1e-6:
+                raise ValueError(f"mix_probs must be >= 0 and sum to 1 (got {self.mix_probs})")
+        return self
 
 
 # --- training: names as in transformers.TrainingArguments ----------------------------------
@@ -189,8 +265,12 @@ class TrainingSpec(_Spec):
     save_total_limit: int | None = Field(2, ge=1, description="Keep at most N checkpoints.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (needs val_size).")
     seed: int = Field(42, description="Random seed for weights init, shuffling and dropout.")
-    bf16: bool = Field(False, description="Train in bfloat16 mixed precision.")
-    fp16: bool = Field(False, description="Train in float16 mixed precision.")
+    bf16: bool | None = Field(
+        None, description="bfloat16 mixed precision; unset: on where the GPU supports it."
+    )
+    fp16: bool | None = Field(
+        None, description="float16 mixed precision; unset: on for GPUs without bfloat16. CPU: float32."
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     dataloader_num_workers: int = Field(0, ge=0, description="Worker processes for data loading.")
 

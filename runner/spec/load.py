@@ -10,9 +10,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from runner.errors import Problem, SpecError
+from runner.spec import registry
 from runner.spec.checks import check
 from runner.spec.image import ImageSpec
-from runner.spec.job import METHODS, JobSpec
+from runner.spec.job import METHODS, DatasetSpec, JobSpec
 from runner.spec.yaml_loader import Loc, Source, load_yaml
 
 M = typing.TypeVar("M", bound=BaseModel)
@@ -77,8 +78,14 @@ def resolve(spec: JobSpec, base: Path) -> JobSpec:
     spec.model.path = str((base / spec.model.path).resolve())
     if spec.model.adapter:
         spec.model.adapter = str((base / spec.model.adapter).resolve())
-    for ds in spec.data.datasets:
-        ds.path = str((base / ds.path).resolve())
+    registry_dir = base / (spec.data.dataset_dir or ".")
+    for i, ds in enumerate(spec.data.datasets):
+        if ds.name and not ds.path:  # a registry entry becomes an explicit file, format and columns
+            fields = registry.expand(ds.name, registry_dir, spec.stage)
+            fields["max_samples"] = ds.max_samples or fields.get("max_samples")
+            spec.data.datasets[i] = ds = DatasetSpec(**fields)
+        ds.path = str((base / ds.path).resolve())  # type: ignore[operator]
+    spec.data.dataset_dir = None  # every dataset is a path now
     spec.output.dir = str((base / spec.output.dir).resolve())
     if getattr(spec.method, "alpha", "n/a") is None:
         spec.method.alpha = 2.0 * spec.method.r  # type: ignore[union-attr]

@@ -11,7 +11,6 @@ import csv
 import json
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,44 +28,46 @@ class DataError(RunnerError):
     exit_code = 2
 
 
-@dataclass
-class Loaded:
-    conversations: list[list[dict[str, str]]] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    skipped: int = 0
+def load(data: DataSpec) -> list[list[Any]]:
+    """Each dataset's items in file order: conversations (lists of messages) or texts.
 
-
-def load(data: DataSpec) -> Loaded:
-    """Every dataset in order, placeholders filled, max_samples applied."""
-    out = Loaded()
+    Placeholders are filled and each dataset's max_samples applied; mixing and the overall
+    max_samples happen later, on the Dataset objects.
+    """
+    sources, skipped = [], 0
     for i, ds in enumerate(data.datasets):
         where = f"data.datasets[{i}]"
-        records = list(_records(ds, data.on_bad_record, out))
-        if ds.max_samples:
-            records = records[: ds.max_samples]
-        for origin, record in records:
+        bad = [0]
+        items: list[Any] = []
+        for origin, record in _records(ds, data.on_bad_record, bad):
+            if ds.max_samples and len(items) >= ds.max_samples:
+                break
             record = _fill(record, data.placeholders)
             try:
                 if ds.format == "text":
-                    out.texts.append(_field(record, ds, "text", origin, where))
+                    items.append(str(_field(record, ds, "text", origin, where)))
                 else:
                     convert = _alpaca if ds.format == "alpaca" else _sharegpt
-                    out.conversations.append(convert(record, ds, origin, where))
+                    items.append(convert(record, ds, origin, where))
             except DataError:
                 if data.on_bad_record == "error":
                     raise
-                out.skipped += 1
-    if data.max_samples:
-        out.conversations = out.conversations[: data.max_samples]
-        out.texts = out.texts[: data.max_samples]
-    if out.skipped:
-        log.warning("skipped %d bad record(s) (data.on_bad_record: skip)", out.skipped)
-    if not out.conversations and not out.texts:
-        raise DataError("the datasets hold no usable records")
-    return out
+                bad[0] += 1
+        if not items:
+            raise DataError(
+                f"{where} ({ds.name or ds.path}) has no usable record"
+                + (f": all {bad[0]} were bad and skipped" if bad[0] else "; is the file empty?")
+            )
+        skipped += bad[0]
+        sources.append(items)
+    if skipped:
+        log.warning("skipped %d bad record(s) (data.on_bad_record: skip)", skipped)
+    return sources
 
 
-def _files(path: Path) -> list[Path]:
+def files(ds: DatasetSpec) -> list[Path]:
+    """The data files of one dataset: the file itself, or a directory's data files by name."""
+    path = Path(ds.path or "")
     if path.is_file():
         return [path]
     files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES)
@@ -75,8 +76,8 @@ def _files(path: Path) -> list[Path]:
     return files
 
 
-def _records(ds: DatasetSpec, on_bad: str, out: Loaded):
-    for path in _files(Path(ds.path)):
+def _records(ds: DatasetSpec, on_bad: str, bad: list[int]):
+    for path in files(ds):
         suffix = path.suffix
         if suffix == ".json":
             try:
@@ -102,7 +103,7 @@ def _records(ds: DatasetSpec, on_bad: str, out: Loaded):
                                 f"{path}:{n}: invalid JSON ({e.msg}); fix the line or set "
                                 "data.on_bad_record: skip"
                             ) from None
-                        out.skipped += 1
+                        bad[0] += 1
         elif suffix in (".csv", ".tsv"):
             with open(path, encoding="utf-8-sig", newline="") as f:
                 reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
@@ -165,15 +166,22 @@ def _sharegpt(record: Any, ds: DatasetSpec, origin: str, where: str) -> list[dic
     messages = [{"role": "system", "content": str(system)}] if system else []
     if not isinstance(turns, list) or not turns:
         raise DataError(f"{origin}: conversations must be a non-empty list")
+    tags = ds.tags
+    roles = dict(_ROLES)
+    for tag, role in (("user_tag", "user"), ("assistant_tag", "assistant"), ("system_tag", "system")):
+        if tag in tags:
+            roles[tags[tag]] = role
+    role_keys = (tags["role_tag"],) if "role_tag" in tags else ("from", "role")
+    content_keys = (tags["content_tag"],) if "content_tag" in tags else ("value", "content")
     for turn in turns:
-        role = turn.get("from", turn.get("role")) if isinstance(turn, dict) else None
-        content = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
-        if role not in _ROLES or content is None:
+        role = next((turn[k] for k in role_keys if k in turn), None) if isinstance(turn, dict) else None
+        content = next((turn[k] for k in content_keys if k in turn), None) if isinstance(turn, dict) else None
+        if role not in roles or content is None:
             raise DataError(
-                f"{origin}: each turn needs from/value or role/content with a role among "
-                f"{', '.join(_ROLES)} (got {turn!r:.80})"
+                f"{origin}: each turn needs {'/'.join(role_keys)} and {'/'.join(content_keys)} with a role "
+                f"among {', '.join(roles)} (got {turn!r:.80}); map other names in {where}.tags"
             )
-        messages.append({"role": _ROLES[role], "content": str(content)})
+        messages.append({"role": roles[role], "content": str(content)})
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{origin}: the conversation has no assistant turn to train on")
     return messages

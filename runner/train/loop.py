@@ -14,7 +14,7 @@ from runner.errors import UnsupportedError
 from runner.spec.job import JobSpec
 from runner.train.callbacks import MetricsCallback, StopOnSignal, latest_checkpoint
 from runner.train.methods import PEFT_METHODS
-from runner.train.model import count_parameters, device_type
+from runner.train.model import count_parameters, device_type, precision
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,13 @@ def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> Training
     cpu = device_type() == "cpu"
     if cpu and spec.distributed.deepspeed:
         raise UnsupportedError("distributed.deepspeed needs CUDA GPUs; none is visible here")
-    if cpu and (t.bf16 or t.fp16):
-        log.warning("no CUDA device: training in float32 instead of %s", "bf16" if t.bf16 else "fp16")
+    dtype = precision(spec)
+    adam_epsilon = t.adam_epsilon
+    if dtype == "fp16" and "adam_epsilon" not in t.model_fields_set:
+        # float16 underflows AdamW's default 1e-8 in its denominator; fp16 recipes use 1e-4.
+        adam_epsilon = 1e-4
+        log.info("fp16: adam_epsilon 1e-4 (set training.adam_epsilon to override)")
+    log.info("precision: %s", dtype)
     eval_steps = t.eval_steps or t.save_steps
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
@@ -39,7 +44,7 @@ def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> Training
         warmup_steps=t.warmup_steps or t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        adam_epsilon=t.adam_epsilon,
+        adam_epsilon=adam_epsilon,
         optim=t.optim,
         logging_steps=t.logging_steps,
         logging_first_step=True,
@@ -49,8 +54,8 @@ def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> Training
         eval_strategy="steps" if has_eval else "no",
         eval_steps=eval_steps if has_eval else None,
         seed=t.seed,
-        bf16=t.bf16 and not cpu,
-        fp16=t.fp16 and not cpu,
+        bf16=dtype == "bf16",
+        fp16=dtype == "fp16",
         **_checkpointing(t.gradient_checkpointing),
         dataloader_num_workers=t.dataloader_num_workers,
         use_cpu=cpu,
@@ -74,8 +79,8 @@ def _checkpointing(on: bool) -> dict:
 
 
 def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, collator) -> dict:
-    """Train (continuing from the newest checkpoint when RUNNER_RESUME=1), save, report."""
-    """Train, save the result and return the final metrics (also written to results.json)."""
+    """Train (continuing from the newest complete checkpoint when RUNNER_RESUME=1), save the
+    result and return the final metrics (also written to results.json)."""
     args = training_arguments(spec, run_dir, has_eval=eval_ds is not None)
     trainable, total = count_parameters(model)
     log.info("trainable params: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)

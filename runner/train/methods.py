@@ -75,6 +75,7 @@ def _targets(target: list[str]) -> str | list[str]:
 
 
 def _freeze(model, n_layers: int, extra: list[str]):
+    """Train the last n decoder layers and every module named in extra; freeze the rest."""
     total = getattr(model.config, "num_hidden_layers", None)
     if not total:
         raise RunnerError("method freeze: the model config has no num_hidden_layers")
@@ -82,10 +83,18 @@ def _freeze(model, n_layers: int, extra: list[str]):
         raise RunnerError(f"method.trainable_layers is {n_layers} but the model has {total} layers")
     first = total - n_layers
     layer = re.compile(r"\.(?:layers|h|blocks|encoder\.layers)\.(\d+)\.")
+    matched: set[str] = set()
     for name, param in model.named_parameters():
         m = layer.search(f".{name}")
-        trained = bool(m and int(m.group(1)) >= first) or any(f".{e}." in f".{name}" for e in extra)
-        param.requires_grad_(trained)
+        named = [e for e in extra if f".{e}." in f".{name}"]
+        matched.update(named)
+        param.requires_grad_(bool(m and int(m.group(1)) >= first) or bool(named))
+    unknown = [e for e in extra if e not in matched]
+    if unknown:
+        raise RunnerError(
+            f"method.extra_modules: no parameter of the model is under {', '.join(unknown)}; "
+            f"top-level modules: {', '.join(n for n, _ in model.named_children())}"
+        )
     return model
 
 

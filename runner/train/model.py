@@ -19,6 +19,23 @@ def device_type() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def precision(spec: JobSpec) -> str:
+    """bf16, fp16 or fp32 for this device: what the spec asks where the device can do it;
+    unset, bf16 where the GPU supports it, else fp16; always fp32 on CPU."""
+    t = spec.training
+    if device_type() == "cpu":
+        if t.bf16 or t.fp16:
+            log.warning("no CUDA device: training in float32 instead of %s", "bf16" if t.bf16 else "fp16")
+        return "fp32"
+    bf16_ok = torch.cuda.is_bf16_supported()
+    if t.bf16 and not bf16_ok:
+        log.warning("this GPU has no bfloat16; training in fp16 instead")
+        return "fp16"
+    if t.bf16 or (t.bf16 is None and not t.fp16 and bf16_ok):
+        return "bf16"
+    return "fp16" if t.fp16 is not False else "fp32"
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     tokenizer = AutoTokenizer.from_pretrained(
         path, local_files_only=True, trust_remote_code=trust_remote_code
@@ -47,7 +64,7 @@ def load_model(spec: JobSpec):
             from transformers import BitsAndBytesConfig
         except ImportError:
             raise UnsupportedError("method qlora needs bitsandbytes, which this image lacks") from None
-        compute = torch.bfloat16 if spec.training.bf16 else torch.float16
+        compute = torch.bfloat16 if precision(spec) == "bf16" else torch.float16
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=spec.method.bits == 4,
             load_in_8bit=spec.method.bits == 8,
@@ -56,9 +73,9 @@ def load_model(spec: JobSpec):
             bnb_4bit_compute_dtype=compute,
         )
         kwargs["dtype"] = compute
-    elif on_gpu and method not in ("full", "freeze") and (spec.training.bf16 or spec.training.fp16):
+    elif on_gpu and method not in ("full", "freeze") and precision(spec) != "fp32":
         # Frozen base weights need no fp32 master copy; adapters stay fp32 inside PEFT.
-        kwargs["dtype"] = torch.bfloat16 if spec.training.bf16 else torch.float16
+        kwargs["dtype"] = torch.bfloat16 if precision(spec) == "bf16" else torch.float16
     else:
         kwargs["dtype"] = torch.float32
     return AutoModelForCausalLM.from_pretrained(spec.model.path, **kwargs)

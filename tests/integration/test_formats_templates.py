@@ -58,7 +58,8 @@ def _convert(tmp_path: Path, filename: str, content: str, dataset: dict) -> list
 
     (tmp_path / filename).write_text(content, encoding="utf-8")
     spec = DataSpec.model_validate({"datasets": [{"path": str(tmp_path / filename), **dataset}]})
-    return load(spec).conversations
+    (items,) = load(spec)
+    return items
 
 
 def test_data_formats_golden(tmp_path: Path):
@@ -117,7 +118,7 @@ def test_data_formats_golden(tmp_path: Path):
     golden("data_formats.json", json.dumps(cases, ensure_ascii=False, indent=1) + "\n")
 
 
-def test_bad_jsonl_line_is_named_or_skipped(tmp_path: Path):
+def test_bad_jsonl_line_is_named_or_skipped(tmp_path: Path, caplog):
     from runner.train.data import DataError
 
     content = '{"instruction": "a", "output": "b"}\n{broken\n{"instruction": "c", "output": "d"}\n'
@@ -128,8 +129,10 @@ def test_bad_jsonl_line_is_named_or_skipped(tmp_path: Path):
     spec = DataSpec.model_validate(
         {"datasets": [{"path": str(tmp_path / "bad.jsonl")}], "on_bad_record": "skip"}
     )
-    loaded = load(spec)
-    assert len(loaded.conversations) == 2 and loaded.skipped == 1
+    with caplog.at_level("WARNING"):
+        (items,) = load(spec)
+    assert [m[0]["content"] for m in items] == ["a", "c"]
+    assert "skipped 1 bad record(s)" in caplog.text
 
 
 def test_missing_column_names_the_record_and_the_fix(tmp_path: Path):

@@ -93,8 +93,9 @@ def test_container_config_golden():
         golden.write_text(text, encoding="utf-8")
     assert text == golden.read_text(encoding="utf-8")
     assert config["network_mode"] == "none" and config["user"] == "1234:100"
-    assert {v["mode"] for k, v in config["volumes"].items() if k != str(RUN)} == {"ro"}
-    assert config["volumes"][str(RUN)]["mode"] == "rw"
+    writable = {k for k, v in config["volumes"].items() if v["mode"] == "rw"}
+    assert writable == {str(RUN), "outputs/.cache"}  # the run and the tokenized-data cache only
+    assert {v["mode"] for k, v in config["volumes"].items() if k not in writable} == {"ro"}
     assert config["device_requests"] == [
         {"Driver": "nvidia", "Capabilities": [["gpu"]], "DeviceIDs": ["0", "1"]}
     ]

@@ -1,0 +1,95 @@
+"""Datasets by name: a `dataset_info.json` registry, as LLaMA-Factory users already keep one.
+
+An entry such as
+
+    "identity": {"file_name": "identity.json"}
+    "chats": {"file_name": "chats.jsonl", "formatting": "sharegpt",
+              "columns": {"messages": "conversations"},
+              "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human"}}
+    "c4": {"file_name": "c4.jsonl", "columns": {"prompt": "text"}}
+
+becomes an explicit dataset (path, format, columns, tags) when the spec is resolved, so the
+training side only ever sees files. Entries that point at a hub or a script cannot work
+offline and are refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+REGISTRY = "dataset_info.json"
+_ONLINE = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+# LLaMA-Factory column names -> the fields of runner's formats.
+_ALPACA = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
+           "history": "history"}  # fmt: skip
+_SHAREGPT = {"messages": "conversations", "system": "system"}
+_TAGS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag")
+
+
+class RegistryError(ValueError):
+    """A problem with the registry file or one entry; the message says what to fix."""
+
+
+def read(dataset_dir: Path) -> dict[str, Any]:
+    path = dataset_dir / REGISTRY
+    if not path.is_file():
+        raise RegistryError(f"'{dataset_dir}' holds no {REGISTRY}; create it or give datasets by path")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RegistryError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+    if not isinstance(entries, dict):
+        raise RegistryError(f"{path}: expected a JSON object of named datasets")
+    return entries
+
+
+def expand(name: str, dataset_dir: Path, stage: str) -> dict[str, Any]:
+    """The registry entry `name` as DatasetSpec fields (path absolute, format, columns, tags)."""
+    entries = read(dataset_dir)
+    where = f"{dataset_dir / REGISTRY}"
+    if name not in entries:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(entries), n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"it has: {', '.join(entries) or 'nothing'}"
+        raise RegistryError(f"no dataset '{name}' in {where}; {hint}")
+    entry = entries[name]
+    if not isinstance(entry, dict):
+        raise RegistryError(f"{where}: entry '{name}' must be an object")
+    online = [k for k in _ONLINE if entry.get(k)]
+    if online and not entry.get("file_name"):
+        raise RegistryError(
+            f"{where}: '{name}' is fetched from {online[0]}, which an offline machine cannot reach; "
+            "download it on the connected side and set file_name"
+        )
+    if not entry.get("file_name"):
+        raise RegistryError(f"{where}: '{name}' has no file_name")
+    if entry.get("ranking"):
+        raise RegistryError(
+            f"{where}: '{name}' is a ranking (preference) dataset, for stages rm/dpo; "
+            f"stage '{stage}' needs plain samples"
+        )
+    path = dataset_dir / entry["file_name"]
+    if not path.exists():
+        raise RegistryError(f"{where}: '{name}' names file_name '{entry['file_name']}', which does not exist")
+    columns = entry.get("columns") or {}
+    tags = entry.get("tags") or {}
+    formatting = entry.get("formatting", "alpaca")
+    if formatting not in ("alpaca", "sharegpt"):
+        raise RegistryError(
+            f"{where}: '{name}' has formatting '{formatting}'; runner reads alpaca and sharegpt"
+        )
+    out: dict[str, Any] = {"name": name, "path": str(path.resolve())}
+    if entry.get("num_samples"):
+        out["max_samples"] = int(entry["num_samples"])
+    if stage == "pt":
+        # LLaMA-Factory trains pt on the prompt column.
+        return {**out, "format": "text", "columns": {"text": columns.get("prompt", "instruction")}}
+    fields = _ALPACA if formatting == "alpaca" else _SHAREGPT
+    mapped = {fields[k]: v for k, v in columns.items() if k in fields and v and fields[k] != v}
+    out.update(format=formatting, columns=mapped)
+    if formatting == "sharegpt":
+        out["tags"] = {k: v for k, v in tags.items() if k in _TAGS and v}
+    return out

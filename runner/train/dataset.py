@@ -1,0 +1,178 @@
+"""Files -> a tokenized `datasets.Dataset`, mixed, cached, split.
+
+Tokenizing is done once per content: the cache key hashes the data files, the data
+section of the spec, the chat template, the tokenizer files and this package's
+preprocessing code, so an unchanged rerun loads the result from OUTPUT/.cache/data/KEY
+and a change to any of them tokenizes again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from datasets import Dataset, concatenate_datasets, interleave_datasets, load_from_disk
+
+from runner.spec.job import JobSpec
+from runner.train import data
+from runner.train.data import DataError
+from runner.train.templates import encode
+
+log = logging.getLogger(__name__)
+CODE = ("data.py", "dataset.py", "templates.py")  # the preprocessing code, hashed into the key
+_TOKENIZER_FILES = ("tokenizer", "vocab", "merges", "special_tokens_map", "added_tokens", "chat_template")
+_PARALLEL_FROM = 20_000  # records; below this one process is faster than starting workers
+
+
+def build(spec: JobSpec, tokenizer) -> tuple[Dataset, Dataset | None]:
+    """Training and evaluation rows for the spec's stage (input_ids, labels)."""
+    from accelerate import PartialState
+
+    directory = cache_dir(spec, tokenizer) if spec.data.cache else None
+    # In a distributed job the first process of each machine tokenizes; the others then load.
+    with PartialState().local_main_process_first():
+        if directory and (directory / "dataset_info.json").exists():
+            log.info("tokenized data from cache %s", directory)
+            rows = load_from_disk(str(directory))
+        else:
+            rows = tokenize(spec, tokenizer)
+            if directory:
+                _save(rows, directory)
+    log.info("%d training rows, %d tokens", len(rows), sum(len(r) for r in rows["input_ids"]))
+    return split(rows, spec)
+
+
+def tokenize(spec: JobSpec, tokenizer) -> Dataset:
+    sources = [Dataset.from_list([{"item": item} for item in items]) for items in data.load(spec.data)]
+    mixed = mix(sources, spec)
+    workers = spec.data.preprocessing_workers or (
+        min(8, os.cpu_count() or 1) if len(mixed) >= _PARALLEL_FROM else None
+    )
+    if spec.stage == "pt":
+        rows = mixed.map(_encode_texts, batched=True, batch_size=1000, num_proc=workers,
+                         remove_columns=["item"], fn_kwargs={"tokenizer": tokenizer, "block": spec.data.cutoff_len},
+                         new_fingerprint=uuid.uuid4().hex, desc="tokenizing")  # fmt: skip
+        if not len(rows):
+            raise DataError("the text datasets produce no tokens")
+        return rows
+    rows = mixed.map(_encode_conversations, batched=True, num_proc=workers, remove_columns=["item"],
+                     fn_kwargs={"tokenizer": tokenizer, "cutoff_len": spec.data.cutoff_len},
+                     new_fingerprint=uuid.uuid4().hex, desc="tokenizing")  # fmt: skip
+    dropped = len(mixed) - len(rows)
+    if dropped:
+        log.warning("%d sample(s) had no answer left within cutoff_len=%d and were dropped",
+                    dropped, spec.data.cutoff_len)  # fmt: skip
+    if not len(rows):
+        raise DataError(
+            f"no sample is left after tokenization: every answer starts beyond cutoff_len="
+            f"{spec.data.cutoff_len}; raise data.cutoff_len"
+        )
+    return rows
+
+
+def mix(sources: list[Dataset], spec: JobSpec) -> Dataset:
+    d = spec.data
+    if len(sources) == 1 or d.mix == "concat":
+        mixed = concatenate_datasets(sources)
+    else:
+        strategy = "first_exhausted" if d.mix == "interleave_under" else "all_exhausted"
+        mixed = interleave_datasets(sources, probabilities=d.mix_probs, seed=spec.training.seed,
+                                    stopping_strategy=strategy)  # fmt: skip
+    if d.max_samples and len(mixed) > d.max_samples:
+        mixed = mixed.select(range(d.max_samples))
+    return mixed
+
+
+def _encode_conversations(batch: dict[str, list], tokenizer, cutoff_len: int) -> dict[str, list]:
+    out: dict[str, list] = {"input_ids": [], "labels": []}
+    for messages in batch["item"]:
+        row = encode(tokenizer, messages, cutoff_len)
+        if row is not None:
+            out["input_ids"].append(row["input_ids"])
+            out["labels"].append(row["labels"])
+    return out
+
+
+def _encode_texts(batch: dict[str, list], tokenizer, block: int) -> dict[str, list]:
+    """Every text + eos, concatenated, cut into blocks of `block` tokens (the last may be shorter)."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stream: list[int] = []
+    for text in batch["item"]:
+        stream += tokenizer(text, add_special_tokens=True)["input_ids"] + eos
+    blocks = [stream[i : i + block] for i in range(0, len(stream), block)]
+    blocks = [b for b in blocks if len(b) > 1]
+    return {"input_ids": blocks, "labels": blocks}
+
+
+def split(rows: Dataset, spec: JobSpec) -> tuple[Dataset, Dataset | None]:
+    size = spec.data.val_size
+    if not size:
+        return rows, None
+    n_val = int(size) if size >= 1 else max(1, round(size * len(rows)))
+    if n_val >= len(rows):
+        raise DataError(f"data.val_size={size} leaves no training samples out of {len(rows)}")
+    parts = rows.train_test_split(test_size=n_val, seed=spec.training.seed)
+    return parts["train"], parts["test"]
+
+
+# --- the cache -----------------------------------------------------------------------------
+
+
+def cache_dir(spec: JobSpec, tokenizer) -> Path:
+    return Path(spec.output.dir) / ".cache" / "data" / cache_key(spec, tokenizer)
+
+
+def cache_key(spec: JobSpec, tokenizer) -> str:
+    h = hashlib.sha256()
+    ignored = {"val_size", "preprocessing_workers", "cache", "packing", "dataset_dir"}
+    settings = spec.data.model_dump(mode="json", exclude=ignored)
+    for ds in settings["datasets"]:
+        ds.pop("path")  # the content counts, not where it lies
+        ds.pop("name")
+    _feed(h, "spec", json.dumps({"stage": spec.stage, "data": settings}, sort_keys=True).encode())
+    for i, ds in enumerate(spec.data.datasets):
+        for f in data.files(ds):
+            _feed(h, f"data{i}/{f.name}", _file_digest(f))
+    _feed(h, "template", (getattr(tokenizer, "chat_template", None) or "").encode())
+    model = Path(spec.model.path)
+    for f in sorted(model.iterdir()):
+        if f.is_file() and f.name.startswith(_TOKENIZER_FILES) or f.suffix == ".model":
+            _feed(h, f"tokenizer/{f.name}", _file_digest(f))
+    here = Path(__file__).parent
+    for name in CODE:
+        _feed(h, f"code/{name}", (here / name).read_bytes())
+    return h.hexdigest()[:32]
+
+
+def _feed(h, label: str, payload: bytes) -> None:
+    h.update(f"{label}\0{len(payload)}\0".encode())
+    h.update(payload)
+
+
+def _file_digest(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.digest()
+
+
+def _save(rows: Dataset, directory: Path) -> None:
+    """Write to a temporary sibling, then rename: a reader never sees a half-written cache."""
+    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        rows.save_to_disk(str(tmp))
+        os.replace(tmp, directory)
+        log.info("tokenized data cached in %s", directory)
+    except OSError as e:
+        log.warning(
+            "could not cache the tokenized data in %s (%s); the next run tokenizes again", directory, e
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
