@@ -50,6 +50,13 @@ def check(data: Any, base: Path) -> Found:
     rank, nodes = _get(data, "distributed", "node_rank"), _get(data, "resources", "nodes")
     if isinstance(rank, int) and isinstance(nodes, int) and not isinstance(rank, bool) and rank >= nodes:
         found.append((("distributed", "node_rank"), f"must be < resources.nodes ({nodes}) (got {rank})"))
+    if (
+        method == "freeze"
+        and method_data.get("trainable_layers") == 0
+        and not method_data.get("extra_modules")
+    ):
+        found.append((("method", "trainable_layers"),
+                      "is 0 and extra_modules is empty, so nothing would train; raise it or name modules"))  # fmt: skip
     if _get(data, "training", "bf16") is True and _get(data, "training", "fp16") is True:
         found.append((("training", "fp16"), "bf16 and fp16 are both true; keep one of them"))
     return found
@@ -126,6 +133,7 @@ def _check_data(data: Any, stage: Any, base: Path, found: Found) -> None:
     datasets = data.get("datasets") if isinstance(data, dict) else None
     if not isinstance(datasets, list):
         return
+    _check_mix(data, len(datasets), found)
     dataset_dir = data.get("dataset_dir")
     if isinstance(dataset_dir, str):
         _check_dir(
@@ -155,12 +163,25 @@ def _check_data(data: Any, stage: Any, base: Path, found: Found) -> None:
                  "(format: text is for stage pt)"))  # fmt: skip
 
 
+def _check_mix(data: dict, n: int, found: Found) -> None:
+    probs, mix = data.get("mix_probs"), data.get("mix", "concat")
+    if not (isinstance(probs, list) and all(isinstance(p, (int, float)) for p in probs)):
+        return
+    loc = ("data", "mix_probs")
+    if mix == "concat":
+        found.append((loc, "needs mix: interleave_under or interleave_over (concat takes every record)"))
+    elif len(probs) != n:
+        found.append((loc, f"has {len(probs)} value(s) for {n} dataset(s); give one per dataset"))
+    elif any(p < 0 for p in probs) or abs(sum(probs) - 1) > 1e-6:
+        found.append((loc, f"must be >= 0 and sum to 1 (got {probs}, sum {sum(probs):g})"))
+
+
 def _check_named(ds: dict, i: int, dataset_dir: Any, stage: Any, base: Path, found: Found) -> None:
     loc = ("data", "datasets", i, "name")
     clash = [k for k in ("format", "columns", "tags") if k in ds]
     if clash:
-        found.append((loc, f"a named dataset takes {', '.join(clash)} from dataset_info.json; "
-                           "remove them here or give path instead of name"))  # fmt: skip
+        found.append((loc, f"a named dataset takes {', '.join(clash)} from {registry.REGISTRY}; "
+                           f"remove {', '.join(clash)} here, or give path instead of name"))  # fmt: skip
     if not isinstance(dataset_dir, str):
         found.append((loc, "a dataset given by name needs data.dataset_dir (the directory of "
                            f"{registry.REGISTRY})"))  # fmt: skip
@@ -168,7 +189,9 @@ def _check_named(ds: dict, i: int, dataset_dir: Any, stage: Any, base: Path, fou
     if "${" in dataset_dir or not (base / dataset_dir / registry.REGISTRY).is_file():
         return  # reported at data.dataset_dir
     try:
-        registry.expand(ds["name"], base / dataset_dir, stage if isinstance(stage, str) else "sft")
+        registry.expand(
+            ds["name"], base / dataset_dir, stage if isinstance(stage, str) else "sft", dataset_dir
+        )
     except registry.RegistryError as e:
         found.append((loc, str(e)))
 

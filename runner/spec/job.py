@@ -71,12 +71,6 @@ class FreezeMethod(_Spec):
 
     _wrap = field_validator("extra_modules", mode="before")(_as_list)
 
-    @model_validator(mode="after")
-    def _something(self) -> FreezeMethod:
-        if self.trainable_layers == 0 and not self.extra_modules:
-            raise ValueError("trainable_layers is 0 and extra_modules is empty: nothing would train")
-        return self
-
 
 class LoraMethod(_Spec):
     type: Literal["lora"] = Field(description="Low-rank adapters (PEFT LoRA).")
@@ -228,19 +222,6 @@ class DataSpec(_Spec):
     cache: bool = Field(
         True, description="Keep tokenized data under OUTPUT/.cache, keyed by a hash of its inputs."
     )
-
-    @model_validator(mode="after")
-    def _mix(self) -> DataSpec:
-        if self.mix_probs is not None:
-            if self.mix == "concat":
-                raise ValueError("mix_probs needs mix: interleave_under or interleave_over")
-            if len(self.mix_probs) != len(self.datasets):
-                raise ValueError(
-                    f"mix_probs has {len(self.mix_probs)} value(s) for {len(self.datasets)} dataset(s)"
-                )
-            if any(p < 0 for p in self.mix_probs) or abs(sum(self.mix_probs) - 1) > 1e-6:
-                raise ValueError(f"mix_probs must be >= 0 and sum to 1 (got {self.mix_probs})")
-        return self
 
 
 # --- training: names as in transformers.TrainingArguments ----------------------------------

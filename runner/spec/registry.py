@@ -45,10 +45,12 @@ def read(dataset_dir: Path) -> dict[str, Any]:
     return entries
 
 
-def expand(name: str, dataset_dir: Path, stage: str) -> dict[str, Any]:
-    """The registry entry `name` as DatasetSpec fields (path absolute, format, columns, tags)."""
+def expand(name: str, dataset_dir: Path, stage: str, shown: str | None = None) -> dict[str, Any]:
+    """The registry entry `name` as DatasetSpec fields (path absolute, format, columns, tags).
+
+    `shown` is the directory as the user wrote it, for messages."""
     entries = read(dataset_dir)
-    where = f"{dataset_dir / REGISTRY}"
+    where = f"{Path(shown) / REGISTRY if shown else dataset_dir / REGISTRY}"
     if name not in entries:
         import difflib
 
