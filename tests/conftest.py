@@ -45,7 +45,7 @@ def runner_cli(
     )  # fmt: skip
 
 
-def write_job(path: Path, model: Path, **sections) -> Path:
+def write_job(path: Path, model_dir: Path, **sections) -> Path:
     """A small LoRA job on the identity data, CPU only; keyword sections replace or extend it.
 
     Written as JSON, which every YAML reader accepts.
@@ -54,7 +54,7 @@ def write_job(path: Path, model: Path, **sections) -> Path:
 
     job = {
         "name": "job",
-        "model": {"path": str(model)},
+        "model": {"path": str(model_dir)},
         "method": {"type": "lora"},
         "data": {"datasets": [{"path": str(ROOT / "data" / "identity.json")}], "cutoff_len": 64},
         "training": {"max_steps": 3, "logging_steps": 1},

@@ -13,10 +13,11 @@ import json
 import logging
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
-from datasets import Dataset, concatenate_datasets, interleave_datasets, load_from_disk
+from datasets import Dataset, concatenate_datasets, disable_progress_bars, interleave_datasets, load_from_disk
 
 from runner.spec.job import JobSpec
 from runner.train import data
@@ -32,6 +33,9 @@ _PARALLEL_FROM = 20_000  # records; below this one process is faster than starti
 def build(spec: JobSpec, tokenizer) -> tuple[Dataset, Dataset | None]:
     """Training and evaluation rows for the spec's stage (input_ids, labels)."""
     from accelerate import PartialState
+
+    if not (sys.stderr.isatty() or os.environ.get("RUNNER_TTY") == "1"):
+        disable_progress_bars()  # bars only clutter a log file
 
     directory = cache_dir(spec, tokenizer) if spec.data.cache else None
     # In a distributed job the first process of each machine tokenizes; the others then load.

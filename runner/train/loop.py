@@ -103,6 +103,7 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
         log.info("stopped at step %d; checkpoint saved; `runner resume` continues", result.global_step)
         return {"stopped": True, "global_step": result.global_step}
     out = run_dir / ("adapter" if spec.method.type in PEFT_METHODS or spec.model.adapter else "model")
+    model.config.use_cache = True  # the saved model generates with a cache again
     trainer.save_model(str(out))  # every rank must call it (ZeRO-3 gathers the weights)
     evaluated = trainer.evaluate() if eval_ds is not None else {}
     if not trainer.is_world_process_zero():

@@ -78,7 +78,11 @@ def load_model(spec: JobSpec):
         kwargs["dtype"] = torch.bfloat16 if precision(spec) == "bf16" else torch.float16
     else:
         kwargs["dtype"] = torch.float32
-    return AutoModelForCausalLM.from_pretrained(spec.model.path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(spec.model.path, **kwargs)
+    # Training never reuses a KV cache, and an empty cache object would stop transformers from
+    # reading restarting position_ids as sample boundaries: packed samples would see each other.
+    model.config.use_cache = False
+    return model
 
 
 def count_parameters(model) -> tuple[int, int]:

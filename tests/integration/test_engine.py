@@ -1,0 +1,402 @@
+"""The training engine's guarantees, each measured by really training the tiny model on CPU:
+what trains and what stays frozen, packing without leaks, resume equivalence, continuing an
+adapter, the tokenized-data cache, the dataset registry and mixing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, write_job
+
+pytestmark = pytest.mark.integration
+REGISTRY = ROOT / "tests" / "data" / "registry"
+
+
+def _prepare(tmp_path: Path, tiny: Path, name: str = "job", **sections):
+    from runner.execute.submit import prepare
+
+    record, spec = prepare(write_job(tmp_path / f"{name}.json", tiny, name=name, **sections))
+    return Path(record.run_dir), spec
+
+
+def _train(run_dir: Path, spec, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Train in this process; returns the model and a copy of every parameter before training."""
+    from runner.train import loop, pt, sft
+
+    seen: dict = {}
+    real = loop.train
+
+    def spy(spec, run_dir, model, *rest):
+        seen["before"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        seen["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
+        seen["model"] = model
+        seen["metrics"] = real(spec, run_dir, model, *rest)
+        return seen["metrics"]
+
+    monkeypatch.setattr(loop, "train", spy)
+    (pt if spec.stage == "pt" else sft).run(spec, run_dir)
+    return seen
+
+
+def _lora_params(model) -> int:
+    """r x (in + out) for every linear layer but the output head: 'all-linear' by hand."""
+    import torch
+
+    return sum(
+        4 * (m.in_features + m.out_features)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head")
+    )
+
+
+METHODS = {
+    "full": {"type": "full"},
+    "freeze-last-layer": {"type": "freeze", "trainable_layers": 1},
+    "freeze-named": {"type": "freeze", "trainable_layers": 0, "extra_modules": ["mlp", "lm_head"]},
+    "lora": {"type": "lora", "r": 4},
+    "lora-plus": {"type": "lora", "r": 4, "loraplus_lr_ratio": 16},
+    "lora-dora-rslora-save": {"type": "lora", "r": 4, "dora": True, "rslora": True, "modules_to_save": ["lm_head"]},
+    "prefix-v2": {"type": "prefix", "num_virtual_tokens": 4, "projection": True, "encoder_hidden_size": 32},
+    "ptuning": {"type": "ptuning", "num_virtual_tokens": 4, "encoder_hidden_size": 32},
+    "prompt": {"type": "prompt", "num_virtual_tokens": 4},
+    "ia3": {"type": "ia3"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_trainable_weights_change_frozen_do_not(name, tmp_path, tiny_model, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    run_dir, spec = _prepare(tmp_path, tiny_model, method=METHODS[name],
+                             training={"max_steps": 3, "learning_rate": 1e-2})  # fmt: skip
+    seen = _train(run_dir, spec, monkeypatch)
+    params = dict(seen["model"].named_parameters())
+    trainable, before = seen["trainable"], seen["before"]
+    assert trainable, "nothing trained"
+    unchanged = [n for n in trainable if params[n].detach().equal(before[n])]
+    assert not unchanged, f"trainable but unchanged: {unchanged}"
+    moved = [n for n in params if n not in trainable and not params[n].detach().equal(before[n])]
+    assert not moved, f"frozen but changed: {moved}"
+
+    count = sum(params[n].numel() for n in trainable)
+    assert seen["metrics"]["trainable_params"] == count
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, local_files_only=True)
+    if name == "full":
+        assert count == sum(p.numel() for p in base.parameters())
+    elif name == "freeze-last-layer":
+        assert trainable == {n for n in params if n.startswith("model.layers.1.")}
+    elif name == "freeze-named":
+        assert trainable == {n for n in params if ".mlp." in n or n.startswith("lm_head.")}
+    elif name in ("lora", "lora-plus"):
+        assert count == _lora_params(base)
+    elif name == "prompt":
+        assert count == 4 * base.config.hidden_size
+    else:
+        assert 0 < count < sum(p.numel() for p in base.parameters())
+
+
+def test_loraplus_gives_b_a_larger_learning_rate(tmp_path, tiny_model, monkeypatch):
+    from runner.train import loop
+
+    run_dir, spec = _prepare(tmp_path, tiny_model, method=METHODS["lora-plus"])
+    seen: dict = {}
+    real = loop._loraplus_optimizer
+    monkeypatch.setattr(loop, "_loraplus_optimizer", lambda *a: seen.setdefault("opt", real(*a)))
+    _train(run_dir, spec, monkeypatch)
+    rates = sorted({g["lr"] for g in seen["opt"].param_groups if g["params"]})
+    assert rates[-1] == pytest.approx(16 * rates[0])
+
+
+# --- packing --------------------------------------------------------------------------------
+
+
+def _identity_rows(tokenizer, n: int):
+    from runner.spec.job import DataSpec
+    from runner.train.data import load
+    from runner.train.templates import encode
+
+    (items,) = load(DataSpec.model_validate({"datasets": [{"path": str(ROOT / "data" / "identity.json")}],
+                                             "placeholders": {"name": "小R", "author": "Runner Team"}}))  # fmt: skip
+    return [encode(tokenizer, m, 256) for m in items[:n]]
+
+
+def test_packed_batch_has_the_loss_of_the_padded_batch_and_leaks_nothing(tmp_path, tiny_model):
+    """Same samples, the model as training loads it (in train mode): padded vs packed with
+    restarting positions. Packing the same row with positions that do not restart (every
+    token sees the earlier samples) must differ, or this test could not tell a leak from none."""
+    import torch
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    from runner.train.model import load_model, load_tokenizer
+    from runner.train.templates import apply_template
+
+    _, spec = _prepare(tmp_path, tiny_model, method={"type": "full"})
+    tokenizer = load_tokenizer(str(tiny_model))
+    apply_template(tokenizer, "auto")
+    model = load_model(spec).train()  # tiny has no dropout: train mode is deterministic
+    rows = _identity_rows(tokenizer, 6)
+    padded = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)(rows)
+    packed = DataCollatorWithFlattening(separator_id=-100)(
+        [{k: r[k] for k in ("input_ids", "labels")} for r in rows]
+    )
+    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    starts = (packed["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert len(starts) == 6  # positions restart at every sample
+    with torch.no_grad():
+        loss_padded = model(**padded).loss.item()
+        loss_packed = model(**packed).loss.item()
+        leaking = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1])[None]}
+        loss_leaking = model(**leaking).loss.item()
+    assert loss_packed == pytest.approx(loss_padded, rel=1e-5, abs=1e-6)
+    assert abs(loss_leaking - loss_padded) > 1e-3
+
+
+def test_packed_training_follows_the_unpacked_loss_curve(tmp_path, tiny_model):
+    """Whole runs, full fine-tuning (no dropout), 8 steps of 4 samples: per-step losses agree."""
+    from runner.train.callbacks import read_metrics
+
+    curves = {}
+    for packing in (False, True):
+        job = write_job(tmp_path / f"p{packing}.json", tiny_model, name=f"pack-{packing}".lower(),
+                        method={"type": "full"}, data={"packing": packing, "cutoff_len": 128},
+                        training={"max_steps": 8, "learning_rate": 3e-3, "logging_steps": 1})  # fmt: skip
+        result = subprocess.run([sys.executable, "-m", "runner.cli", "submit", str(job), "--executor", "local"],
+                                capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        (run_dir,) = (tmp_path / "out" / f"pack-{packing}".lower()).iterdir()
+        curves[packing] = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    assert len(curves[False]) == len(curves[True]) == 8
+    worst = max(abs(a - b) / a for a, b in zip(curves[False], curves[True], strict=True))
+    print(f"unpacked {curves[False]}\npacked   {curves[True]}\nlargest relative difference {worst:.2e}")
+    assert curves[True] == pytest.approx(curves[False], rel=1e-4)
+    assert curves[False][-1] < curves[False][0]  # it trained
+
+
+# --- resume ---------------------------------------------------------------------------------
+
+
+def _entrypoint(run_dir: Path, **env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner.train", str(run_dir / "spec.yaml"), "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, **env},
+    )  # fmt: skip
+
+
+def _weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(path / "adapter_model.safetensors")
+
+
+def test_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, tiny_model):
+    """LoRA with dropout (so the random state must be restored too), stopped by SIGTERM after
+    the first checkpoint, resumed past a half-written checkpoint: same steps, same weights."""
+    import torch
+
+    job = {"method": {"type": "lora", "r": 8, "dropout": 0.1},
+           "training": {"max_steps": 60, "save_steps": 5, "logging_steps": 5, "per_device_train_batch_size": 4,
+                        "learning_rate": 3e-3}}  # fmt: skip
+    whole, _ = _prepare(tmp_path, tiny_model, name="whole", **job)
+    out = _entrypoint(whole).communicate(timeout=600)[0]
+    assert (whole / "results.json").exists(), out[-2000:]
+
+    split, _ = _prepare(tmp_path, tiny_model, name="split", **job)
+    proc = _entrypoint(split)
+    first = split / "checkpoints" / "checkpoint-5" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, out[-2000:]  # stopped on request, not finished
+    half = split / "checkpoints" / "checkpoint-999"  # a save cut short: no trainer_state.json
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"partial")
+
+    resumed = _entrypoint(split, RUNNER_RESUME="1")
+    out = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, out[-3000:]
+    assert "resuming from" in out and "checkpoint-999" not in out.split("resuming from")[1].split("\n")[0]
+    stopped_at = int(out.split("resuming from")[1].split("checkpoint-")[1].split()[0])
+    assert 5 <= stopped_at < 60
+    a = json.loads((whole / "results.json").read_text())
+    b = json.loads((split / "results.json").read_text())
+    assert a["global_step"] == b["global_step"] == 60
+    wa, wb = _weights(whole / "adapter"), _weights(split / "adapter")
+    assert wa.keys() == wb.keys()
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    print(f"stopped at step {stopped_at}; largest weight difference after resuming: {worst:g}")
+    assert worst <= 1e-6, f"resumed weights differ by up to {worst}"
+    assert any(not torch.equal(wa[k], torch.zeros_like(wa[k])) for k in wa if "lora_B" in k)
+
+
+# --- continue an adapter ---------------------------------------------------------------------
+
+
+def test_training_continues_from_an_existing_adapter(tmp_path, tiny_model, monkeypatch):
+    first, spec = _prepare(
+        tmp_path, tiny_model, name="first", training={"max_steps": 3, "learning_rate": 1e-2}
+    )
+    _train(first, spec, monkeypatch)
+    saved = _weights(first / "adapter")
+
+    second, spec = _prepare(tmp_path, tiny_model, name="second", model={"adapter": str(first / "adapter")},
+                            training={"max_steps": 3, "learning_rate": 1e-2})  # fmt: skip
+    seen = _train(second, spec, monkeypatch)
+    started = {n.replace(".default", ""): t for n, t in seen["before"].items() if "lora_" in n}
+    assert started and len(started) == len(saved)
+    for name, tensor in saved.items():  # it started from the saved adapter, not a fresh one
+        assert torch_equal(started[name], tensor), name
+    after = _weights(second / "adapter")
+    assert any(not torch_equal(after[k], saved[k]) for k in saved)
+
+
+def torch_equal(a, b) -> bool:
+    return bool(a.shape == b.shape and (a == b).all())
+
+
+# --- data: cache, registry, mixing --------------------------------------------------------------
+
+
+def test_tokenized_data_is_cached_by_content(tmp_path, tiny_model, caplog):
+    import shutil
+
+    from runner.train import dataset
+    from runner.train.model import load_tokenizer
+    from runner.train.templates import apply_template
+
+    data = tmp_path / "identity.json"
+    shutil.copy(ROOT / "data" / "identity.json", data)
+    _, spec = _prepare(tmp_path, tiny_model, data={"datasets": [{"path": str(data)}]})
+    tokenizer = load_tokenizer(spec.model.path)
+    apply_template(tokenizer, "auto")
+    with caplog.at_level("INFO"):
+        first, _ = dataset.build(spec, tokenizer)
+        assert "tokenized data cached in" in caplog.text
+        caplog.clear()
+        again, _ = dataset.build(spec, tokenizer)
+        assert "tokenized data from cache" in caplog.text
+    assert again["input_ids"] == first["input_ids"] and again["labels"] == first["labels"]
+    key = dataset.cache_key(spec, tokenizer)
+    assert (Path(spec.output.dir) / ".cache" / "data" / key / "dataset_info.json").exists()
+
+    original = data.read_bytes()
+    rows = json.loads(original)
+    data.write_text(json.dumps(rows[:-1], ensure_ascii=False), encoding="utf-8")
+    assert dataset.cache_key(spec, tokenizer) != key  # the data changed
+    data.write_bytes(original)
+    assert dataset.cache_key(spec, tokenizer) == key
+    apply_template(tokenizer, "llama3")
+    assert dataset.cache_key(spec, tokenizer) != key  # the template changed
+    apply_template(tokenizer, "auto")
+    cut = spec.model_copy(update={"data": spec.data.model_copy(update={"cutoff_len": 32})})
+    assert dataset.cache_key(cut, tokenizer) != key  # the preprocessing changed
+
+
+def test_registry_names_resolve_to_files_formats_and_columns(tmp_path, tiny_model):
+    from runner.spec.job import DataSpec
+    from runner.train.data import load
+
+    _, spec = _prepare(tmp_path, tiny_model, data={
+        "dataset_dir": str(REGISTRY),
+        "datasets": [{"name": "identity"}, {"name": "faq_csv"}, {"name": "chats", "max_samples": 1}],
+    })  # fmt: skip
+    identity, faq, chats = spec.data.datasets
+    assert identity.path == str(REGISTRY / "identity.json") and identity.format == "alpaca"
+    assert faq.columns == {"instruction": "问题", "input": "行动", "output": "回答"}
+    assert chats.format == "sharegpt" and chats.columns == {"conversations": "dialog", "system": "sys"}
+    assert chats.tags == {
+        "role_tag": "speaker",
+        "content_tag": "text",
+        "user_tag": "客户",
+        "assistant_tag": "客服",
+    }
+    assert chats.max_samples == 1
+    assert spec.data.dataset_dir is None  # the resolved spec names files only
+
+    a, b, c = load(DataSpec.model_validate(spec.data.model_dump()))
+    assert len(a) == 80 and len(b) == 3 and len(c) == 1
+    assert b[0][-2:] == [
+        {"role": "user", "content": "余额多少？\n查询"},
+        {"role": "assistant", "content": "您的余额是100元。"},
+    ]
+    assert [m["role"] for m in c[0]] == ["system", "user", "assistant", "user", "assistant"]
+    assert c[0][0]["content"] == "你是银行客服。"
+
+    _, pt_spec = _prepare(tmp_path, tiny_model, name="pt", stage="pt",
+                          data={"dataset_dir": str(REGISTRY), "datasets": [{"name": "c4_demo"}]})  # fmt: skip
+    (corpus,) = pt_spec.data.datasets
+    assert corpus.format == "text" and corpus.columns == {"text": "text"}
+
+
+def test_mixing_concat_and_interleave(tmp_path, tiny_model):
+    from datasets import Dataset
+
+    from runner.train.dataset import mix
+
+    sources = [Dataset.from_list([{"item": f"a{i}"} for i in range(8)]),
+               Dataset.from_list([{"item": f"b{i}"} for i in range(2)])]  # fmt: skip
+
+    def mixed(**data):
+        _, spec = _prepare(
+            tmp_path, tiny_model, data={"datasets": [{"path": str(REGISTRY / "identity.json")}] * 2, **data}
+        )
+        return mix(sources, spec)["item"]
+
+    assert mixed() == [f"a{i}" for i in range(8)] + ["b0", "b1"]
+    assert mixed(max_samples=3) == ["a0", "a1", "a2"]
+    under = mixed(mix="interleave_under")  # alternates, stops when b runs out
+    assert under == ["a0", "b0", "a1", "b1"]
+    over = mixed(mix="interleave_over")  # until every source ran out; b repeats
+    assert over.count("b0") > 1 and all(f"a{i}" in over for i in range(8))
+    probs = mixed(mix="interleave_over", mix_probs=[0.9, 0.1])
+    assert sum(x.startswith("a") for x in probs) > 2 * sum(x.startswith("b") for x in probs)
+
+
+def test_a_job_trains_on_mixed_registry_datasets(tmp_path, tiny_model, monkeypatch):
+    run_dir, spec = _prepare(tmp_path, tiny_model, data={
+        "dataset_dir": str(REGISTRY), "mix": "interleave_over", "mix_probs": [0.5, 0.25, 0.25],
+        "datasets": [{"name": "identity"}, {"name": "faq_csv"}, {"name": "chats"}],
+        "placeholders": {"name": "小R", "author": "Runner Team"}, "cutoff_len": 128,
+    })  # fmt: skip
+    seen = _train(run_dir, spec, monkeypatch)
+    assert seen["metrics"]["global_step"] == 3 and seen["metrics"]["train_samples"] > 80
+
+
+# --- bad data: one message, nothing trained ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "data", "message"),
+    [
+        ('{broken\n{"also": "broken"\n', {"on_bad_record": "skip"},
+         r"data\.datasets\[0\] \(.*bad\.jsonl\) has no usable record: all 2 were bad and skipped"),
+        ('{"instruction": "q", "output": "a"}\n', {"cutoff_len": 8},
+         r"no sample is left after tokenization: every answer starts beyond cutoff_len=8; raise data\.cutoff_len"),
+        ('{"question": "q", "answer": "a"}\n', {},
+         r"bad\.jsonl:1: no column 'instruction' \(it has: question, answer\); map it in data\.datasets\[0\]\.columns"),
+    ],
+    ids=["all-records-skipped", "nothing-left-after-cutoff", "missing-column"],
+)  # fmt: skip
+def test_bad_data_stops_with_one_message(content, data, message, tmp_path, tiny_model):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content, encoding="utf-8")
+    job = write_job(tmp_path / "job.json", tiny_model, data={"datasets": [{"path": str(bad)}], **data})
+    result = subprocess.run([sys.executable, "-m", "runner.cli", "submit", str(job), "--executor", "local"],
+                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-2000:]
+    assert "Traceback" not in output
+    import re
+
+    assert re.search(message, output), output[-2000:]
+    (run_dir,) = (tmp_path / "out" / "job").iterdir()
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "adapter").exists()
