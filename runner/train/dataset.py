@@ -119,7 +119,10 @@ def split(rows: Dataset, spec: JobSpec) -> tuple[Dataset, Dataset | None]:
         return rows, None
     n_val = int(size) if size >= 1 else max(1, round(size * len(rows)))
     if n_val >= len(rows):
-        raise DataError(f"data.val_size={size} leaves no training samples out of {len(rows)}")
+        raise DataError(
+            f"data.val_size={size} leaves no training samples: the data makes only {len(rows)} row(s); "
+            "lower val_size or add data"
+        )
     parts = rows.train_test_split(test_size=n_val, seed=spec.training.seed)
     return parts["train"], parts["test"]
 
