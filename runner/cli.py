@@ -214,10 +214,9 @@ def stop(run_id: str, timeout: int) -> None:
 @click.option("--detach", "-d", is_flag=True, help="Start and return.")
 def resume(run_id: str, detach: bool) -> None:
     """Continue a stopped or failed run from its newest complete checkpoint, in place."""
-    from runner.docker_api import Docker
-    from runner.execute.docker import resume as do_resume
+    from runner.execute.submit import resume as do_resume
 
-    record = do_resume(_record(run_id), Docker(), _sink, detach)
+    record = do_resume(_record(run_id), _sink, detach)
     if detach:
         click.echo(f"run {record.id}: resumed in container {record.container}")
         return

@@ -108,19 +108,3 @@ def stop(record: RunRecord, docker: Docker, timeout: int = 300) -> RunRecord:
         raise RunError(f"run {record.id} is not running (status: {record.status})")
     container.stop(timeout=timeout)
     return refresh(record, docker)
-
-
-def resume(record: RunRecord, docker: Docker, sink: Callable[[bytes], None], detach: bool) -> RunRecord:
-    """Continue a stopped or failed run in place, from its newest complete checkpoint."""
-    if record.status in ("running", "succeeded"):
-        raise RunError(f"run {record.id} is {record.status}; only a stopped or failed run resumes")
-    from runner.spec import load_job
-
-    spec = load_job(Path(record.run_dir) / "spec.yaml")
-    executor = DockerExecutor(sink, docker=None)
-    executor.check(spec)
-    if detach:
-        executor.start(record, spec, resume=True)
-    else:
-        executor.run(record, spec, resume=True)
-    return record

@@ -30,9 +30,10 @@ class LocalExecutor:
         """Refuse GPUs this machine does not have, before anything is created."""
         require_gpus(spec, len(host_gpu_names()) if spec.resources.gpus != 0 else 0, "this machine")
 
-    def run(self, record: RunRecord, spec: JobSpec) -> int:
+    def run(self, record: RunRecord, spec: JobSpec, resume: bool = False) -> int:
         argv = render_launch(spec, Path(record.run_dir), python=sys.executable)
-        child_env = {**os.environ, **OFFLINE_ENV, **({"RUNNER_TTY": "1"} if self.tty else {})}
+        child_env = {**os.environ, **OFFLINE_ENV, **({"RUNNER_TTY": "1"} if self.tty else {}),
+                     "RUNNER_RESUME": "1" if resume else "0"}  # fmt: skip
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env, start_new_session=True
         )

@@ -59,3 +59,21 @@ def submit(
     else:
         runner_.run(record, spec)
     return record
+
+
+def resume(record: RunRecord, sink: Callable[[bytes], None], detach: bool = False) -> RunRecord:
+    """Continue a stopped or failed run in place, from its newest complete checkpoint, with the
+    executor it ran on."""
+    if record.status in ("running", "succeeded"):
+        raise RunError(f"run {record.id} is {record.status}; only a stopped or failed run resumes")
+    name = record.executor if record.executor in EXECUTORS else "local"
+    if detach and name != "docker":
+        raise RunError("--detach needs the docker executor (a container outlives this command)")
+    spec = load_job(Path(record.run_dir) / "spec.yaml")
+    executor = EXECUTORS[name](sink, tty=sys.stdout.isatty())
+    executor.check(spec)
+    if detach:
+        executor.start(record, spec, resume=True)
+    else:
+        executor.run(record, spec, resume=True)
+    return record

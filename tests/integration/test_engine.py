@@ -197,8 +197,9 @@ def _weights(path: Path) -> dict:
 
 
 def test_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, tiny_model):
-    """LoRA with dropout (so the random state must be restored too), stopped by SIGTERM after
-    the first checkpoint, resumed past a half-written checkpoint: same steps, same weights."""
+    """LoRA with dropout (so the random state must be restored too). One run goes through; the
+    other is stopped with Ctrl-C after its first checkpoint, a half-written checkpoint is left
+    beside it, and `runner resume` continues: same steps, same weights."""
     import torch
 
     job = {"method": {"type": "lora", "r": 8, "dropout": 0.1},
@@ -208,28 +209,35 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, tiny_model
     out = _entrypoint(whole).communicate(timeout=600)[0]
     assert (whole / "results.json").exists(), out[-2000:]
 
-    split, _ = _prepare(tmp_path, tiny_model, name="split", **job)
-    proc = _entrypoint(split)
-    first = split / "checkpoints" / "checkpoint-5" / "trainer_state.json"
+    spec = write_job(tmp_path / "split.json", tiny_model, name="split", **job)
+    submit = subprocess.Popen([sys.executable, "-m", "runner.cli", "submit", str(spec), "--executor", "local"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)  # fmt: skip
+    runs = tmp_path / "out" / "split"
     deadline = time.time() + 300
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
+    while not list(runs.glob("*/checkpoints/checkpoint-5/trainer_state.json")) and time.time() < deadline:
+        assert submit.poll() is None, submit.communicate()[0][-2000:]
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 143, out[-2000:]  # stopped on request, not finished
+    submit.send_signal(signal.SIGINT)  # Ctrl-C: the trainer saves a checkpoint and stops
+    out = submit.communicate(timeout=300)[0]
+    (split,) = runs.iterdir()
+    record = json.loads((split / "run.json").read_text())
+    assert record["status"] == "stopped" and record["exit_code"] == 143, out[-2000:]
     half = split / "checkpoints" / "checkpoint-999"  # a save cut short: no trainer_state.json
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"partial")
 
-    resumed = _entrypoint(split, RUNNER_RESUME="1")
-    out = resumed.communicate(timeout=600)[0]
+    resumed = subprocess.run([sys.executable, "-m", "runner.cli", "resume", split.name],
+                             capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-3000:]
-    assert "resuming from" in out and "checkpoint-999" not in out.split("resuming from")[1].split("\n")[0]
-    stopped_at = int(out.split("resuming from")[1].split("checkpoint-")[1].split()[0])
+    line = out.split("resuming from")[1].split("\n")[0]
+    assert "checkpoint-999" not in line
+    stopped_at = int(line.split("checkpoint-")[1])
     assert 5 <= stopped_at < 60
     a = json.loads((whole / "results.json").read_text())
     b = json.loads((split / "results.json").read_text())
     assert a["global_step"] == b["global_step"] == 60
+    assert json.loads((split / "run.json").read_text())["status"] == "succeeded"
     wa, wb = _weights(whole / "adapter"), _weights(split / "adapter")
     assert wa.keys() == wb.keys()
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
