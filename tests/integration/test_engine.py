@@ -293,6 +293,11 @@ def test_tokenized_data_is_cached_by_content(tmp_path, tiny_model, caplog):
         again, _ = dataset.build(spec, tokenizer)
         assert "tokenized data from cache" in caplog.text
     assert again["input_ids"] == first["input_ids"] and again["labels"] == first["labels"]
+    two = spec.model_copy(
+        update={"data": spec.data.model_copy(update={"preprocessing_workers": 2, "cache": False})}
+    )
+    parallel, _ = dataset.build(two, tokenizer)  # two worker processes, same rows in the same order
+    assert parallel["input_ids"] == first["input_ids"] and parallel["labels"] == first["labels"]
     key = dataset.cache_key(spec, tokenizer)
     assert (Path(spec.output.dir) / ".cache" / "data" / key / "dataset_info.json").exists()
 
