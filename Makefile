@@ -29,12 +29,12 @@ test: $(VENV)/.installed
 	$(BIN)/pytest -q
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check runner tests
-	$(BIN)/ruff format --check runner tests
+	$(BIN)/ruff check runner tests bench
+	$(BIN)/ruff format --check runner tests bench
 
 fmt: $(VENV)/.installed
-	$(BIN)/ruff format runner tests
-	$(BIN)/ruff check --fix runner tests
+	$(BIN)/ruff format runner tests bench
+	$(BIN)/ruff check --fix runner tests bench
 
 clean:
 	rm -rf $(VENV) models/tiny outputs .pytest_cache

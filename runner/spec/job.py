@@ -48,6 +48,11 @@ class ModelSpec(_Spec):
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped inside the model directory (ChatGLM3 needs it)."
     )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
+        "auto",
+        description="Attention kernel; auto: on a GPU flash_attention_2 where flash-attn is installed, "
+        "else flex_attention for packed rows and sdpa for padded ones; sdpa on CPU.",
+    )
 
 
 # --- methods: a discriminated union on `type`, each with only its own fields ---------------
@@ -240,7 +245,7 @@ class TrainingSpec(_Spec):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    optim: str = Field("adamw_torch", description="Optimizer name as in TrainingArguments.")
+    optim: str = Field("adamw_torch_fused", description="Optimizer name as in TrainingArguments.")
     logging_steps: int = Field(10, ge=1, description="Log metrics every N steps.")
     save_steps: int = Field(500, ge=1, description="Save a checkpoint every N steps.")
     save_total_limit: int | None = Field(2, ge=1, description="Keep at most N checkpoints.")
@@ -253,6 +258,12 @@ class TrainingSpec(_Spec):
         None, description="float16 mixed precision; unset: on for GPUs without bfloat16. CPU: float32."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    use_liger_kernel: bool | None = Field(
+        None,
+        description="Liger's fused kernels (linear cross-entropy without full logits, RMSNorm, SwiGLU, "
+        "RoPE); unset: on where liger-kernel is installed and a GPU is present.",
+    )
+    torch_compile: bool = Field(False, description="Compile the model with torch.compile.")
     dataloader_num_workers: int = Field(0, ge=0, description="Worker processes for data loading.")
 
 

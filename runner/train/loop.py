@@ -14,7 +14,7 @@ from runner.errors import UnsupportedError
 from runner.spec.job import JobSpec
 from runner.train.callbacks import MetricsCallback, StopOnSignal, latest_checkpoint
 from runner.train.methods import PEFT_METHODS
-from runner.train.model import count_parameters, device_type, precision
+from runner.train.model import count_parameters, device_type, liger, precision
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> Training
         fp16=dtype == "fp16",
         **_checkpointing(t.gradient_checkpointing),
         dataloader_num_workers=t.dataloader_num_workers,
+        use_liger_kernel=liger(spec),
+        torch_compile=t.torch_compile,
         use_cpu=cpu,
         deepspeed=str(run_dir / "deepspeed.json") if spec.distributed.deepspeed else None,
         ddp_find_unused_parameters=False,
@@ -78,12 +80,9 @@ def _checkpointing(on: bool) -> dict:
     return {key: on, f"{key}_kwargs": {"use_reentrant": False} if on else None}
 
 
-def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, collator) -> dict:
-    """Train (continuing from the newest complete checkpoint when RUNNER_RESUME=1), save the
-    result and return the final metrics (also written to results.json)."""
+def make_trainer(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, collator) -> Trainer:
+    """The Trainer a job trains with (the benchmark times this same object)."""
     args = training_arguments(spec, run_dir, has_eval=eval_ds is not None)
-    trainable, total = count_parameters(model)
-    log.info("trainable params: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     optimizers = (
         (_loraplus_optimizer(spec, model, args), None)
         if getattr(spec.method, "loraplus_lr_ratio", None)
@@ -92,9 +91,19 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
     trainer = Trainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=collator, processing_class=tokenizer, optimizers=optimizers,
-        callbacks=[MetricsCallback(run_dir, plain=args.disable_tqdm), stop := StopOnSignal()],
+        callbacks=[MetricsCallback(run_dir, plain=args.disable_tqdm)],
     )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # MetricsCallback prints readable lines instead
+    return trainer
+
+
+def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, collator) -> dict:
+    """Train (continuing from the newest complete checkpoint when RUNNER_RESUME=1), save the
+    result and return the final metrics (also written to results.json)."""
+    trainable, total = count_parameters(model)
+    log.info("trainable params: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    trainer = make_trainer(spec, run_dir, model, tokenizer, train_ds, eval_ds, collator)
+    trainer.add_callback(stop := StopOnSignal())
     resume = latest_checkpoint(run_dir / "checkpoints") if os.environ.get("RUNNER_RESUME") == "1" else None
     if resume:
         log.info("resuming from %s", resume)

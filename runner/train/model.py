@@ -48,41 +48,77 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
+def attention(spec: JobSpec) -> str:
+    """The attention kernel. Packed rows must never meet a dense T x T mask on a GPU, so auto
+    picks flash-attention's variable-length kernels where installed, else flex attention with a
+    block mask built from the restarting positions; sdpa otherwise (and on CPU, where flex
+    attention cannot run backward)."""
+    chosen = spec.model.attn_implementation
+    if chosen != "auto":
+        return chosen
+    if device_type() != "cuda":
+        return "sdpa"
+    if _installed("flash_attn"):
+        return "flash_attention_2"
+    return "flex_attention" if spec.data.packing else "sdpa"
+
+
+def liger(spec: JobSpec) -> bool:
+    wanted = spec.training.use_liger_kernel
+    available = device_type() == "cuda" and _installed("liger_kernel")
+    if wanted and not available:
+        log.warning(
+            "use_liger_kernel: liger-kernel needs a GPU and the liger-kernel package; training without"
+        )
+    return available if wanted is None else bool(wanted and available)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def weight_dtype(spec: JobSpec) -> torch.dtype:
+    """Frozen base weights need no fp32 master copy: LoRA-style methods load them in the training
+    precision (adapters stay fp32 inside PEFT). Trained weights (full, freeze) load in fp32."""
+    dtype = precision(spec)
+    if spec.method.type in ("full", "freeze") or dtype == "fp32":
+        return torch.float32
+    return torch.bfloat16 if dtype == "bf16" else torch.float16
+
+
 def load_model(spec: JobSpec):
     """The base model, quantized for qlora, in a dtype that suits method and device."""
     kwargs: dict = {"local_files_only": True, "trust_remote_code": spec.model.trust_remote_code}
-    method = spec.method.type
-    on_gpu = device_type() == "cuda"
-    if method == "qlora":
-        if not on_gpu:
-            raise UnsupportedError(
-                "method qlora quantizes the base with bitsandbytes, which needs a CUDA GPU; "
-                "none is visible here. Use method: lora on this machine."
-            )
-        try:
-            import bitsandbytes  # noqa: F401
-            from transformers import BitsAndBytesConfig
-        except ImportError:
-            raise UnsupportedError("method qlora needs bitsandbytes, which this image lacks") from None
-        compute = torch.bfloat16 if precision(spec) == "bf16" else torch.float16
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=spec.method.bits == 4,
-            load_in_8bit=spec.method.bits == 8,
-            bnb_4bit_quant_type=spec.method.quant_type,
-            bnb_4bit_use_double_quant=spec.method.double_quant,
-            bnb_4bit_compute_dtype=compute,
-        )
-        kwargs["dtype"] = compute
-    elif on_gpu and method not in ("full", "freeze") and precision(spec) != "fp32":
-        # Frozen base weights need no fp32 master copy; adapters stay fp32 inside PEFT.
-        kwargs["dtype"] = torch.bfloat16 if precision(spec) == "bf16" else torch.float16
-    else:
-        kwargs["dtype"] = torch.float32
+    if spec.method.type == "qlora":
+        kwargs["quantization_config"] = quantization(spec)
+    kwargs["dtype"] = weight_dtype(spec)
+    kwargs["attn_implementation"] = attention(spec)
     model = AutoModelForCausalLM.from_pretrained(spec.model.path, **kwargs)
     # Training never reuses a KV cache, and an empty cache object would stop transformers from
     # reading restarting position_ids as sample boundaries: packed samples would see each other.
     model.config.use_cache = False
     return model
+
+
+def quantization(spec: JobSpec):
+    """bitsandbytes settings for qlora; refuses a machine without CUDA or bitsandbytes."""
+    if device_type() != "cuda":
+        raise UnsupportedError(
+            "method qlora quantizes the base with bitsandbytes, which needs a CUDA GPU; "
+            "none is visible here. Use method: lora on this machine."
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise UnsupportedError("method qlora needs bitsandbytes, which this image lacks") from None
+    m = spec.method
+    return BitsAndBytesConfig(
+        load_in_4bit=m.bits == 4, load_in_8bit=m.bits == 8, bnb_4bit_quant_type=m.quant_type,
+        bnb_4bit_use_double_quant=m.double_quant, bnb_4bit_compute_dtype=weight_dtype(spec),
+    )  # fmt: skip
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -128,7 +128,8 @@ def _identity_rows(tokenizer, n: int):
     return [encode(tokenizer, m, 256) for m in items[:n]]
 
 
-def test_packed_batch_has_the_loss_of_the_padded_batch_and_leaks_nothing(tmp_path, tiny_model):
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_batch_has_the_loss_of_the_padded_batch_and_leaks_nothing(attn, tmp_path, tiny_model):
     """Same samples, the model as training loads it (in train mode): padded vs packed with
     restarting positions. Packing the same row with positions that do not restart (every
     token sees the earlier samples) must differ, or this test could not tell a leak from none."""
@@ -138,7 +139,12 @@ def test_packed_batch_has_the_loss_of_the_padded_batch_and_leaks_nothing(tmp_pat
     from runner.train.model import load_model, load_tokenizer
     from runner.train.templates import apply_template
 
-    _, spec = _prepare(tmp_path, tiny_model, method={"type": "full"})
+    _, spec = _prepare(
+        tmp_path,
+        tiny_model,
+        method={"type": "full"},
+        model={"path": str(tiny_model), "attn_implementation": attn},
+    )
     tokenizer = load_tokenizer(str(tiny_model))
     apply_template(tokenizer, "auto")
     model = load_model(spec).train()  # tiny has no dropout: train mode is deterministic

@@ -1,0 +1,29 @@
+"""The CPU throughput benchmark runs end to end and reports (it asserts no speed: a report, not
+a timed test)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_cpu_benchmark_reports_every_arm(tmp_path):
+    out = tmp_path / "throughput.md"
+    result = subprocess.run(
+        [sys.executable, "bench/throughput.py", "--device", "cpu", "--steps", "6", "--bs", "4",
+         "--max-len", "256", "--write", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["arm", "plain", "runner", "runner"]
+    for row in rows[1:]:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert float(cells[2].replace(",", "")) > 0  # real tokens/s measured
+    assert [r.split("|")[2].strip() for r in rows[1:]] == ["no", "no", "yes"]
