@@ -169,7 +169,7 @@ def _runner_trainer(a, rows, tokenizer):
     from datasets import Dataset
 
     from runner.spec.job import JobSpec
-    from runner.train import loop, sft
+    from runner.train import dataset, loop
     from runner.train.methods import apply_method
     from runner.train.model import attention, weight_dtype
 
@@ -181,7 +181,7 @@ def _runner_trainer(a, rows, tokenizer):
         "method": method, "data": {"datasets": [{"path": "synthetic"}], "packing": a.packing},
         "training": {"per_device_train_batch_size": a.bs, "max_steps": a.steps, "learning_rate": 1e-4,
                      "logging_steps": 1000, "save_steps": 10**6, "gradient_checkpointing": a.ckpt,
-                     "dataloader_num_workers": 2 if a.device == "cuda" else 0},
+                     "gradient_accumulation_steps": a.accum, "train_sampling_strategy": a.sampling},
         "resources": {"gpus": 1 if a.device == "cuda" else 0},
     })  # fmt: skip
     if a.method == "qlora":  # quantization happens on load, as for a real model directory
@@ -193,7 +193,7 @@ def _runner_trainer(a, rows, tokenizer):
     model = apply_method(model, spec)
     run_dir = Path(tempfile.mkdtemp(prefix="runner-bench-"))
     trainer = loop.make_trainer(spec, run_dir, model, tokenizer, Dataset.from_list(rows), None,
-                                sft.collator(spec, tokenizer))  # fmt: skip
+                                dataset.collator(spec, tokenizer))  # fmt: skip
     return trainer, n_params
 
 
@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-ckpt", dest="ckpt", action="store_false", help="no gradient checkpointing")
     p.add_argument("--packing", action="store_true", help="(runner arm) padding-free packed rows")
     p.add_argument("--attn", default="auto", help="(runner arm) model.attn_implementation")
+    p.add_argument("--accum", type=int, default=1, help="(runner arm) gradient_accumulation_steps")
+    p.add_argument("--sampling", default="random", help="(runner arm) training.train_sampling_strategy")
     p.add_argument("--baseline", help="the hand-written baseline script to run beside runner (GPU)")
     p.add_argument("--write", type=Path, help="append the markdown table to this file")
     p.add_argument("--arm", choices=["runner", "plain"], help=argparse.SUPPRESS)

@@ -257,6 +257,12 @@ class TrainingSpec(_Spec):
     fp16: bool | None = Field(
         None, description="float16 mixed precision; unset: on for GPUs without bfloat16. CPU: float32."
     )
+    train_sampling_strategy: Literal["random", "sequential", "group_by_length", "batch_rebalance"] = Field(
+        "random",
+        description="random; group_by_length (similar lengths together, less padding); batch_rebalance "
+        "(the same samples per optimizer step, split into micro-batches of balanced token cost: more "
+        "short samples, fewer long ones, and balanced across GPUs).",
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     use_liger_kernel: bool | None = Field(
         None,
@@ -264,7 +270,9 @@ class TrainingSpec(_Spec):
         "RoPE); unset: on where liger-kernel is installed and a GPU is present.",
     )
     torch_compile: bool = Field(False, description="Compile the model with torch.compile.")
-    dataloader_num_workers: int = Field(0, ge=0, description="Worker processes for data loading.")
+    dataloader_num_workers: int | None = Field(
+        None, ge=0, description="Worker processes that collate batches; unset: 2 on a GPU, 0 on CPU."
+    )
 
 
 # --- where and how it runs ------------------------------------------------------------------

@@ -18,15 +18,17 @@ import uuid
 from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets, disable_progress_bars, interleave_datasets, load_from_disk
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
 from runner.spec.job import JobSpec
 from runner.train import data
 from runner.train.data import DataError
-from runner.train.templates import encode
+from runner.train.templates import IGNORE, encode
 
 log = logging.getLogger(__name__)
 CODE = ("data.py", "dataset.py", "templates.py")  # the preprocessing code, hashed into the key
 _TOKENIZER_FILES = ("tokenizer", "vocab", "merges", "special_tokens_map", "added_tokens", "chat_template")
+LENGTH = "length"  # tokens per row, kept for length-aware samplers; collators drop it
 _PARALLEL_FROM = 20_000  # records; below this one process is faster than starting workers
 
 
@@ -93,12 +95,13 @@ def mix(sources: list[Dataset], spec: JobSpec) -> Dataset:
 
 
 def _encode_conversations(batch: dict[str, list], tokenizer, cutoff_len: int) -> dict[str, list]:
-    out: dict[str, list] = {"input_ids": [], "labels": []}
+    out: dict[str, list] = {"input_ids": [], "labels": [], LENGTH: []}
     for messages in batch["item"]:
         row = encode(tokenizer, messages, cutoff_len)
         if row is not None:
             out["input_ids"].append(row["input_ids"])
             out["labels"].append(row["labels"])
+    out[LENGTH] = [len(ids) for ids in out["input_ids"]]
     return out
 
 
@@ -110,7 +113,7 @@ def _encode_texts(batch: dict[str, list], tokenizer, block: int) -> dict[str, li
         stream += tokenizer(text, add_special_tokens=True)["input_ids"] + eos
     blocks = [stream[i : i + block] for i in range(0, len(stream), block)]
     blocks = [b for b in blocks if len(b) > 1]
-    return {"input_ids": blocks, "labels": blocks}
+    return {"input_ids": blocks, "labels": blocks, LENGTH: [len(b) for b in blocks]}
 
 
 def split(rows: Dataset, spec: JobSpec) -> tuple[Dataset, Dataset | None]:
@@ -125,6 +128,31 @@ def split(rows: Dataset, spec: JobSpec) -> tuple[Dataset, Dataset | None]:
         )
     parts = rows.train_test_split(test_size=n_val, seed=spec.training.seed)
     return parts["train"], parts["test"]
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+
+def collator(spec: JobSpec, tokenizer):
+    """Padded batches; or, with data.packing, one row per micro-batch with no padding at all.
+
+    A packed row restarts position_ids at every sample. transformers reads those restarts
+    as sample boundaries: flash-attention runs variable-length kernels, flex attention and
+    sdpa get a block-diagonal mask. Either way no token attends to another sample.
+    """
+    if spec.data.packing:
+        return WithoutLength(DataCollatorWithFlattening(separator_id=IGNORE))
+    return WithoutLength(DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE))
+
+
+class WithoutLength:
+    """The length column serves the samplers; the model must not receive it."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, features: list[dict]) -> dict:
+        return self.collate([{k: v for k, v in f.items() if k != LENGTH} for f in features])
 
 
 # --- the cache -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 from runner.errors import UnsupportedError
 from runner.spec.job import JobSpec
 from runner.train.callbacks import MetricsCallback, StopOnSignal, latest_checkpoint
+from runner.train.dataset import LENGTH
 from runner.train.methods import PEFT_METHODS
 from runner.train.model import count_parameters, device_type, liger, precision
 
@@ -57,8 +58,13 @@ def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> Training
         bf16=dtype == "bf16",
         fp16=dtype == "fp16",
         **_checkpointing(t.gradient_checkpointing),
-        dataloader_num_workers=t.dataloader_num_workers,
+        dataloader_num_workers=t.dataloader_num_workers
+        if t.dataloader_num_workers is not None
+        else (0 if cpu else 2),
+        dataloader_pin_memory=not cpu,
         use_liger_kernel=liger(spec),
+        train_sampling_strategy=t.train_sampling_strategy,
+        length_column_name=LENGTH,
         torch_compile=t.torch_compile,
         use_cpu=cpu,
         deepspeed=str(run_dir / "deepspeed.json") if spec.distributed.deepspeed else None,

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
-
 from runner.spec.job import JobSpec
 from runner.train import dataset, loop
 from runner.train.methods import apply_method
 from runner.train.model import load_model, load_tokenizer
-from runner.train.templates import IGNORE, apply_template
+from runner.train.templates import apply_template
 
 
 def run(spec: JobSpec, run_dir: Path) -> dict:
@@ -19,16 +17,4 @@ def run(spec: JobSpec, run_dir: Path) -> dict:
     apply_template(tokenizer, spec.model.template)
     train_ds, eval_ds = dataset.build(spec, tokenizer)
     model = apply_method(load_model(spec), spec)
-    return loop.train(spec, run_dir, model, tokenizer, train_ds, eval_ds, collator(spec, tokenizer))
-
-
-def collator(spec: JobSpec, tokenizer):
-    """Padded batches; or, with data.packing, one row per micro-batch with no padding at all.
-
-    A packed row restarts position_ids at every sample. transformers reads those restarts
-    as sample boundaries: flash-attention runs variable-length kernels, sdpa and eager get a
-    block-diagonal mask. Either way no token attends to another sample.
-    """
-    if spec.data.packing:
-        return DataCollatorWithFlattening(separator_id=IGNORE)
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE)
+    return loop.train(spec, run_dir, model, tokenizer, train_ds, eval_ds, dataset.collator(spec, tokenizer))

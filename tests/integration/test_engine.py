@@ -186,6 +186,33 @@ def test_packed_training_follows_the_unpacked_loss_curve(tmp_path, tiny_model):
     assert curves[False][-1] < curves[False][0]  # it trained
 
 
+def test_batch_rebalance_keeps_samples_per_step_with_micro_batches_of_balanced_cost(
+    tmp_path, tiny_model, monkeypatch
+):
+    """transformers' cost-balancing sampler with packed rows: every optimizer step still takes
+    per_device_train_batch_size x gradient_accumulation_steps samples, but the micro-batches
+    differ in sample count (long samples go with fewer others), and the job trains."""
+    from runner.train import dataset, loop
+    from runner.train.methods import apply_method
+    from runner.train.model import load_model, load_tokenizer
+    from runner.train.templates import apply_template
+
+    run_dir, spec = _prepare(tmp_path, tiny_model, data={"packing": True, "cutoff_len": 128}, training={
+        "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "max_steps": 4,
+        "train_sampling_strategy": "batch_rebalance"})  # fmt: skip
+    tokenizer = load_tokenizer(spec.model.path)
+    apply_template(tokenizer, "auto")
+    train_ds, _ = dataset.build(spec, tokenizer)
+    trainer = loop.make_trainer(spec, run_dir, apply_method(load_model(spec), spec), tokenizer, train_ds, None,
+                                dataset.collator(spec, tokenizer))  # fmt: skip
+    batches = list(trainer.get_train_dataloader())
+    samples = [int((b["position_ids"][0] == 0).sum()) for b in batches]
+    assert all(a + b == 8 for a, b in zip(samples[::2], samples[1::2], strict=True)), samples
+    assert len(set(samples)) > 1, samples  # micro-batches of different sizes
+    assert sum(samples) == len(train_ds) // 8 * 8
+    assert _train(run_dir, spec, monkeypatch)["metrics"]["global_step"] == 4
+
+
 # --- resume ---------------------------------------------------------------------------------
 
 
