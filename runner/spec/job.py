@@ -264,6 +264,14 @@ class TrainingSpec(_Spec):
         "short samples, fewer long ones, and balanced across GPUs).",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    checkpoint_every_n_layers: int = Field(
+        1, ge=1, description="With gradient_checkpointing: recompute only every n-th layer (2: half the "
+        "layers keep their activations), trading memory left unused back for speed.",
+    )  # fmt: skip
+    offload_activations: bool = Field(
+        False, description="With gradient_checkpointing: keep the saved activations in pinned host "
+        "memory, for the longest sequences; each step gets slower.",
+    )  # fmt: skip
     use_liger_kernel: bool | None = Field(
         None,
         description="Liger's fused kernels (linear cross-entropy without full logits, RMSNorm, SwiGLU, "

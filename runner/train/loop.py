@@ -32,6 +32,8 @@ def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> Training
         adam_epsilon = 1e-4
         log.info("fp16: adam_epsilon 1e-4 (set training.adam_epsilon to override)")
     log.info("precision: %s", dtype)
+    if cpu and t.offload_activations:
+        log.warning("offload_activations: on CPU the activations are in host memory already; ignored")
     eval_steps = t.eval_steps or t.save_steps
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
@@ -57,7 +59,9 @@ def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> Training
         seed=t.seed,
         bf16=dtype == "bf16",
         fp16=dtype == "fp16",
-        **_checkpointing(t.gradient_checkpointing),
+        **_checkpointing(
+            t.gradient_checkpointing, t.checkpoint_every_n_layers, t.offload_activations and not cpu
+        ),
         dataloader_num_workers=t.dataloader_num_workers
         if t.dataloader_num_workers is not None
         else (0 if cpu else 2),
@@ -76,14 +80,13 @@ def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> Training
     )
 
 
-def _checkpointing(on: bool) -> dict:
-    # transformers 5 renamed gradient_checkpointing to activation_checkpointing.
-    key = (
-        "activation_checkpointing"
-        if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
-        else "gradient_checkpointing"
-    )
-    return {key: on, f"{key}_kwargs": {"use_reentrant": False} if on else None}
+def _checkpointing(on: bool, every_n_layers: int = 1, offload: bool = False) -> dict:
+    """transformers 5 calls it activation checkpointing, and takes selective (every n-th layer)
+    and offloaded variants through its kwargs."""
+    if not on:
+        return {"activation_checkpointing": False}
+    kwargs = {"use_reentrant": False, "every_n_layers": every_n_layers, "offload": offload}
+    return {"activation_checkpointing": True, "activation_checkpointing_kwargs": kwargs}
 
 
 def make_trainer(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, collator) -> Trainer:

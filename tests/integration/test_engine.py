@@ -446,3 +446,29 @@ def test_bad_data_stops_with_one_message(content, data, message, tmp_path, tiny_
     assert re.search(message, output), output[-2000:]
     (run_dir,) = (tmp_path / "out" / "job").iterdir()
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "adapter").exists()
+
+
+# --- memory: selective and offloaded checkpointing -----------------------------------------------
+
+
+def test_selective_and_offloaded_checkpointing_train_the_same_weights(tmp_path, tiny_model, monkeypatch):
+    """Recomputing every layer or every other layer changes where memory goes, not the arithmetic:
+    the same weights. (Offloading needs a GPU: tests/gpu/test_memory.py.)"""
+    import torch
+
+    runs = {}
+    for name, extra in {"plain": {"gradient_checkpointing": False},
+                        "every-layer": {"gradient_checkpointing": True},
+                        "every-2nd": {"gradient_checkpointing": True, "checkpoint_every_n_layers": 2}}.items():  # fmt: skip
+        run_dir, spec = _prepare(tmp_path, tiny_model, name=name, method={"type": "full"},
+                                 training={"max_steps": 3, "learning_rate": 1e-3, **extra})  # fmt: skip
+        seen = _train(run_dir, spec, monkeypatch)
+        layers = seen["model"].model.layers
+        runs[name] = ([getattr(layer, "gradient_checkpointing", False) for layer in layers],
+                      {n: p.detach().clone() for n, p in seen["model"].named_parameters()})  # fmt: skip
+    assert runs["plain"][0] == [False, False]
+    assert runs["every-layer"][0] == [True, True]
+    assert runs["every-2nd"][0] == [True, False]
+    for name in ("every-layer", "every-2nd"):
+        for key, value in runs["plain"][1].items():
+            assert torch.allclose(value, runs[name][1][key], atol=1e-6), (name, key)
