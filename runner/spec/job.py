@@ -81,7 +81,9 @@ class LoraMethod(_Spec):
     type: Literal["lora"] = Field(description="Low-rank adapters (PEFT LoRA).")
     r: int = Field(8, ge=1, description="Rank of the adapter matrices.")
     alpha: float | None = Field(None, gt=0, description="Scaling numerator; default 2 x r.")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on the adapter input; 0 spares a copy of every adapted input."
+    )
     target: Annotated[list[str], Field(min_length=1)] = Field(
         default_factory=lambda: ["all-linear"],
         description="Modules to adapt: 'all-linear' or names such as [q_proj, v_proj].",
