@@ -198,16 +198,21 @@ def _file_digest(path: Path) -> bytes:
 
 
 def _save(rows: Dataset, directory: Path) -> None:
-    """Write to a temporary sibling, then rename: a reader never sees a half-written cache."""
-    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    """Write to a temporary sibling, then rename: a reader never sees a half-written cache. The
+    first process of every machine may write (machines can share the directory): each writes its
+    own temporary copy, one rename wins, and a failed cache never fails the job."""
+    tmp = directory.with_name(f"{directory.name}.tmp-{uuid.uuid4().hex}")  # pids repeat across containers
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         rows.save_to_disk(str(tmp))
         os.replace(tmp, directory)
         log.info("tokenized data cached in %s", directory)
-    except OSError as e:
-        log.warning(
-            "could not cache the tokenized data in %s (%s); the next run tokenizes again", directory, e
-        )
+    except Exception as e:  # a cache is an optimization, never a reason to stop
+        if (directory / "dataset_info.json").exists():
+            log.info("tokenized data was cached in %s by another process", directory)
+        else:
+            log.warning(
+                "could not cache the tokenized data in %s (%s); the next run tokenizes again", directory, e
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
