@@ -472,3 +472,14 @@ def test_selective_and_offloaded_checkpointing_train_the_same_weights(tmp_path, 
     for name in ("every-layer", "every-2nd"):
         for key, value in runs["plain"][1].items():
             assert torch.allclose(value, runs[name][1][key], atol=1e-6), (name, key)
+
+
+def test_two_jobs_tokenizing_the_same_data_at_once_both_train(tmp_path, tiny_model):
+    """Two processes filling the same cache entry together (two nodes sharing a disk, two jobs
+    submitted at once): each writes its own temporary copy, one wins, both train."""
+    runs = [_prepare(tmp_path, tiny_model, training={"max_steps": 1})[0] for _ in range(2)]
+    procs = [_entrypoint(run) for run in runs]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    (entry,) = (tmp_path / "out" / ".cache" / "data").iterdir()  # one entry, no temporary left over
+    assert (entry / "dataset_info.json").exists()
