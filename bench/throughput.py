@@ -37,6 +37,10 @@ SKIP = 3  # warm-up steps, not timed
 SHAPES = {
     "tiny": dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=4, vocab_size=2048),
+    # the tiny body with Llama-3's 128k vocabulary: the output layer and its logits dominate, as
+    # they do in memory at the real shapes
+    "tiny-128k": dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, vocab_size=128256),
     "1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),
     "8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -151,7 +155,7 @@ def arm(a: argparse.Namespace) -> dict:
     flops = (6 if a.method == "full" else 4) * n_params
     peak = next((v for k, v in PEAK_FLOPS.items() if cuda and k in torch.cuda.get_device_name()), None)
     result = {
-        "arm": a.arm, "shape": a.shape, "method": a.method, "bs": a.bs, "packing": a.arm == "runner" and a.packing,
+        "arm": a.arm if a.arm == "plain" or a.targets_only else "runner, all logits", "shape": a.shape, "method": a.method, "bs": a.bs, "packing": a.arm == "runner" and a.packing,
         "ckpt": a.ckpt, "timed_steps": meter.steps, "sec": round(seconds, 2), "real_tok_s": round(tps, 1),
         "first_step_s": round(meter.first_step - start, 2),
         "peak_gib": round((torch.cuda.max_memory_allocated() if cuda else _rss()) / 2**30, 2),
@@ -181,7 +185,8 @@ def _runner_trainer(a, rows, tokenizer):
         "method": method, "data": {"datasets": [{"path": "synthetic"}], "packing": a.packing},
         "training": {"per_device_train_batch_size": a.bs, "max_steps": a.steps, "learning_rate": 1e-4,
                      "logging_steps": 1000, "save_steps": 10**6, "gradient_checkpointing": a.ckpt,
-                     "gradient_accumulation_steps": a.accum, "train_sampling_strategy": a.sampling},
+                     "gradient_accumulation_steps": a.accum, "train_sampling_strategy": a.sampling,
+                     "logits_on_targets_only": a.targets_only},
         "resources": {"gpus": 1 if a.device == "cuda" else 0},
     })  # fmt: skip
     if a.method == "qlora":  # quantization happens on load, as for a real model directory
@@ -272,8 +277,8 @@ def compare(a: argparse.Namespace) -> str:
         base = {**_spawn(base_argv), "arm": "baseline"}
     else:
         base = _spawn([sys.executable, __file__, "--arm", "plain", *common])
-    ours = [_spawn([sys.executable, __file__, "--arm", "runner", *common, *(["--packing"] if p else [])])
-            for p in (False, True)]  # fmt: skip
+    variants = [[], ["--packing"]] + ([["--packing", "--no-targets-only"]] if a.ablate else [])
+    ours = [_spawn([sys.executable, __file__, "--arm", "runner", *common, *v]) for v in variants]
     return report([base, *ours], a)
 
 
@@ -314,6 +319,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-ckpt", dest="ckpt", action="store_false", help="no gradient checkpointing")
     p.add_argument("--packing", action="store_true", help="(runner arm) padding-free packed rows")
     p.add_argument("--attn", default="auto", help="(runner arm) model.attn_implementation")
+    p.add_argument(
+        "--no-targets-only",
+        dest="targets_only",
+        action="store_false",
+        help="(runner arm) logits at every position, not only where tokens are trained",
+    )
+    p.add_argument("--ablate", action="store_true", help="also run runner packed without targets-only logits")
     p.add_argument("--accum", type=int, default=1, help="(runner arm) gradient_accumulation_steps")
     p.add_argument("--sampling", default="random", help="(runner arm) training.train_sampling_strategy")
     p.add_argument("--baseline", help="the hand-written baseline script to run beside runner (GPU)")

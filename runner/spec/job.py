@@ -280,6 +280,12 @@ class TrainingSpec(_Spec):
         "RoPE); unset: on where liger-kernel is installed and a GPU is present.",
     )
     torch_compile: bool = Field(False, description="Compile the model with torch.compile.")
+    logits_on_targets_only: bool = Field(
+        True,
+        description="Run the output layer only where a token is trained (not over prompts and "
+        "padding): less compute and far less logits memory at the same loss. Off with Liger (which "
+        "never materializes logits) and for prompt-learning methods.",
+    )
     dataloader_num_workers: int | None = Field(
         None, ge=0, description="Worker processes that collate batches; unset: 2 on a GPU, 0 on CPU."
     )

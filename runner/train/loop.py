@@ -11,11 +11,12 @@ from pathlib import Path
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from runner.errors import UnsupportedError
-from runner.spec.job import JobSpec
+from runner.spec.job import PROMPT_LEARNING, JobSpec
 from runner.train.callbacks import MetricsCallback, StopOnSignal, latest_checkpoint
 from runner.train.dataset import LENGTH
 from runner.train.methods import PEFT_METHODS
 from runner.train.model import count_parameters, device_type, liger, precision
+from runner.train.templates import IGNORE
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,30 @@ def _checkpointing(on: bool, every_n_layers: int = 1, offload: bool = False) -> 
     return {"activation_checkpointing": True, "activation_checkpointing_kwargs": kwargs}
 
 
+class RunnerTrainer(Trainer):
+    """The HF Trainer, computing logits only at trained positions when `targets_only`."""
+
+    targets_only = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.targets_only and not return_outputs and "labels" in inputs:
+            inputs = only_targets(inputs)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def only_targets(inputs: dict) -> dict:
+    """The batch with the output layer restricted to positions whose next token is trained.
+
+    `logits_to_keep` (a tensor of positions) makes the model run its head on those positions
+    only, and `shift_labels` hands the loss the already aligned targets, so transformers' own
+    loss, token counting and accumulation scaling stay in charge.
+    """
+    labels = inputs["labels"]
+    keep = (labels[:, 1:] != IGNORE).any(dim=0).nonzero().flatten()
+    targets = labels[:, keep + 1]
+    return {**inputs, "labels": targets, "shift_labels": targets, "logits_to_keep": keep}
+
+
 def make_trainer(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, collator) -> Trainer:
     """The Trainer a job trains with (the benchmark times this same object)."""
     args = training_arguments(spec, run_dir, has_eval=eval_ds is not None)
@@ -97,12 +122,17 @@ def make_trainer(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_
         if getattr(spec.method, "loraplus_lr_ratio", None)
         else (None, None)
     )
-    trainer = Trainer(
+    trainer = RunnerTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=collator, processing_class=tokenizer, optimizers=optimizers,
         callbacks=[MetricsCallback(run_dir, plain=args.disable_tqdm)],
     )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # MetricsCallback prints readable lines instead
+    trainer.targets_only = (
+        spec.training.logits_on_targets_only
+        and not args.use_liger_kernel
+        and spec.method.type not in PROMPT_LEARNING
+    )
     return trainer
 
 

@@ -483,3 +483,53 @@ def test_two_jobs_tokenizing_the_same_data_at_once_both_train(tmp_path, tiny_mod
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     (entry,) = (tmp_path / "out" / ".cache" / "data").iterdir()  # one entry, no temporary left over
     assert (entry / "dataset_info.json").exists()
+
+
+# --- the output layer only where tokens are trained ------------------------------------------------
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_logits_at_trained_positions_only_give_the_same_loss(packing, tmp_path, tiny_model):
+    import torch
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    from runner.train.loop import only_targets
+    from runner.train.model import load_model, load_tokenizer
+    from runner.train.templates import apply_template
+
+    _, spec = _prepare(tmp_path, tiny_model, method={"type": "full"})
+    tokenizer = load_tokenizer(str(tiny_model))
+    apply_template(tokenizer, "auto")
+    rows = _identity_rows(tokenizer, 6)
+    batch = (DataCollatorWithFlattening(separator_id=-100)([{k: r[k] for k in ("input_ids", "labels")} for r in rows])
+             if packing else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)(rows))  # fmt: skip
+    model = load_model(spec).train()
+    grads = []
+    for inputs in (batch, only_targets(batch)):
+        model.zero_grad()
+        out = model(**inputs)
+        out.loss.backward()
+        grads.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (full, full_grads), (reduced, reduced_grads) = grads
+    trained = int((batch["labels"][:, 1:] != -100).any(dim=0).sum())
+    assert reduced.logits.shape[1] == trained < full.logits.shape[1] * 0.8  # prompts get no logits
+    assert reduced.loss.item() == pytest.approx(full.loss.item(), rel=1e-6)
+    for name, grad in full_grads.items():  # and the same gradients
+        assert torch.allclose(grad, reduced_grads[name], rtol=1e-4, atol=1e-7), name
+
+
+def test_training_with_logits_at_trained_positions_only_follows_the_same_curve(
+    tmp_path, tiny_model, monkeypatch
+):
+    import torch
+
+    from runner.train.callbacks import read_metrics
+
+    runs = {}
+    for on in (False, True):
+        run_dir, spec = _prepare(tmp_path, tiny_model, name=f"targets-{on}".lower(), method={"type": "full"},
+                                 training={"max_steps": 5, "logging_steps": 1, "learning_rate": 3e-3,
+                                           "logits_on_targets_only": on})  # fmt: skip
+        _train(run_dir, spec, monkeypatch)
+        runs[on] = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    assert len(runs[True]) == 5 and runs[True] == pytest.approx(runs[False], rel=1e-5)
