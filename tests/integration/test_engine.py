@@ -521,7 +521,6 @@ def test_logits_at_trained_positions_only_give_the_same_loss(packing, tmp_path, 
 def test_training_with_logits_at_trained_positions_only_follows_the_same_curve(
     tmp_path, tiny_model, monkeypatch
 ):
-    import torch
 
     from runner.train.callbacks import read_metrics
 
