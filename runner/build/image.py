@@ -6,6 +6,7 @@ The build runs with the network off, so a successful build proves the wheelhouse
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -44,11 +45,16 @@ def project_root() -> Path:
 
 
 def runner_wheel(out: Path) -> Path:
-    """runner's own wheel, built reproducibly so unchanged code gives identical bytes."""
+    """runner's own wheel, built reproducibly so unchanged code gives identical bytes.
+
+    The build uses the setuptools installed beside runner, with no index, so it works on a
+    machine without network. Only where setuptools is missing does pip fetch a build backend.
+    """
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
+    offline = ["--no-build-isolation", "--no-index"] if importlib.util.find_spec("setuptools") else []
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(project_root())],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", *offline, "-w", str(out), str(project_root())],
         capture_output=True, text=True, env=env,
     )  # fmt: skip
     if proc.returncode != 0:
