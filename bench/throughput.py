@@ -52,11 +52,11 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
 
 
-def workload(n: int, max_len: int, vocab: int, seed: int = 0) -> list[dict]:
+def workload(n: int, max_len: int, vocab: int, seed: int = 0, fixed: bool = False) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        length = min(max_len, max(32, int(rng.lognormvariate(math.log(300), 0.7))))
+        length = max_len if fixed else min(max_len, max(32, int(rng.lognormvariate(math.log(300), 0.7))))
         ids = [rng.randrange(3, vocab) for _ in range(length)]
         prompt = length // 3
         rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
@@ -142,7 +142,7 @@ def arm(a: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
     else:
         torch.set_num_threads(os.cpu_count() or 1)
-    rows = workload(a.bs * (a.steps + 10), a.max_len, SHAPES[a.shape]["vocab_size"])
+    rows = workload(a.bs * (a.steps + 10), a.max_len, SHAPES[a.shape]["vocab_size"], fixed=a.fixed_len)
     tokenizer = pad_tokenizer()
     if a.arm == "runner":
         trainer, n_params = _runner_trainer(a, rows, tokenizer)
@@ -260,25 +260,35 @@ def _plain_trainer(a, rows, tokenizer):
     return Trainer(model=model, args=args, train_dataset=Rows(), data_collator=collate), n_params
 
 
-def _spawn(argv: list[str]) -> dict:
+def _spawn(argv: list[str], name: str) -> dict:
+    """One arm in its own process; a failed arm (out of memory, say) is reported, not fatal."""
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.exit(f"arm failed ({' '.join(argv[1:])}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1].removeprefix("RESULT "))
+    tail = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}").splitlines()[-1]
+    print(f"arm {name} failed: {tail}", file=sys.stderr)
+    return {
+        "arm": name,
+        "real_tok_s": None,
+        "failed": "out of memory" if "out of memory" in tail.lower() else tail[:80],
+    }
 
 
 def compare(a: argparse.Namespace) -> str:
     common = ["--shape", a.shape, "--method", a.method, "--bs", str(a.bs), "--steps", str(a.steps),
               "--max-len", str(a.max_len), "--device", a.device] + ([] if a.ckpt else ["--no-ckpt"])  # fmt: skip
+    common += ["--fixed-len"] if a.fixed_len else []
     if a.baseline:
         base_argv = [sys.executable, a.baseline, "--shape", a.shape, "--method", a.method, "--bs", str(a.bs),
                      "--steps", str(a.steps), "--max-len", str(a.max_len)] + ([] if a.ckpt else ["--no-ckpt"])  # fmt: skip
-        base = {**_spawn(base_argv), "arm": "baseline"}
+        base_argv += ["--fixed-len"] if a.fixed_len else []
+        base = {**_spawn(base_argv, "baseline"), "arm": "baseline"}
     else:
-        base = _spawn([sys.executable, __file__, "--arm", "plain", *common])
+        base = _spawn([sys.executable, __file__, "--arm", "plain", *common], "plain")
     variants = [[], ["--packing"]] + ([["--packing", "--no-targets-only"]] if a.ablate else [])
-    ours = [_spawn([sys.executable, __file__, "--arm", "runner", *common, *v]) for v in variants]
+    ours = [_spawn([sys.executable, __file__, "--arm", "runner", *common, *v], "runner " + " ".join(v))
+            for v in variants]  # fmt: skip
     return report([base, *ours], a)
 
 
@@ -302,9 +312,14 @@ def report(results: list[dict], a: argparse.Namespace) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        lines.append(f"| {r['arm']} | {'yes' if r.get('packing') else 'no'} | {r['real_tok_s']:,.0f} | "
-                     f"{r['real_tok_s'] / base:.2f} | {r.get('peak_gib', '')} | {r.get('mfu') or r.get('mfu_vs_989') or '-'} | "
-                     f"{r.get('first_step_s', '-')} |")  # fmt: skip
+        tps = r["real_tok_s"]
+        if tps is None:
+            lines.append(f"| {r['arm']} | | failed: {r['failed']} | | | | |")
+            continue
+        ratio = f"{tps / base:.2f}" if base else "-"
+        mfu = r.get("mfu") or r.get("mfu_vs_989") or "-"
+        lines.append(f"| {r['arm']} | {'yes' if r.get('packing') else 'no'} | {tps:,.0f} | {ratio} | "
+                     f"{r.get('peak_gib', '')} | {mfu} | {r.get('first_step_s', '-')} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -316,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bs", type=int, default=8, help="samples per step (micro-batch)")
     p.add_argument("--steps", type=int, default=None, help="default: 30 on cuda, 15 on cpu")
     p.add_argument("--max-len", type=int, default=1024)
+    p.add_argument("--fixed-len", action="store_true", help="every sample exactly --max-len tokens")
     p.add_argument("--no-ckpt", dest="ckpt", action="store_false", help="no gradient checkpointing")
     p.add_argument("--packing", action="store_true", help="(runner arm) padding-free packed rows")
     p.add_argument("--attn", default="auto", help="(runner arm) model.attn_implementation")

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Every throughput target, each measured against the hand-written baseline in one invocation,
+# appended to docs/throughput.md. Run on one H100 80GB (or H200):
+#   BASELINE=path/to/hf_baseline.py bash bench/gpu_targets.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${BASELINE:?set BASELINE to the hand-written baseline script}"
+PY=${PYTHON:-python}
+OUT=${OUT:-docs/throughput.md}
+run() { "$PY" bench/throughput.py --device cuda --baseline "$BASELINE" --write "$OUT" "$@"; }
+
+run --shape 8b --method lora --bs 4 --ablate                 # 8B LoRA SFT: >= 14,000 real tokens/s
+run --shape 8b --method lora --bs 4                          # 8B LoRA within 24 GB: peak <= 22 GiB at >= 9,000
+run --shape 1b --method full --bs 8 --no-ckpt                # 1.5B full SFT: >= 60,000 tokens/s
+run --shape 8b --method qlora --bs 1 --max-len 2048 --fixed-len   # 8B QLoRA: peak <= 6.5 GiB at >= 4,500
+run --shape 8b --method lora --bs 1 --max-len 65536 --fixed-len --steps 8   # fits in 80 GB
