@@ -22,6 +22,7 @@ def _run(tmp_path: Path, tiny_model: Path, method: dict, **sections):
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_qlora_trains_a_quantized_base_and_reloads(bits, tmp_path, tiny_model):
+    """bf16 (the default on these GPUs): embeddings, head and norms stay bf16, not fp32."""
     pytest.importorskip("bitsandbytes")
     import torch
     from peft import PeftModel
@@ -51,3 +52,19 @@ def test_precision_is_bf16_where_the_gpu_has_it(tmp_path, tiny_model, caplog):
         _run(tmp_path, tiny_model, {"type": "lora", "r": 4})
     expected = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     assert f"precision: {expected}" in caplog.text
+
+
+@pytest.mark.parametrize("upcast", [False, True])
+def test_qlora_keeps_unquantized_weights_in_bf16_unless_asked(upcast, tmp_path, tiny_model):
+    pytest.importorskip("bitsandbytes")
+    import torch
+
+    from runner.execute.submit import prepare
+    from runner.train.methods import apply_method
+    from runner.train.model import load_model
+
+    _, spec = prepare(write_job(tmp_path / "job.json", tiny_model, resources={"gpus": 1}, training={"bf16": True},
+                                method={"type": "qlora", "r": 8, "upcast_unquantized": upcast}))  # fmt: skip
+    model = apply_method(load_model(spec), spec)
+    embed = model.get_input_embeddings().weight
+    assert embed.dtype == (torch.float32 if upcast else torch.bfloat16)
