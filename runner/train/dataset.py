@@ -49,7 +49,7 @@ def build(spec: JobSpec, tokenizer) -> tuple[Dataset, Dataset | None]:
             rows = tokenize(spec, tokenizer)
             if directory:
                 _save(rows, directory)
-    log.info("%d training rows, %d tokens", len(rows), sum(len(r) for r in rows["input_ids"]))
+    log.info("%d training rows, %d tokens", len(rows), sum(rows[LENGTH]))
     return split(rows, spec)
 
 
@@ -59,16 +59,18 @@ def tokenize(spec: JobSpec, tokenizer) -> Dataset:
     workers = spec.data.preprocessing_workers or (
         min(8, os.cpu_count() or 1) if len(mixed) >= _PARALLEL_FROM else None
     )
+    encode_fn, kwargs = (
+        (_encode_texts, {"block": spec.data.cutoff_len})
+        if spec.stage == "pt"
+        else (_encode_conversations, {"cutoff_len": spec.data.cutoff_len})
+    )
+    rows = mixed.map(encode_fn, batched=True, num_proc=workers, remove_columns=["item"],
+                     fn_kwargs={"tokenizer": tokenizer, **kwargs}, new_fingerprint=uuid.uuid4().hex,
+                     desc="tokenizing")  # fmt: skip
     if spec.stage == "pt":
-        rows = mixed.map(_encode_texts, batched=True, batch_size=1000, num_proc=workers,
-                         remove_columns=["item"], fn_kwargs={"tokenizer": tokenizer, "block": spec.data.cutoff_len},
-                         new_fingerprint=uuid.uuid4().hex, desc="tokenizing")  # fmt: skip
         if not len(rows):
             raise DataError("the text datasets produce no tokens")
         return rows
-    rows = mixed.map(_encode_conversations, batched=True, num_proc=workers, remove_columns=["item"],
-                     fn_kwargs={"tokenizer": tokenizer, "cutoff_len": spec.data.cutoff_len},
-                     new_fingerprint=uuid.uuid4().hex, desc="tokenizing")  # fmt: skip
     dropped = len(mixed) - len(rows)
     if dropped:
         log.warning("%d sample(s) had no answer left within cutoff_len=%d and were dropped",
@@ -95,7 +97,7 @@ def mix(sources: list[Dataset], spec: JobSpec) -> Dataset:
 
 
 def _encode_conversations(batch: dict[str, list], tokenizer, cutoff_len: int) -> dict[str, list]:
-    out: dict[str, list] = {"input_ids": [], "labels": [], LENGTH: []}
+    out: dict[str, list] = {"input_ids": [], "labels": []}
     for messages in batch["item"]:
         row = encode(tokenizer, messages, cutoff_len)
         if row is not None:

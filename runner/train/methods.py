@@ -36,7 +36,9 @@ def _prepare_quantized(model, spec: JobSpec):
     from runner.train.model import precision
 
     upcast = spec.method.upcast_unquantized
-    if upcast if upcast is not None else precision(spec) != "bf16":
+    if upcast is None:
+        upcast = precision(spec) != "bf16"
+    if upcast:
         from peft import prepare_model_for_kbit_training
 
         return prepare_model_for_kbit_training(

@@ -283,6 +283,8 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, tiny_model
 
 
 def test_training_continues_from_an_existing_adapter(tmp_path, tiny_model, monkeypatch):
+    import torch
+
     first, spec = _prepare(
         tmp_path, tiny_model, name="first", training={"max_steps": 3, "learning_rate": 1e-2}
     )
@@ -295,13 +297,9 @@ def test_training_continues_from_an_existing_adapter(tmp_path, tiny_model, monke
     started = {n.replace(".default", ""): t for n, t in seen["before"].items() if "lora_" in n}
     assert started and len(started) == len(saved)
     for name, tensor in saved.items():  # it started from the saved adapter, not a fresh one
-        assert torch_equal(started[name], tensor), name
+        assert torch.equal(started[name], tensor), name
     after = _weights(second / "adapter")
-    assert any(not torch_equal(after[k], saved[k]) for k in saved)
-
-
-def torch_equal(a, b) -> bool:
-    return bool(a.shape == b.shape and (a == b).all())
+    assert any(not torch.equal(after[k], saved[k]) for k in saved)
 
 
 # --- data: cache, registry, mixing --------------------------------------------------------------
