@@ -155,7 +155,7 @@ def arm(a: argparse.Namespace) -> dict:
     flops = (6 if a.method == "full" else 4) * n_params
     peak = next((v for k, v in PEAK_FLOPS.items() if cuda and k in torch.cuda.get_device_name()), None)
     result = {
-        "arm": a.arm if a.arm == "plain" or a.targets_only else "runner, all logits", "shape": a.shape, "method": a.method, "bs": a.bs, "packing": a.arm == "runner" and a.packing,
+        "arm": _label(a), "shape": a.shape, "method": a.method, "bs": a.bs, "packing": a.arm == "runner" and a.packing,
         "ckpt": a.ckpt, "timed_steps": meter.steps, "sec": round(seconds, 2), "real_tok_s": round(tps, 1),
         "first_step_s": round(meter.first_step - start, 2),
         "peak_gib": round((torch.cuda.max_memory_allocated() if cuda else _rss()) / 2**30, 2),
@@ -163,6 +163,13 @@ def arm(a: argparse.Namespace) -> dict:
     }  # fmt: skip
     print("RESULT", json.dumps(result), flush=True)
     return result
+
+
+def _label(a: argparse.Namespace) -> str:
+    if a.arm == "plain":
+        return "plain"
+    label = "runner" if a.targets_only else "runner, all logits"
+    return label + (f", passes of <= {a.micro_batch_tokens} tokens" if a.micro_batch_tokens else "")
 
 
 def _rss() -> int:
@@ -186,7 +193,7 @@ def _runner_trainer(a, rows, tokenizer):
         "training": {"per_device_train_batch_size": a.bs, "max_steps": a.steps, "learning_rate": 1e-4,
                      "logging_steps": 1000, "save_steps": 10**6, "gradient_checkpointing": a.ckpt,
                      "gradient_accumulation_steps": a.accum, "train_sampling_strategy": a.sampling,
-                     "logits_on_targets_only": a.targets_only},
+                     "logits_on_targets_only": a.targets_only, "micro_batch_tokens": a.micro_batch_tokens},
         "resources": {"gpus": 1 if a.device == "cuda" else 0},
     })  # fmt: skip
     if a.method == "qlora":  # quantization happens on load, as for a real model directory
@@ -287,6 +294,8 @@ def compare(a: argparse.Namespace) -> str:
     else:
         base = _spawn([sys.executable, __file__, "--arm", "plain", *common], "plain")
     variants = [[], ["--packing"]] + ([["--packing", "--no-targets-only"]] if a.ablate else [])
+    if a.micro_batch_tokens:
+        variants.append(["--packing", "--micro-batch-tokens", str(a.micro_batch_tokens)])
     ours = [_spawn([sys.executable, __file__, "--arm", "runner", *common, *v], "runner " + " ".join(v))
             for v in variants]  # fmt: skip
     return report([base, *ours], a)
@@ -343,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--ablate", action="store_true", help="also run runner packed without targets-only logits")
     p.add_argument("--accum", type=int, default=1, help="(runner arm) gradient_accumulation_steps")
+    p.add_argument("--micro-batch-tokens", type=int, help="(runner arm) training.micro_batch_tokens: "
+                   "the --bs samples of a step in passes of at most this many tokens")  # fmt: skip
     p.add_argument("--sampling", default="random", help="(runner arm) training.train_sampling_strategy")
     p.add_argument("--baseline", help="the hand-written baseline script to run beside runner (GPU)")
     p.add_argument("--write", type=Path, help="append the markdown table to this file")

@@ -57,9 +57,28 @@ def check(data: Any, base: Path) -> Found:
     ):
         found.append((("method", "trainable_layers"),
                       "is 0 and extra_modules is empty, so nothing would train; raise it or name modules"))  # fmt: skip
+    _check_micro_batch_tokens(data, found)
     if _get(data, "training", "bf16") is True and _get(data, "training", "fp16") is True:
         found.append((("training", "fp16"), "bf16 and fp16 are both true; keep one of them"))
     return found
+
+
+def _check_micro_batch_tokens(data: dict, found: Found) -> None:
+    budget = _get(data, "training", "micro_batch_tokens")
+    if not isinstance(budget, int) or isinstance(budget, bool):
+        return
+    loc = ("training", "micro_batch_tokens")
+    cutoff = _get(data, "data", "cutoff_len")
+    cutoff = cutoff if isinstance(cutoff, int) else 1024
+    if budget < cutoff:
+        found.append((loc, f"is {budget}, below data.cutoff_len ({cutoff}): a sample of full length "
+                           f"could not fit in a micro-batch; raise it to at least {cutoff}"))  # fmt: skip
+    if _get(data, "training", "train_sampling_strategy") == "batch_rebalance":
+        found.append((loc, "and train_sampling_strategy: batch_rebalance both size the micro-batches; "
+                           "keep one of them"))  # fmt: skip
+    if isinstance(_get(data, "distributed", "deepspeed"), dict):
+        found.append((loc, "does not combine with distributed.deepspeed, which counts micro-batches "
+                           "itself; remove one of them"))  # fmt: skip
 
 
 def _get(data: dict, *keys: str) -> Any:

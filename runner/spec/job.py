@@ -270,6 +270,13 @@ class TrainingSpec(_Spec):
         "(the same samples per optimizer step, split into micro-batches of balanced token cost: more "
         "short samples, fewer long ones, and balanced across GPUs).",
     )
+    micro_batch_tokens: int | None = Field(
+        None, ge=1, description="Token budget per forward pass: each optimizer step's "
+        "per_device_train_batch_size x gradient_accumulation_steps samples are split into as few "
+        "micro-batches of at most this many tokens (padding included) as fit, instead of "
+        "per_device_train_batch_size samples each. The same samples, loss and gradient per step in "
+        "fewer, fuller passes. At least data.cutoff_len.",
+    )  # fmt: skip
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     checkpoint_every_n_layers: int = Field(
         1, ge=1, description="With gradient_checkpointing: recompute only every n-th layer (2: half the "

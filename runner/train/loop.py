@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from runner.errors import UnsupportedError
 from runner.spec.job import PROMPT_LEARNING, JobSpec
+from runner.train import microbatch
 from runner.train.callbacks import MetricsCallback, StopOnSignal, latest_checkpoint
 from runner.train.dataset import LENGTH
 from runner.train.methods import PEFT_METHODS
@@ -36,14 +38,17 @@ def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> Training
     if cpu and t.offload_activations:
         log.warning("offload_activations: on CPU the activations are in host memory already; ignored")
     eval_steps = t.eval_steps or t.save_steps
+    batch, accumulation = t.per_device_train_batch_size, t.gradient_accumulation_steps
+    if t.micro_batch_tokens:  # the Trainer takes whole steps; RunnerTrainer splits them by tokens
+        batch, accumulation = batch * accumulation, 1
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         learning_rate=t.learning_rate,
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_train_batch_size=batch,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        gradient_accumulation_steps=accumulation,
         lr_scheduler_type=t.lr_scheduler_type,
         warmup_steps=t.warmup_steps or t.warmup_ratio,
         weight_decay=t.weight_decay,
@@ -91,9 +96,24 @@ def _checkpointing(on: bool, every_n_layers: int = 1, offload: bool = False) -> 
 
 
 class RunnerTrainer(Trainer):
-    """The HF Trainer, computing logits only at trained positions when `targets_only`."""
+    """The HF Trainer, computing logits only at trained positions when `targets_only`, and
+    splitting each optimizer step into micro-batches of at most `micro_batch_tokens` tokens."""
 
     targets_only = False
+    micro_batch_tokens: int | None = None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if not self.micro_batch_tokens or num_items_in_batch is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        # Every part's loss is its token sum over the step's token count, so the parts' gradients
+        # add up to the step's; gradients are exchanged between GPUs after the last part only.
+        parts = microbatch.split(inputs, self.micro_batch_tokens)
+        loss = 0
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                loss = loss + super().training_step(model, part, num_items_in_batch)
+        return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.targets_only and not return_outputs and "labels" in inputs:
@@ -128,6 +148,11 @@ def make_trainer(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_
         callbacks=[MetricsCallback(run_dir, plain=args.disable_tqdm)],
     )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # MetricsCallback prints readable lines instead
+    trainer.micro_batch_tokens = spec.training.micro_batch_tokens
+    if trainer.micro_batch_tokens and not trainer.model_accepts_loss_kwargs:
+        log.warning("micro_batch_tokens: this model cannot scale its loss by the step's token count; "
+                    "each step runs as one micro-batch")  # fmt: skip
+        trainer.micro_batch_tokens = None
     trainer.targets_only = (
         spec.training.logits_on_targets_only
         and not args.use_liger_kernel

@@ -530,3 +530,47 @@ def test_training_with_logits_at_trained_positions_only_follows_the_same_curve(
         _train(run_dir, spec, monkeypatch)
         runs[on] = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
     assert len(runs[True]) == 5 and runs[True] == pytest.approx(runs[False], rel=1e-5)
+
+
+@pytest.mark.parametrize("packing", [True, False], ids=["packed", "padded"])
+def test_token_budget_micro_batches_train_the_same_weights_in_fewer_passes(
+    packing, tmp_path, tiny_model, monkeypatch
+):
+    """8 samples per optimizer step either as 4 micro-batches of 2, or split by a 128-token
+    budget: every pass stays within the budget, there are fewer passes, and the losses and the
+    trained weights are the same."""
+    from runner.train import microbatch
+    from runner.train.callbacks import read_metrics
+
+    passes: list[int] = []
+    real_split = microbatch.split
+
+    def spy(batch, budget):
+        parts = real_split(batch, budget)
+        for p in parts:  # the tokens each pass computes, padding included
+            assert p["input_ids"].numel() <= budget, p["input_ids"].shape
+        assert sum(int((p["labels"] != -100).sum()) for p in parts) == int((batch["labels"] != -100).sum())
+        passes.append(len(parts))
+        return parts
+
+    monkeypatch.setattr(microbatch, "split", spy)
+    runs = {}
+    for budget in (None, 128):
+        run_dir, spec = _prepare(tmp_path, tiny_model, name=f"budget-{budget}-{packing}".lower(),
+                                 method={"type": "full"}, data={"packing": packing, "cutoff_len": 128},
+                                 training={"max_steps": 5, "logging_steps": 1, "learning_rate": 3e-3,
+                                           "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4,
+                                           "micro_batch_tokens": budget})  # fmt: skip
+        seen = _train(run_dir, spec, monkeypatch)
+        losses = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+        runs[budget] = losses, {n: p.detach().clone() for n, p in seen["model"].named_parameters()}
+    print(f"passes per step with a 128-token budget: {passes} (fixed: 4)")
+    assert len(passes) == 5 and sum(passes) < 5 * 4
+    (fixed, fixed_weights), (budgeted, budgeted_weights) = runs[None], runs[128]
+    assert len(fixed) == 5 and budgeted == pytest.approx(fixed, rel=1e-5)
+    assert fixed[-1] < fixed[0]  # it trained
+    # Summation order differs; Adam turns that into updates of ~1e-5. A sample lost or counted
+    # twice would move weights by the learning rate (3e-3).
+    worst = max((w - budgeted_weights[n]).abs().max().item() for n, w in fixed_weights.items())
+    print(f"largest weight difference {worst:.2e}")
+    assert worst < 1e-4
