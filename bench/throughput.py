@@ -169,7 +169,8 @@ def _label(a: argparse.Namespace) -> str:
     if a.arm == "plain":
         return "plain"
     label = "runner" if a.targets_only else "runner, all logits"
-    return label + (f", passes of <= {a.micro_batch_tokens} tokens" if a.micro_batch_tokens else "")
+    label += f", passes of <= {a.micro_batch_tokens} tokens" if a.micro_batch_tokens else ""
+    return label + (f", cap {a.memory_cap:g} GiB" if a.memory_cap else "")
 
 
 def _rss() -> int:
@@ -191,9 +192,10 @@ def _runner_trainer(a, rows, tokenizer):
         "name": "bench", "model": {"path": "random", "attn_implementation": a.attn},
         "method": method, "data": {"datasets": [{"path": "synthetic"}], "packing": a.packing},
         "training": {"per_device_train_batch_size": a.bs, "max_steps": a.steps, "learning_rate": 1e-4,
-                     "logging_steps": 1000, "save_steps": 10**6, "gradient_checkpointing": a.ckpt,
+                     "logging_steps": 1000, "save_steps": 10**6, "gradient_checkpointing": a.ckpt and not a.memory_cap,
                      "gradient_accumulation_steps": a.accum, "train_sampling_strategy": a.sampling,
-                     "logits_on_targets_only": a.targets_only, "micro_batch_tokens": a.micro_batch_tokens},
+                     "logits_on_targets_only": a.targets_only, "micro_batch_tokens": a.micro_batch_tokens,
+                     "memory_cap_gib": a.memory_cap},
         "resources": {"gpus": 1 if a.device == "cuda" else 0},
     })  # fmt: skip
     if a.method == "qlora":  # quantization happens on load, as for a real model directory
@@ -294,8 +296,11 @@ def compare(a: argparse.Namespace) -> str:
     else:
         base = _spawn([sys.executable, __file__, "--arm", "plain", *common], "plain")
     variants = [[], ["--packing"]] + ([["--packing", "--no-targets-only"]] if a.ablate else [])
-    if a.micro_batch_tokens:
-        variants.append(["--packing", "--micro-batch-tokens", str(a.micro_batch_tokens)])
+    if a.micro_batch_tokens or a.memory_cap:
+        budget = ["--micro-batch-tokens", str(a.micro_batch_tokens)] if a.micro_batch_tokens else []
+        variants.append(
+            ["--packing", *budget] + (["--memory-cap", str(a.memory_cap)] if a.memory_cap else [])
+        )
     ours = [_spawn([sys.executable, __file__, "--arm", "runner", *common, *v], "runner " + " ".join(v))
             for v in variants]  # fmt: skip
     return report([base, *ours], a)
@@ -354,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--accum", type=int, default=1, help="(runner arm) gradient_accumulation_steps")
     p.add_argument("--micro-batch-tokens", type=int, help="(runner arm) training.micro_batch_tokens: "
                    "the --bs samples of a step in passes of at most this many tokens")  # fmt: skip
+    p.add_argument("--memory-cap", type=float, help="(runner arm) training.memory_cap_gib: checkpointing "
+                   "chosen to fit, replacing --no-ckpt")  # fmt: skip
     p.add_argument("--sampling", default="random", help="(runner arm) training.train_sampling_strategy")
     p.add_argument("--baseline", help="the hand-written baseline script to run beside runner (GPU)")
     p.add_argument("--write", type=Path, help="append the markdown table to this file")

@@ -58,6 +58,7 @@ def check(data: Any, base: Path) -> Found:
         found.append((("method", "trainable_layers"),
                       "is 0 and extra_modules is empty, so nothing would train; raise it or name modules"))  # fmt: skip
     _check_micro_batch_tokens(data, found)
+    _check_memory_cap(data, found)
     if _get(data, "training", "bf16") is True and _get(data, "training", "fp16") is True:
         found.append((("training", "fp16"), "bf16 and fp16 are both true; keep one of them"))
     return found
@@ -79,6 +80,24 @@ def _check_micro_batch_tokens(data: dict, found: Found) -> None:
     if isinstance(_get(data, "distributed", "deepspeed"), dict):
         found.append((loc, "does not combine with distributed.deepspeed, which counts micro-batches "
                            "itself; remove one of them"))  # fmt: skip
+
+
+def _check_memory_cap(data: dict, found: Found) -> None:
+    training = data.get("training")
+    if not isinstance(training, dict) or training.get("memory_cap_gib") is None:
+        return
+    loc = ("training", "memory_cap_gib")
+    # The resolved spec a run keeps lists every default, so only a value that asks for
+    # something conflicts.
+    for switch, default in (("gradient_checkpointing", False), ("checkpoint_every_n_layers", 1),
+                            ("offload_activations", False)):  # fmt: skip
+        if training.get(switch, default) != default:
+            found.append(
+                (("training", switch), f"is chosen by memory_cap_gib; remove {switch} or memory_cap_gib")
+            )
+    if _get(data, "distributed", "deepspeed", "zero") == 3:
+        found.append((loc, "cannot be planned under ZeRO-3, which partitions the weights; remove it and "
+                           "set gradient_checkpointing yourself"))  # fmt: skip
 
 
 def _get(data: dict, *keys: str) -> Any:

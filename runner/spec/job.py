@@ -277,6 +277,13 @@ class TrainingSpec(_Spec):
         "per_device_train_batch_size samples each. The same samples, loss and gradient per step in "
         "fewer, fuller passes. At least data.cutoff_len.",
     )  # fmt: skip
+    memory_cap_gib: float | None = Field(
+        None, gt=0, description="Keep each device's training memory under this many GiB: a probe "
+        "before the first step measures what this model keeps per token for the backward pass, and "
+        "only as much checkpointing as the largest pass needs is turned on (none, 1 layer in n, every "
+        "layer, then offloaded to host memory). The largest pass is micro_batch_tokens, else "
+        "per_device_train_batch_size x data.cutoff_len. Replaces the three checkpointing switches.",
+    )  # fmt: skip
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     checkpoint_every_n_layers: int = Field(
         1, ge=1, description="With gradient_checkpointing: recompute only every n-th layer (2: half the "

@@ -13,7 +13,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from runner.errors import UnsupportedError
 from runner.spec.job import PROMPT_LEARNING, JobSpec
-from runner.train import microbatch
+from runner.train import memory, microbatch
 from runner.train.callbacks import MetricsCallback, StopOnSignal, latest_checkpoint
 from runner.train.dataset import LENGTH
 from runner.train.methods import PEFT_METHODS
@@ -23,7 +23,10 @@ from runner.train.templates import IGNORE
 log = logging.getLogger(__name__)
 
 
-def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> TrainingArguments:
+def training_arguments(
+    spec: JobSpec, run_dir: Path, has_eval: bool, checkpointing: memory.Checkpointing | None = None
+) -> TrainingArguments:
+    """`checkpointing`: what memory.plan chose under training.memory_cap_gib; else the spec's."""
     t = spec.training
     cpu = device_type() == "cpu"
     if cpu and spec.distributed.deepspeed:
@@ -35,6 +38,9 @@ def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> Training
         adam_epsilon = 1e-4
         log.info("fp16: adam_epsilon 1e-4 (set training.adam_epsilon to override)")
     log.info("precision: %s", dtype)
+    checkpointing = checkpointing or memory.Checkpointing(
+        t.gradient_checkpointing, t.checkpoint_every_n_layers, t.offload_activations and not cpu
+    )
     if cpu and t.offload_activations:
         log.warning("offload_activations: on CPU the activations are in host memory already; ignored")
     eval_steps = t.eval_steps or t.save_steps
@@ -65,9 +71,7 @@ def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> Training
         seed=t.seed,
         bf16=dtype == "bf16",
         fp16=dtype == "fp16",
-        **_checkpointing(
-            t.gradient_checkpointing, t.checkpoint_every_n_layers, t.offload_activations and not cpu
-        ),
+        **_checkpointing(checkpointing),
         dataloader_num_workers=t.dataloader_num_workers
         if t.dataloader_num_workers is not None
         else (0 if cpu else 2),
@@ -86,12 +90,12 @@ def training_arguments(spec: JobSpec, run_dir: Path, has_eval: bool) -> Training
     )
 
 
-def _checkpointing(on: bool, every_n_layers: int = 1, offload: bool = False) -> dict:
+def _checkpointing(c: memory.Checkpointing) -> dict:
     """transformers 5 calls it activation checkpointing, and takes selective (every n-th layer)
     and offloaded variants through its kwargs."""
-    if not on:
+    if not c.on:
         return {"activation_checkpointing": False}
-    kwargs = {"use_reentrant": False, "every_n_layers": every_n_layers, "offload": offload}
+    kwargs = {"use_reentrant": False, "every_n_layers": c.every_n_layers, "offload": c.offload}
     return {"activation_checkpointing": True, "activation_checkpointing_kwargs": kwargs}
 
 
@@ -136,7 +140,8 @@ def only_targets(inputs: dict) -> dict:
 
 def make_trainer(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, collator) -> Trainer:
     """The Trainer a job trains with (the benchmark times this same object)."""
-    args = training_arguments(spec, run_dir, has_eval=eval_ds is not None)
+    checkpointing = memory.plan(spec, model) if spec.training.memory_cap_gib else None
+    args = training_arguments(spec, run_dir, has_eval=eval_ds is not None, checkpointing=checkpointing)
     optimizers = (
         (_loraplus_optimizer(spec, model, args), None)
         if getattr(spec.method, "loraplus_lr_ratio", None)

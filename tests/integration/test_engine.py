@@ -574,3 +574,73 @@ def test_token_budget_micro_batches_train_the_same_weights_in_fewer_passes(
     worst = max((w - budgeted_weights[n]).abs().max().item() for n, w in fixed_weights.items())
     print(f"largest weight difference {worst:.2e}")
     assert worst < 1e-4
+
+
+# --- memory_cap_gib: checkpointing only as much as memory requires ------------------------------
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_the_memory_probe_extrapolates_what_a_long_pass_keeps(attn, tmp_path, tiny_model):
+    """Probing at 64 and 128 tokens predicts what autograd keeps at 512 tokens, layer by layer;
+    eager attention keeps a T x T matrix and the probe sees its square term."""
+    import torch
+
+    from runner.train import memory
+    from runner.train.methods import apply_method
+    from runner.train.model import load_model
+
+    _, spec = _prepare(tmp_path, tiny_model, model={"path": str(tiny_model), "attn_implementation": attn})
+    model = apply_method(load_model(spec), spec)
+    cpu = torch.device("cpu")
+    profile = memory.measure(model, spec, 64, cpu)
+    layers, rest, layer_input = memory._saved(model, spec, 512, cpu)
+    for (a, b), measured in zip(profile.layers, layers, strict=True):
+        assert a * 512 + b * 512**2 == pytest.approx(measured, rel=1e-3)
+        assert (b > 0) == (attn == "eager")
+    assert profile.rest[0] * 512 == pytest.approx(rest, rel=1e-3)
+    assert profile.layer_input * 512 == layer_input
+    assert profile.static > sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_a_memory_cap_turns_on_just_enough_checkpointing(tmp_path, tiny_model, monkeypatch, caplog):
+    """Caps at the estimates of each plan pick that plan, and the job trains with it."""
+    import torch
+
+    from runner.train import dataset, loop, memory
+    from runner.train.methods import apply_method
+    from runner.train.model import load_model, load_tokenizer
+    from runner.train.templates import apply_template
+
+    sections = {"data": {"cutoff_len": 128}, "training": {"max_steps": 2, "per_device_train_batch_size": 4}}
+    run_dir, spec = _prepare(tmp_path, tiny_model, **sections)
+    model = apply_method(load_model(spec), spec)
+    profile = memory.measure(model, spec, 64, torch.device("cpu"))
+    tokenizer = load_tokenizer(spec.model.path)
+    apply_template(tokenizer, "auto")
+    train_ds, _ = dataset.build(spec, tokenizer)
+    for plan in memory.candidates(len(profile.layers), offload=False):
+        cap = profile.estimate(4 * 128, plan) / memory.GIB
+        capped = spec.model_copy(
+            update={"training": spec.training.model_copy(update={"memory_cap_gib": cap})}
+        )
+        args = loop.make_trainer(capped, run_dir, model, tokenizer, train_ds, None, None).args
+        assert args.activation_checkpointing == plan.on
+        if plan.on:
+            assert args.activation_checkpointing_kwargs["every_n_layers"] == plan.every_n_layers
+    run_dir, spec = _prepare(tmp_path, tiny_model, name="capped",
+                             **{**sections, "training": {**sections["training"], "memory_cap_gib": cap}})  # fmt: skip
+    with caplog.at_level("INFO"):
+        seen = _train(run_dir, spec, monkeypatch)
+    assert seen["metrics"]["global_step"] == 2
+    assert "a pass of 512 tokens with checkpointing every layer" in caplog.text
+
+
+def test_a_memory_cap_nothing_fits_stops_before_training(tmp_path, tiny_model):
+    job = write_job(tmp_path / "job.json", tiny_model, training={"memory_cap_gib": 0.25})
+    result = subprocess.run([sys.executable, "-m", "runner.cli", "submit", str(job), "--executor", "local"],
+                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 3 and "Traceback" not in output, output[-2000:]  # 3: cannot run as asked
+    assert "training.memory_cap_gib: 0.25 GiB cannot hold a pass of 256 tokens" in output, output[-2000:]
+    (run_dir,) = (tmp_path / "out" / "job").iterdir()
+    assert not (run_dir / "checkpoints").exists()
