@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -122,17 +123,27 @@ def measure(model, spec: JobSpec, tokens: int, device: torch.device) -> Profile:
         layers=[_fit(a, b, tokens) for a, b in zip(l1, l2, strict=True)],
         rest=_fit(r1, r2, tokens),
         layer_input=x1 / tokens,
-        static=static_bytes(model),
+        static=static_bytes(model, spec, int(os.environ.get("WORLD_SIZE", "1"))),
     )
 
 
-def static_bytes(model) -> int:
-    """Weights and buffers as stored, plus a gradient and AdamW's two moments for every trained
-    weight (in the weight's dtype, as torch's AdamW keeps them)."""
+def static_bytes(model, spec: JobSpec, world_size: int = 1) -> int:
+    """Weights and buffers as stored, plus a gradient and the optimizer state of every trained
+    weight. Plain training: the gradient and AdamW's two moments in the weight's dtype, as
+    torch keeps them. DeepSpeed: an fp32 master copy and two fp32 moments (12 bytes a weight),
+    split over the GPUs from ZeRO-1 on (none on the GPU when offloaded), and the gradients
+    split too from ZeRO-2 on."""
     weights = sum(t.numel() * t.element_size() for t in _unique(model.parameters()))
     buffers = sum(t.numel() * t.element_size() for t in _unique(model.buffers()))
-    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return weights + buffers + 3 * trained
+    trained = [p for p in model.parameters() if p.requires_grad]
+    grads = sum(p.numel() * p.element_size() for p in trained)
+    ds = spec.distributed.deepspeed
+    if ds is None:
+        return weights + buffers + 3 * grads
+    optimizer = 0 if ds.offload_optimizer else 12 * sum(p.numel() for p in trained)
+    optimizer //= world_size if ds.zero >= 1 else 1
+    grads //= world_size if ds.zero >= 2 else 1
+    return weights + buffers + grads + optimizer
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:
@@ -227,8 +238,6 @@ def _unique(tensors):
 
 
 def _device() -> torch.device:
-    import os
-
     if device_type() == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")

@@ -13,9 +13,13 @@ from tests.conftest import runner_cli, write_job
 pytestmark = pytest.mark.integration
 
 
-def test_two_process_ddp_on_cpu(tmp_path: Path, tiny_model: Path):
-    spec = write_job(tmp_path / "job.yaml", tiny_model, name="ddp",
-                     training={"max_steps": 4, "per_device_train_batch_size": 2},
+@pytest.mark.parametrize("budget", [None, 64], ids=["fixed", "token-budget"])
+def test_two_process_ddp_on_cpu(budget, tmp_path: Path, tiny_model: Path):
+    """With a token budget each process may take a different number of passes per step; the
+    gradients are still exchanged once per step."""
+    spec = write_job(tmp_path / "job.yaml", tiny_model, name="ddp", data={"packing": budget is not None},
+                     training={"max_steps": 4, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2,
+                               "micro_batch_tokens": budget},
                      resources={"procs_per_node": 2})  # fmt: skip
     result = runner_cli("submit", str(spec), "--executor", "local")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

@@ -41,3 +41,26 @@ def test_a_cap_nothing_fits_stops_with_what_it_would_take():
     message = str(e.value)
     assert message.startswith("training.memory_cap_gib: 11 GiB cannot hold a pass of 16,384 tokens")
     assert "10.0 GiB" in message and "micro_batch_tokens" in message
+
+
+def test_optimizer_state_and_gradients_are_split_as_zero_splits_them():
+    import torch
+
+    from runner.spec.job import JobSpec
+    from runner.train.memory import static_bytes
+
+    model = torch.nn.Sequential(torch.nn.Linear(100, 100, bias=False), torch.nn.Linear(100, 100, bias=False))
+    model[0].weight.requires_grad_(False)  # 40,000 bytes each, one trained
+
+    def spec(**deepspeed):
+        data = {"name": "x", "model": {"path": "m"}, "method": {"type": "full"},
+                "data": {"datasets": [{"path": "d"}]}}  # fmt: skip
+        return JobSpec.model_validate(
+            {**data, "distributed": {"deepspeed": deepspeed}} if deepspeed else data
+        )
+
+    assert static_bytes(model, spec()) == 80_000 + 3 * 40_000  # gradient and AdamW's two moments
+    assert static_bytes(model, spec(zero=0), 4) == 80_000 + 40_000 + 12 * 10_000
+    assert static_bytes(model, spec(zero=1), 4) == 80_000 + 40_000 + 12 * 10_000 // 4
+    assert static_bytes(model, spec(zero=2), 4) == 80_000 + 40_000 // 4 + 12 * 10_000 // 4
+    assert static_bytes(model, spec(zero=2, offload_optimizer=True), 4) == 80_000 + 40_000 // 4
