@@ -202,7 +202,7 @@ def _saved(model, spec: JobSpec, tokens: int, device: torch.device) -> tuple[lis
     model.train()
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
-            out = model(input_ids=ids, labels=ids, position_ids=torch.arange(tokens, device=device)[None])
+            out = model(input_ids=ids, labels=ids)
         del out
     finally:
         for h in handles:
