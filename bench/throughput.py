@@ -155,7 +155,7 @@ def arm(a: argparse.Namespace) -> dict:
     flops = (6 if a.method == "full" else 4) * n_params
     peak = next((v for k, v in PEAK_FLOPS.items() if cuda and k in torch.cuda.get_device_name()), None)
     result = {
-        "arm": _label(a), "shape": a.shape, "method": a.method, "bs": a.bs, "packing": a.arm == "runner" and a.packing,
+        "arm": _label(a, trainer.args), "shape": a.shape, "method": a.method, "bs": a.bs, "packing": a.arm == "runner" and a.packing,
         "ckpt": a.ckpt, "timed_steps": meter.steps, "sec": round(seconds, 2), "real_tok_s": round(tps, 1),
         "first_step_s": round(meter.first_step - start, 2),
         "peak_gib": round((torch.cuda.max_memory_allocated() if cuda else _rss()) / 2**30, 2),
@@ -165,12 +165,16 @@ def arm(a: argparse.Namespace) -> dict:
     return result
 
 
-def _label(a: argparse.Namespace) -> str:
+def _label(a: argparse.Namespace, args) -> str:
     if a.arm == "plain":
         return "plain"
     label = "runner" if a.targets_only else "runner, all logits"
     label += f", passes of <= {a.micro_batch_tokens} tokens" if a.micro_batch_tokens else ""
-    return label + (f", cap {a.memory_cap:g} GiB" if a.memory_cap else "")
+    if not a.memory_cap:
+        return label
+    every = (args.activation_checkpointing_kwargs or {}).get("every_n_layers", 1)
+    chosen = f"checkpointing 1 layer in {every}" if args.activation_checkpointing else "no checkpointing"
+    return label + f", cap {a.memory_cap:g} GiB: {chosen}"
 
 
 def _rss() -> int:
