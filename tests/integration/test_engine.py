@@ -644,3 +644,31 @@ def test_a_memory_cap_nothing_fits_stops_before_training(tmp_path, tiny_model):
     assert "training.memory_cap_gib: 0.25 GiB cannot hold a pass of 256 tokens" in output, output[-2000:]
     (run_dir,) = (tmp_path / "out" / "job").iterdir()
     assert not (run_dir / "checkpoints").exists()
+
+
+def test_lora_without_peft_input_copies_trains_the_same_in_less_memory(tmp_path, tiny_model, monkeypatch):
+    """Mixed precision forced on CPU (bf16 weights, fp32 adapters, autocast), with and without
+    PEFT's fp32 copy of every adapted layer's input: the same losses to the bit, and the
+    decoder layers keep fewer bytes for the backward pass without it."""
+    import torch
+
+    from runner.train import loop, memory
+    from runner.train import model as model_module
+
+    for module in (model_module, loop, memory):
+        monkeypatch.setattr(module, "precision", lambda spec: "bf16")
+    runs = {}
+    for upcast in (True, False):
+        run_dir, spec = _prepare(tmp_path, tiny_model, name=f"upcast-{upcast}".lower(),
+                                 method={"type": "lora", "r": 4, "upcast_adapter_inputs": upcast},
+                                 training={"max_steps": 4, "logging_steps": 1, "learning_rate": 3e-3})  # fmt: skip
+        seen = _train(run_dir, spec, monkeypatch)
+        assert seen["model"].get_base_model().model.embed_tokens.weight.dtype == torch.bfloat16
+        from runner.train.callbacks import read_metrics
+
+        losses = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+        kept = sum(memory._saved(seen["model"], spec, 128, torch.device("cpu"))[0])
+        runs[upcast] = losses, kept
+    print(f"layers keep {runs[True][1]:,} bytes with the copy, {runs[False][1]:,} without")
+    assert len(runs[True][0]) == 4 and runs[False][0] == runs[True][0]
+    assert runs[False][1] < 0.9 * runs[True][1]
