@@ -140,7 +140,13 @@ def only_targets(inputs: dict) -> dict:
 
 def make_trainer(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, collator) -> Trainer:
     """The Trainer a job trains with (the benchmark times this same object)."""
-    checkpointing = memory.plan(spec, model) if spec.training.memory_cap_gib else None
+    checkpointing = None
+    if spec.training.memory_cap_gib:
+        if liger(spec):  # the probe must see the fused loss the Trainer patches in at train()
+            from transformers.integrations.liger import apply_liger_kernel
+
+            apply_liger_kernel(model, None)
+        checkpointing = memory.plan(spec, model)
     args = training_arguments(spec, run_dir, has_eval=eval_ds is not None, checkpointing=checkpointing)
     optimizers = (
         (_loraplus_optimizer(spec, model, args), None)
