@@ -16,3 +16,4 @@ run --shape 8b --method lora --bs 16 --micro-batch-tokens 16384 --memory-cap 21 
 run --shape 1b --method full --bs 8 --no-ckpt                # 1.5B full SFT: >= 60,000 tokens/s
 run --shape 8b --method qlora --bs 1 --max-len 2048 --fixed-len   # 8B QLoRA: peak <= 6.5 GiB at >= 4,500
 run --shape 8b --method lora --bs 1 --max-len 65536 --fixed-len --steps 8   # fits in 80 GB
+run --shape 8b --method lora --bs 1 --max-len 131072 --fixed-len --steps 6 --memory-cap 76   # 131,072 tokens: the cap chooses offloading

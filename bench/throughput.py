@@ -194,7 +194,7 @@ def _runner_trainer(a, rows, tokenizer):
         method.update(r=16, alpha=32, dropout=0.0, target=TARGETS)
     spec = JobSpec.model_validate({
         "name": "bench", "model": {"path": "random", "attn_implementation": a.attn},
-        "method": method, "data": {"datasets": [{"path": "synthetic"}], "packing": a.packing},
+        "method": method, "data": {"datasets": [{"path": "synthetic"}], "packing": a.packing, "cutoff_len": a.max_len},
         "training": {"per_device_train_batch_size": a.bs, "max_steps": a.steps, "learning_rate": 1e-4,
                      "logging_steps": 1000, "save_steps": 10**6, "gradient_checkpointing": a.ckpt and not a.memory_cap,
                      "gradient_accumulation_steps": a.accum, "train_sampling_strategy": a.sampling,
