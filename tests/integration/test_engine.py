@@ -672,3 +672,58 @@ def test_lora_without_peft_input_copies_trains_the_same_in_less_memory(tmp_path,
     print(f"layers keep {runs[True][1]:,} bytes with the copy, {runs[False][1]:,} without")
     assert len(runs[True][0]) == 4 and runs[False][0] == runs[True][0]
     assert runs[False][1] < 0.9 * runs[True][1]
+
+
+def _peak_allocated(fn) -> int:
+    """Peak bytes that torch's CPU allocator held during fn() above what it held before, read
+    from the profiler's memory events."""
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.NamedTemporaryFile(suffix=".json") as trace:
+        prof.export_chrome_trace(trace.name)
+        events = json.loads(Path(trace.name).read_text())["traceEvents"]
+    memory = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
+    start = memory[0]["args"]["Total Allocated"] - memory[0]["args"]["Bytes"]
+    return max(e["args"]["Total Allocated"] for e in memory) - start
+
+
+@pytest.mark.parametrize("method", [{"type": "lora", "r": 8}, {"type": "full"}], ids=["lora", "full"])
+def test_the_memory_estimate_bounds_the_measured_peak_of_every_plan(method):
+    """An 8-layer model (more layers than vocabulary, so checkpointing matters), one step of
+    2,048 tokens under each plan, its peak read from the allocator: the estimate is never
+    below the measured peak, nor far above it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from runner.spec.job import JobSpec
+    from runner.train import memory
+    from runner.train.methods import apply_method
+
+    config = AutoConfig.for_model("llama", hidden_size=256, intermediate_size=688, num_hidden_layers=8,
+                                  num_attention_heads=4, num_key_value_heads=4, vocab_size=512, use_cache=False,
+                                  tie_word_embeddings=False, attn_implementation="sdpa")  # fmt: skip
+    torch.manual_seed(0)
+    spec = JobSpec.model_validate({"name": "m", "model": {"path": "m"}, "method": method,
+                                   "data": {"datasets": [{"path": "d"}]}})  # fmt: skip
+    model = apply_method(AutoModelForCausalLM.from_config(config), spec).train()
+    profile = memory.measure(model, spec, 256, torch.device("cpu"))
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    ids = torch.randint(0, 512, (1, 2048))
+    rows = []
+    for plan in memory.candidates(8, offload=False):
+        if plan.on:
+            model.activation_checkpointing_enable(
+                {"use_reentrant": False}, every_n_layers=plan.every_n_layers
+            )
+        model.zero_grad(set_to_none=True)
+        measured = _peak_allocated(lambda: model(input_ids=ids, labels=ids).loss.backward()) - grads
+        estimate = profile.estimate(2048, plan) - profile.static - memory.RESERVE
+        rows.append((plan.describe(8), measured, estimate))
+    print("\n".join(f"{d}: measured {m / 2**20:.1f} MiB, estimate {e / 2**20:.1f} MiB" for d, m, e in rows))
+    for described, measured, estimate in rows:
+        assert measured <= estimate <= 1.6 * measured, described
+    assert rows[-1][1] < 0.3 * rows[0][1]  # checkpointing every layer does cut the peak
