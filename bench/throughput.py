@@ -169,6 +169,7 @@ def _label(a: argparse.Namespace, args) -> str:
     if a.arm == "plain":
         return "plain"
     label = "runner" if a.targets_only else "runner, all logits"
+    label += "" if a.fused or a.method == "full" else ", PEFT's LoRA forward"
     label += f", passes of <= {a.micro_batch_tokens} tokens" if a.micro_batch_tokens else ""
     if not a.memory_cap:
         return label
@@ -191,7 +192,7 @@ def _runner_trainer(a, rows, tokenizer):
 
     method = {"type": a.method}
     if a.method in ("lora", "qlora"):
-        method.update(r=16, alpha=32, dropout=0.0, target=TARGETS)
+        method.update(r=16, alpha=32, dropout=0.0, target=TARGETS, fused=a.fused)
     spec = JobSpec.model_validate({
         "name": "bench", "model": {"path": "random", "attn_implementation": a.attn},
         "method": method, "data": {"datasets": [{"path": "synthetic"}], "packing": a.packing, "cutoff_len": a.max_len},
@@ -299,7 +300,10 @@ def compare(a: argparse.Namespace) -> str:
         base = {**_spawn(base_argv, "baseline"), "arm": "baseline"}
     else:
         base = _spawn([sys.executable, __file__, "--arm", "plain", *common], "plain")
-    variants = [[], ["--packing"]] + ([["--packing", "--no-targets-only"]] if a.ablate else [])
+    ablations = [["--packing", "--no-targets-only"]] + (
+        [["--packing", "--no-fused"]] if a.method != "full" else []
+    )
+    variants = [[], ["--packing"]] + (ablations if a.ablate else [])
     if a.micro_batch_tokens or a.memory_cap:
         budget = ["--micro-batch-tokens", str(a.micro_batch_tokens)] if a.micro_batch_tokens else []
         variants.append(
@@ -359,7 +363,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_false",
         help="(runner arm) logits at every position, not only where tokens are trained",
     )
-    p.add_argument("--ablate", action="store_true", help="also run runner packed without targets-only logits")
+    p.add_argument(
+        "--no-fused", dest="fused", action="store_false", help="(runner arm) PEFT's own LoRA forward"
+    )
+    p.add_argument("--ablate", action="store_true",
+                   help="also run runner packed without targets-only logits, and without the fused LoRA forward")  # fmt: skip
     p.add_argument("--accum", type=int, default=1, help="(runner arm) gradient_accumulation_steps")
     p.add_argument("--micro-batch-tokens", type=int, help="(runner arm) training.micro_batch_tokens: "
                    "the --bs samples of a step in passes of at most this many tokens")  # fmt: skip

@@ -93,6 +93,11 @@ class LoraMethod(_Spec):
     loraplus_lr_ratio: float | None = Field(
         None, gt=0, description="LoRA+: learning rate of B = ratio x learning rate of A."
     )
+    fused: bool = Field(
+        True, description="Add the scaled adapter update to the base output in one matmul (addmm) "
+        "instead of PEFT's three passes over the output. Plain LoRA layers only: DoRA, dropout "
+        "and quantized layers keep PEFT's forward.",
+    )  # fmt: skip
     upcast_adapter_inputs: bool = Field(
         False, description="Copy each adapted layer's input to fp32 before the adapter, as PEFT does "
         "by default. Under mixed precision autocast casts it back at once: the same result, and "

@@ -727,3 +727,57 @@ def test_the_memory_estimate_bounds_the_measured_peak_of_every_plan(method):
     for described, measured, estimate in rows:
         assert measured <= estimate <= 1.6 * measured, described
     assert rows[-1][1] < 0.3 * rows[0][1]  # checkpointing every layer does cut the peak
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_lora_trains_like_peft(precision, tmp_path, tiny_model, monkeypatch):
+    """The addmm forward against PEFT's own, 5 steps: the same losses and adapter weights in
+    float32; in bf16 (forced on CPU, under autocast) the same losses within bf16 rounding, as
+    the fused sum rounds once where PEFT rounds three times."""
+    import torch
+    from peft.tuners.lora.layer import Linear
+
+    from runner.train import loop, memory
+    from runner.train import model as model_module
+    from runner.train.callbacks import read_metrics
+
+    for module in (model_module, loop, memory):
+        monkeypatch.setattr(module, "precision", lambda spec: precision)
+    runs = {}
+    for on in (False, True):
+        run_dir, spec = _prepare(tmp_path, tiny_model, name=f"fused-{on}".lower(),
+                                 method={"type": "lora", "r": 4, "fused": on},
+                                 training={"max_steps": 5, "logging_steps": 1, "learning_rate": 3e-3})  # fmt: skip
+        seen = _train(run_dir, spec, monkeypatch)
+        layers = [m for m in seen["model"].modules() if isinstance(m, Linear) and "forward" in vars(m)]
+        assert len(layers) == (14 if on else 0)  # all 7 linear layers of both decoder layers
+        losses = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+        runs[on] = (
+            losses,
+            {n: p.detach().clone() for n, p in seen["model"].named_parameters() if p.requires_grad},
+        )
+    print(f"{precision}: PEFT {runs[False][0]}\n      fused {runs[True][0]}")
+    assert len(runs[True][0]) == 5
+    if precision == "fp32":
+        assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-6)
+        for name, weight in runs[False][1].items():
+            assert torch.allclose(weight, runs[True][1][name], rtol=1e-5, atol=1e-7), name
+    else:
+        assert runs[True][0] == pytest.approx(runs[False][0], rel=2e-4)
+
+
+def test_fused_lora_leaves_dora_dropout_and_merged_layers_to_peft(tmp_path, tiny_model):
+    import torch
+
+    from runner.train import fused
+    from runner.train.methods import apply_method
+    from runner.train.model import load_model
+
+    for method in ({"type": "lora", "r": 4, "dora": True}, {"type": "lora", "r": 4, "dropout": 0.1}):
+        _, spec = _prepare(tmp_path, tiny_model, name="other", method=method)
+        layer = next(m for m in apply_method(load_model(spec), spec).modules() if "forward" in vars(m))
+        assert not fused._plain(layer), method  # the fused forward hands these to PEFT's
+    layer.lora_dropout["default"] = torch.nn.Identity()
+    assert fused._plain(layer)
+    layer.merge()
+    assert not fused._plain(layer)
