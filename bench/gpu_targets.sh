@@ -2,6 +2,7 @@
 # Every throughput target, each measured against the hand-written baseline in one invocation,
 # appended to docs/throughput.md. Run on one H100 80GB (or H200):
 #   BASELINE=path/to/hf_baseline.py bash bench/gpu_targets.sh
+# (on a machine with only torch, transformers, peft and accelerate: see bench/device_wheels.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BASELINE:?set BASELINE to the hand-written baseline script}"
