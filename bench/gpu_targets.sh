@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BASELINE:?set BASELINE to the hand-written baseline script}"
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}
 OUT=${OUT:-docs/throughput.md}
 run() { "$PY" bench/throughput.py --device cuda --baseline "$BASELINE" --write "$OUT" "$@"; }
 
