@@ -161,9 +161,11 @@ def make_trainer(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_
     trainer.remove_callback(PrinterCallback)  # MetricsCallback prints readable lines instead
     trainer.micro_batch_tokens = spec.training.micro_batch_tokens
     if trainer.micro_batch_tokens and not trainer.model_accepts_loss_kwargs:
-        log.warning("micro_batch_tokens: this model cannot scale its loss by the step's token count; "
-                    "each step runs as one micro-batch")  # fmt: skip
-        trainer.micro_batch_tokens = None
+        raise UnsupportedError(
+            "training.micro_batch_tokens: this model's forward cannot scale its loss by the step's "
+            "token count, so passes of different sizes would be weighted wrongly; remove "
+            "micro_batch_tokens and set per_device_train_batch_size instead"
+        )
     trainer.targets_only = (
         spec.training.logits_on_targets_only
         and not args.use_liger_kernel
