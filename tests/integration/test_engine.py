@@ -646,28 +646,41 @@ def test_a_memory_cap_nothing_fits_stops_before_training(tmp_path, tiny_model):
     assert not (run_dir / "checkpoints").exists()
 
 
+def _train_lora(tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch, steps: int, **method):
+    """A rank-4 LoRA run named after `method`; its spy record and per-step losses."""
+    from runner.train.callbacks import read_metrics
+
+    name = "-".join(f"{k}-{v}" for k, v in method.items()).replace("_", "-").lower()
+    run_dir, spec = _prepare(tmp_path, tiny, name=name, method={"type": "lora", "r": 4, **method},
+                             training={"max_steps": steps, "logging_steps": 1, "learning_rate": 3e-3})  # fmt: skip
+    seen = _train(run_dir, spec, monkeypatch)
+    seen["spec"] = spec
+    return seen, [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+
+
+def _force_precision(monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
+    """Mixed precision on CPU, as a GPU would train: half-precision weights under autocast."""
+    from runner.train import loop, memory
+    from runner.train import model as model_module
+
+    for module in (model_module, loop, memory):
+        monkeypatch.setattr(module, "precision", lambda spec: precision)
+
+
 def test_lora_without_peft_input_copies_trains_the_same_in_less_memory(tmp_path, tiny_model, monkeypatch):
     """Mixed precision forced on CPU (bf16 weights, fp32 adapters, autocast), with and without
     PEFT's fp32 copy of every adapted layer's input: the same losses to the bit, and the
     decoder layers keep fewer bytes for the backward pass without it."""
     import torch
 
-    from runner.train import loop, memory
-    from runner.train import model as model_module
+    from runner.train import memory
 
-    for module in (model_module, loop, memory):
-        monkeypatch.setattr(module, "precision", lambda spec: "bf16")
+    _force_precision(monkeypatch, "bf16")
     runs = {}
     for upcast in (True, False):
-        run_dir, spec = _prepare(tmp_path, tiny_model, name=f"upcast-{upcast}".lower(),
-                                 method={"type": "lora", "r": 4, "upcast_adapter_inputs": upcast},
-                                 training={"max_steps": 4, "logging_steps": 1, "learning_rate": 3e-3})  # fmt: skip
-        seen = _train(run_dir, spec, monkeypatch)
+        seen, losses = _train_lora(tmp_path, tiny_model, monkeypatch, 4, upcast_adapter_inputs=upcast)
         assert seen["model"].get_base_model().model.embed_tokens.weight.dtype == torch.bfloat16
-        from runner.train.callbacks import read_metrics
-
-        losses = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
-        kept = sum(memory._saved(seen["model"], spec, 128, torch.device("cpu"))[0])
+        kept = sum(memory._saved(seen["model"], seen["spec"], 128, torch.device("cpu"))[0])
         runs[upcast] = losses, kept
     print(f"layers keep {runs[True][1]:,} bytes with the copy, {runs[False][1]:,} without")
     assert len(runs[True][0]) == 4 and runs[False][0] == runs[True][0]
@@ -737,21 +750,12 @@ def test_fused_lora_trains_like_peft(precision, tmp_path, tiny_model, monkeypatc
     import torch
     from peft.tuners.lora.layer import Linear
 
-    from runner.train import loop, memory
-    from runner.train import model as model_module
-    from runner.train.callbacks import read_metrics
-
-    for module in (model_module, loop, memory):
-        monkeypatch.setattr(module, "precision", lambda spec: precision)
+    _force_precision(monkeypatch, precision)
     runs = {}
     for on in (False, True):
-        run_dir, spec = _prepare(tmp_path, tiny_model, name=f"fused-{on}".lower(),
-                                 method={"type": "lora", "r": 4, "fused": on},
-                                 training={"max_steps": 5, "logging_steps": 1, "learning_rate": 3e-3})  # fmt: skip
-        seen = _train(run_dir, spec, monkeypatch)
+        seen, losses = _train_lora(tmp_path, tiny_model, monkeypatch, 5, fused=on)
         layers = [m for m in seen["model"].modules() if isinstance(m, Linear) and "forward" in vars(m)]
         assert len(layers) == (14 if on else 0)  # all 7 linear layers of both decoder layers
-        losses = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
         runs[on] = (
             losses,
             {n: p.detach().clone() for n, p in seen["model"].named_parameters() if p.requires_grad},
