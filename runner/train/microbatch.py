@@ -45,7 +45,7 @@ def _split_packed(batch: dict, budget: int) -> list[dict]:
     bounds = list(zip(starts, starts[1:] + [positions.numel()], strict=True))
     parts = []
     for group in pack([end - start for start, end in bounds], budget):
-        index = torch.cat([torch.arange(*bounds[i]) for i in sorted(group)])
+        index = torch.cat([torch.arange(*bounds[i], device=positions.device) for i in sorted(group)])
         parts.append({k: _take(v, index, dim=1) for k, v in batch.items()})
     return parts
 
@@ -55,7 +55,7 @@ def _split_padded(batch: dict, budget: int) -> list[dict]:
     lengths = mask.sum(dim=1).tolist()
     parts = []
     for group in _pack_rows(lengths, budget):
-        rows = torch.tensor(group)
+        rows = torch.tensor(group, device=mask.device)  # a GPU batch arrives on its device
         columns = mask[rows].any(dim=0).nonzero().flatten()  # left or right padding alike
         parts.append({k: _take(_take(v, rows, dim=0), columns, dim=1) for k, v in batch.items()})
     return parts

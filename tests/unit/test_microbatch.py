@@ -8,6 +8,9 @@ torch = pytest.importorskip("torch")
 
 from runner.train import microbatch  # noqa: E402
 
+# The Trainer hands over batches already on the training device.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
 
 def test_first_fit_decreasing_fills_each_bin_up_to_the_budget():
     bins = microbatch.pack([90, 20, 60, 40, 30, 10], budget=100)
@@ -15,16 +18,17 @@ def test_first_fit_decreasing_fills_each_bin_up_to_the_budget():
     assert microbatch.pack([150, 10], budget=100) == [[0], [1]]  # an oversized sample goes alone
 
 
-def _packed(lengths: list[int]) -> dict:
+def _packed(lengths: list[int], device: str) -> dict:
     ids = torch.arange(sum(lengths))[None]
     positions = torch.cat([torch.arange(n) for n in lengths])[None]
     labels = ids.clone()
     labels[positions == 0] = -100
-    return {"input_ids": ids, "labels": labels, "position_ids": positions}
+    return {"input_ids": ids.to(device), "labels": labels.to(device), "position_ids": positions.to(device)}
 
 
-def test_a_packed_row_splits_at_sample_boundaries_and_keeps_every_token():
-    batch = _packed([5, 3, 7, 2])
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_packed_row_splits_at_sample_boundaries_and_keeps_every_token(device):
+    batch = _packed([5, 3, 7, 2], device)
     parts = microbatch.split(batch, budget=8)
     assert all(p["input_ids"].shape[1] <= 8 for p in parts) and len(parts) == 3
     for p in parts:  # every sample whole, its positions still starting at 0
@@ -37,14 +41,15 @@ def test_a_packed_row_splits_at_sample_boundaries_and_keeps_every_token():
     assert kept == batch["input_ids"][0].tolist()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_padded_rows_split_by_length_and_lose_their_extra_padding(side):
+def test_padded_rows_split_by_length_and_lose_their_extra_padding(side, device):
     lengths = [9, 2, 3, 8]
     rows = []
     for i, n in enumerate(lengths):
         tokens, pad = [i + 1] * n, [0] * (9 - n)
         rows.append(tokens + pad if side == "right" else pad + tokens)
-    ids = torch.tensor(rows)
+    ids = torch.tensor(rows, device=device)
     batch = {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": ids.masked_fill(ids == 0, -100)}
     parts = microbatch.split(batch, budget=18)
     assert [p["input_ids"].shape for p in parts] == [(2, 9), (2, 3)]  # long with long, short with short
