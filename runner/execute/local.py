@@ -28,7 +28,8 @@ class LocalExecutor:
 
     def check(self, spec: JobSpec) -> None:
         """Refuse GPUs this machine does not have, before anything is created."""
-        require_gpus(spec, len(host_gpu_names()) if spec.resources.gpus != 0 else 0, "this machine")
+        if spec.resources.gpus != 0:
+            require_gpus(spec, len(host_gpu_names()), "this machine")
 
     def run(self, record: RunRecord, spec: JobSpec, resume: bool = False) -> int:
         argv = render_launch(spec, Path(record.run_dir), python=sys.executable)

@@ -19,13 +19,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from runner.spec.job import SHAREGPT_TAGS
+
 REGISTRY = "dataset_info.json"
 _ONLINE = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 # LLaMA-Factory column names -> the fields of runner's formats.
 _ALPACA = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
            "history": "history"}  # fmt: skip
 _SHAREGPT = {"messages": "conversations", "system": "system"}
-_TAGS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag")
 
 
 class RegistryError(ValueError):
@@ -93,5 +94,5 @@ def expand(name: str, dataset_dir: Path, stage: str, shown: str | None = None) -
     mapped = {fields[k]: v for k, v in columns.items() if k in fields and v and fields[k] != v}
     out.update(format=formatting, columns=mapped)
     if formatting == "sharegpt":
-        out["tags"] = {k: v for k, v in tags.items() if k in _TAGS and v}
+        out["tags"] = {k: v for k, v in tags.items() if k in SHAREGPT_TAGS and v}
     return out
