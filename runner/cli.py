@@ -322,14 +322,15 @@ def build(image: str, quiet: bool) -> None:
 @main.command()
 @click.argument("refs", nargs=-1, required=True)
 @click.option(
-    "-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="Archive to write."
+    "-o", "--output", "out", required=True, type=click.Path(), help="Archive to write (a new file)."
 )
-@click.option(
-    "--model", type=click.Path(file_okay=False, exists=True), help="A model directory to carry too."
-)
-@click.option("--data", type=click.Path(file_okay=False, exists=True), help="A data directory to carry too.")
+@click.option("--model", type=click.Path(), help="A model directory to carry too.")
+@click.option("--data", type=click.Path(), help="A data directory to carry too.")
 def bundle(refs: tuple[str, ...], out: str, model: str | None, data: str | None) -> None:
-    """Pack images (IMAGE names or docker refs) and optionally a model and data into one archive."""
+    """Pack images (IMAGE names or docker refs) and optionally a model and data into one archive.
+
+    Each image brings every tag it has (`runner/NAME:latest` and its content-hash tag).
+    """
     from runner.build.bundle import bundle as do_bundle
 
     resolved = [r if ":" in r or "/" in r else f"runner/{r}:latest" for r in refs]
@@ -340,15 +341,21 @@ def bundle(refs: tuple[str, ...], out: str, model: str | None, data: str | None)
 
 
 @main.command()
-@click.argument("archive", type=click.Path(dir_okay=False))
-@click.option("--to", "to", type=click.Path(file_okay=False), help="Where the bundle's model/ and data/ go.")
+@click.argument("archive", type=click.Path())
+@click.option("--to", "to", type=click.Path(), help="Where the bundle's model/ and data/ go.")
 def load(archive: str, to: str | None) -> None:
-    """Verify a bundle's checksums, load its images, check their ids."""
+    """Verify a bundle's checksums, load its images, check their ids and tags."""
     from runner.build.bundle import load as do_load
 
-    manifest = do_load(Path(archive), Path(to) if to else None)
+    manifest = do_load(Path(archive), Path(to) if to else None, log=click.echo)
     for image in manifest["images"]:
-        click.echo(f"loaded {image['ref']} ({image['id'][:19]})")
+        others = [t for t in image.get("tags", []) if t != image["ref"]]
+        also = f", also tagged {', '.join(others)}" if others else ""
+        click.echo(f"loaded {image['ref']} ({image['id'][:19]}){also}")
+    if to:
+        for prefix in ("model", "data"):
+            if any(name.startswith(prefix + "/") for name in manifest["files"]):
+                click.echo(f"{prefix}/ -> {Path(to) / prefix}")
     click.echo(f"verified: aggregate sha256 {manifest['aggregate']}")
 
 

@@ -42,6 +42,14 @@ class Docker:
         except docker.errors.ImageNotFound:
             return None
 
+    def image_tags(self, ref: str) -> list[str]:
+        """Every `repo:tag` of the image `ref` names (an image id or any of its tags)."""
+        return list(self.client.images.get(ref).tags)
+
+    def image_size(self, ref: str) -> int:
+        """Bytes of the image's layers, about what a `docker save` of it writes."""
+        return int(self.client.images.get(ref).attrs.get("Size") or 0)
+
     def build(
         self, context: Path, tag: str, labels: dict[str, str], log: Callable[[str], None] = lambda s: None
     ) -> str:

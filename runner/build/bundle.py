@@ -1,26 +1,33 @@
 """`runner bundle` / `runner load`: one checksummed archive carries images (+ model, data) in.
 
 Layout of the archive (a plain tar, so `tar -tf` shows it on any machine):
-  images.tar      `docker save` of the images
+  images.tar      `docker save` of the images, with every tag each image has
   model/...       optional: a model directory
   data/...        optional: a data directory
-  manifest.json   image refs and ids, file sizes
+  manifest.json   image refs, ids and tags, file sizes
   checksums.txt   `sha256  path` per file, then `aggregate  <sha256 of those lines>`
 A load verifies every checksum, refuses missing and extra files, and checks the loaded image
-ids against the manifest before reporting success.
+ids (under every tag) against the manifest before reporting success.
+
+Every check that needs no slow step comes first: the destination (exists, writable, free space)
+before `docker save` or an extraction, a refused `--to` before `docker load`. Every I/O or
+archive failure is a BundleError: one message naming the path, exit code 5.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 import runner
 from runner.build.wheels import sha256
@@ -30,10 +37,23 @@ from runner.errors import RunnerError
 CHECKSUMS = "checksums.txt"
 MANIFEST = "manifest.json"
 IMAGES = "images.tar"
+CARRIED = ("model", "data")  # directories a bundle may carry besides the images
 
 
 class BundleError(RunnerError):
     exit_code = 5
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _engine_errors() -> tuple[type[BaseException], ...]:
+    """What the Docker SDK (and requests under it) raise when the engine fails mid-way."""
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
+
+    return DockerException, RequestException
 
 
 def _files_of(directory: Path, prefix: str) -> Iterator[tuple[str, Path]]:
@@ -46,30 +66,82 @@ def aggregate(lines: list[str]) -> str:
     return hashlib.sha256("".join(line + "\n" for line in lines).encode()).hexdigest()
 
 
+# ----------------------------------------------------------------------------------------------
+# bundle
+
+
+def _check_output(out: Path) -> None:
+    if out.exists() or out.is_symlink():
+        what = "a directory" if out.is_dir() else "a file"
+        raise BundleError(f"-o {out}: {what} of that name exists already; choose another -o (a bundle is never overwritten)")  # fmt: skip
+    parent = out.parent
+    if not parent.exists():
+        raise BundleError(
+            f"-o {out}: the directory {parent} does not exist; create it first (mkdir -p {parent})"
+        )
+    if not parent.is_dir():
+        raise BundleError(f"-o {out}: {parent} is not a directory")
+
+
+def _check_carried(directory: Path | None, prefix: str) -> list[tuple[str, Path]]:
+    if directory is None:
+        return []
+    if not directory.exists():
+        raise BundleError(f"--{prefix} {directory}: no such directory")
+    if not directory.is_dir():
+        raise BundleError(f"--{prefix} {directory} is not a directory")
+    try:
+        return list(_files_of(directory, prefix))
+    except OSError as e:
+        raise BundleError(
+            f"--{prefix} {directory}: cannot read {e.filename or directory} ({e.strerror})"
+        ) from None
+
+
 def bundle(
     refs: list[str], out: Path, model: Path | None = None, data: Path | None = None,
     docker: Docker | None = None, log: Callable[[str], None] = lambda s: None,
 ) -> str:  # fmt: skip
-    """Write the archive; returns its aggregate checksum."""
-    docker = docker or Docker()
-    images = []
-    for ref in refs:
-        image_id = docker.image_id(ref)
-        if not image_id:
-            raise BundleError(f"image {ref} is not in the Docker engine; build or load it first")
-        images.append({"ref": ref, "id": image_id})
-    if out.exists():
-        raise BundleError(f"{out} exists already; choose another -o (a bundle is never overwritten)")
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+    """Write the archive; returns its aggregate checksum.
+
+    Each image is saved with every tag it has (e.g. `runner/cpu:latest` brings its content-hash
+    tag `runner/cpu:<hash>` along), and the manifest lists them, so a load restores them all.
+    """
+    _check_output(out)
+    carried = _check_carried(model, "model") + _check_carried(data, "data")
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)
+    except OSError as e:
+        raise BundleError(f"-o {out}: cannot write in {out.parent} ({e.strerror})") from None
+    partial = out.with_name(out.name + ".partial")
+    try:
+        docker = docker or Docker()
+        images, names, image_bytes = [], [], 0
+        for ref in refs:
+            image_id = docker.image_id(ref)
+            if not image_id:
+                raise BundleError(f"image {ref} is not in the Docker engine; build or load it first")
+            tags = sorted(set(docker.image_tags(image_id)) | ({ref} if _is_tag(ref) else set()))
+            images.append({"ref": ref, "id": image_id, "tags": tags})
+            if image_id not in {i["id"] for i in images[:-1]}:
+                image_bytes += docker.image_size(image_id)
+            names += [n for n in (tags or [ref]) if n not in names]
+        # The saved images sit in tmp while the archive is written beside them: twice their size.
+        need = 2 * image_bytes + sum(path.stat().st_size for _, path in carried)
+        free = shutil.disk_usage(out.parent).free
+        if free < need:
+            raise BundleError(
+                f"-o {out}: {out.parent} has {_mib(free)} free, and writing this bundle needs about "
+                f"{_mib(need)} there (the saved images twice, plus model and data); free some space "
+                "or choose -o on a larger disk"
+            )
         saved = Path(tmp) / IMAGES
-        log(f"saving {', '.join(refs)}")
-        docker.save(refs, saved)
-        members = [(IMAGES, saved)]
-        for directory, prefix in ((model, "model"), (data, "data")):
-            if directory is not None:
-                if not directory.is_dir():
-                    raise BundleError(f"--{prefix} {directory} is not a directory")
-                members += list(_files_of(directory, prefix))
+        log(f"saving {', '.join(names)}")
+        try:
+            docker.save(names, saved)
+        except _engine_errors() as e:
+            raise BundleError(f"docker save of {', '.join(names)} failed: {e}") from None
+        members = [(IMAGES, saved), *carried]
         sums = []
         for name, path in members:
             log(f"checksum {name}")
@@ -84,7 +156,6 @@ def bundle(
         sums.append(f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST}")
         total = aggregate(sums)
         checksums = ("\n".join(sums) + f"\naggregate  {total}\n").encode()
-        partial = out.with_name(out.name + ".partial")
         with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
             for name, data_bytes in ((MANIFEST, manifest_bytes), (CHECKSUMS, checksums)):
                 info = tarfile.TarInfo(name)
@@ -93,66 +164,246 @@ def bundle(
             for name, path in members:
                 tar.add(path, arcname=name, recursive=False)
         os.replace(partial, out)
+    except OSError as e:
+        raise BundleError(
+            f"writing {out} failed: {e.filename or out}: {e.strerror or e}; nothing was written"
+        ) from None
+    finally:
+        partial.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     return total
 
 
-def verify_and_extract(archive: Path, dest: Path) -> tuple[dict, str]:
-    """Extract into dest, checking every file; returns (manifest, aggregate)."""
-    if not archive.is_file():
+def _is_tag(ref: str) -> bool:
+    """`name:tag` or `name` (not an image id, not a digest reference)."""
+    return not ref.startswith("sha256:") and "@" not in ref
+
+
+# ----------------------------------------------------------------------------------------------
+# load
+
+
+@dataclass
+class Contents:
+    """What a cheap pass over the archive found: member sizes, checksums, the verified manifest."""
+
+    archive: Path
+    expected: dict[str, str]  # name -> sha256, manifest.json excluded (already verified)
+    sizes: dict[str, int]
+    manifest: dict
+    aggregate: str
+    carried: list[str] = field(default_factory=list)  # "model", "data" where present
+
+
+def _damaged(archive: Path, e: BaseException) -> BundleError:
+    return BundleError(
+        f"{archive} is truncated or damaged ({e}); copy it again from the original and compare its "
+        "size and aggregate sha256 with what `runner bundle` printed"
+    )
+
+
+def _read(tar: tarfile.TarFile, name: str) -> bytes:
+    f = tar.extractfile(name)
+    return f.read() if f else b""
+
+
+def inspect(archive: Path) -> Contents:
+    """Everything that can be checked without extracting: tar structure, the checksum list and
+    its aggregate, missing and extra files, the manifest against its checksum."""
+    if not archive.exists():
         raise BundleError(f"{archive}: no such file")
+    if archive.is_dir():
+        raise BundleError(f"{archive} is a directory, not a bundle")
     try:
         tar = tarfile.open(archive, "r:")
-    except tarfile.TarError as e:
+    except tarfile.ReadError as e:
         raise BundleError(f"{archive} is not a runner bundle (not a tar archive: {e})") from None
-    with tar:
-        names = [m.name for m in tar.getmembers() if m.isfile()]
-        odd = [m.name for m in tar.getmembers() if not (m.isfile() or m.isdir())]
-        if odd:
-            raise BundleError(f"{archive} holds entries that are not plain files: {', '.join(odd[:5])}")
-        if CHECKSUMS not in names or MANIFEST not in names:
-            raise BundleError(f"{archive} has no {CHECKSUMS} or {MANIFEST}; it is not a runner bundle")
-        lines = tar.extractfile(CHECKSUMS).read().decode().splitlines()
-        body = [line for line in lines if not line.startswith("aggregate")]
-        stated = next((line.split()[-1] for line in lines if line.startswith("aggregate")), "")
-        if aggregate(body) != stated:
-            raise BundleError(f"{CHECKSUMS} in {archive} does not match its own aggregate checksum")
-        expected = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in body}
-        extra = sorted(set(names) - set(expected) - {CHECKSUMS})
-        missing = sorted(set(expected) - set(names))
-        if extra:
-            raise BundleError(f"{archive} holds files not in {CHECKSUMS}: {', '.join(extra)}")
-        if missing:
-            raise BundleError(f"{archive} lacks files listed in {CHECKSUMS}: {', '.join(missing)}")
-        tar.extractall(dest, filter="data")
-    for name, digest in expected.items():
-        if sha256(dest / name) != digest:
-            raise BundleError(f"{name} in {archive} is damaged: its sha256 differs from {CHECKSUMS}")
-    manifest = json.loads((dest / MANIFEST).read_text(encoding="utf-8"))
-    return manifest, stated
+    except OSError as e:
+        raise BundleError(f"cannot read {archive} ({e.strerror})") from None
+    try:
+        with tar:
+            return _inspect(archive, tar)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise _damaged(archive, e) from None
 
 
-def load(archive: Path, extract_to: Path | None = None, docker: Docker | None = None) -> dict:
-    """Verify, `docker load`, check image ids; model/ and data/ go to extract_to if given."""
-    docker = docker or Docker()
-    parent = extract_to.parent if extract_to else archive.parent
-    with tempfile.TemporaryDirectory(dir=parent) as tmp:
-        manifest, total = verify_and_extract(archive, Path(tmp))
-        docker.load(Path(tmp) / IMAGES)
+def _inspect(archive: Path, tar: tarfile.TarFile) -> Contents:
+    members = tar.getmembers()
+    odd = [m.name for m in members if not (m.isfile() or m.isdir())]
+    if odd:
+        raise BundleError(f"{archive} holds entries that are not plain files: {', '.join(odd[:5])}")
+    sizes = {m.name: m.size for m in members if m.isfile()}
+    if CHECKSUMS not in sizes or MANIFEST not in sizes:
+        raise BundleError(f"{archive} has no {CHECKSUMS} or {MANIFEST}; it is not a runner bundle")
+    try:
+        lines = _read(tar, CHECKSUMS).decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise BundleError(f"{CHECKSUMS} in {archive} is damaged (not text)") from None
+    body = [line for line in lines if not line.startswith("aggregate")]
+    stated = next((line.split()[-1] for line in lines if line.startswith("aggregate")), "")
+    if aggregate(body) != stated:
+        raise BundleError(f"{CHECKSUMS} in {archive} does not match its own aggregate checksum")
+    expected = {}
+    for line in body:
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            raise BundleError(
+                f"{CHECKSUMS} in {archive} has a line that is not `sha256  path`: {line[:80]!r}"
+            )
+        path = PurePosixPath(name)
+        if (
+            path.is_absolute()
+            or ".." in path.parts
+            or not (name in (IMAGES, MANIFEST) or path.parts[0] in CARRIED)
+        ):
+            raise BundleError(f"{archive} names a file outside {IMAGES}, model/ and data/: {name!r}")
+        expected[name] = digest
+    extra = sorted(set(sizes) - set(expected) - {CHECKSUMS})
+    missing = sorted(set(expected) - set(sizes))
+    if extra:
+        raise BundleError(f"{archive} holds files not in {CHECKSUMS}: {', '.join(extra)}")
+    if missing:
+        raise BundleError(
+            f"{archive} lacks files listed in {CHECKSUMS}: {', '.join(missing)} (is it truncated or damaged?)"
+        )
+    if IMAGES not in expected:
+        raise BundleError(f"{archive} holds no {IMAGES}; it is not a runner bundle")
+    manifest_bytes = _read(tar, MANIFEST)
+    if hashlib.sha256(manifest_bytes).hexdigest() != expected.pop(MANIFEST):
+        raise BundleError(f"{MANIFEST} in {archive} is damaged: its sha256 differs from {CHECKSUMS}")
+    try:
+        manifest = json.loads(manifest_bytes.decode("utf-8"))
+        images = manifest["images"]
+        assert all(isinstance(i["ref"], str) and isinstance(i["id"], str) for i in images)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise BundleError(f"{MANIFEST} in {archive} is not a runner bundle manifest") from None
+    carried = [p for p in CARRIED if any(n.startswith(p + "/") for n in expected)]
+    return Contents(archive, expected, sizes, manifest, stated, carried)
+
+
+def _workdir(contents: Contents, extract_to: Path | None) -> tuple[Path, Path | None]:
+    """A fresh directory to unpack into, after every check of the destination; returns it and
+    the --to directory if this load created it (removed again on failure)."""
+    archive = contents.archive
+    created = None
+    if extract_to is None:
+        # images.tar is unpacked beside the archive, or in the temp dir when that is read-only.
+        for parent in (archive.parent, Path(tempfile.gettempdir())):
+            try:
+                return Path(tempfile.mkdtemp(prefix=f".{archive.name}.", dir=parent)), None
+            except OSError:
+                continue
+        raise BundleError(
+            f"cannot unpack {archive}: neither {archive.parent} nor {tempfile.gettempdir()} is "
+            "writable; pass --to DIR on a writable disk"
+        )
+    if extract_to.exists() and not extract_to.is_dir():
+        raise BundleError(f"--to {extract_to} is a file, not a directory")
+    if not extract_to.exists() and not extract_to.parent.is_dir():
+        raise BundleError(
+            f"--to {extract_to}: the directory {extract_to.parent} does not exist; create it first "
+            f"(mkdir -p {extract_to.parent}) or choose another --to"
+        )
+    for prefix in contents.carried:
+        target = extract_to / prefix
+        if target.exists() or target.is_symlink():
+            raise BundleError(
+                f"{target} exists already; choose another --to or move it away (nothing is overwritten)"
+            )
+    try:
+        if not extract_to.exists():
+            extract_to.mkdir()
+            created = extract_to
+        return Path(tempfile.mkdtemp(prefix=f".{archive.name}.", dir=extract_to)), created
+    except OSError as e:
+        if created:
+            created.rmdir()
+        raise BundleError(f"--to {extract_to}: cannot write there ({e.strerror})") from None
+
+
+def _extract(contents: Contents, work: Path, names: list[str], log: Callable[[str], None]) -> None:
+    """Unpack `names` into work and check every file's sha256 (the others are only read)."""
+    archive = contents.archive
+    try:
+        with tarfile.open(archive, "r:") as tar:
+            for member in tar:
+                if member.name not in contents.expected:
+                    continue
+                log(f"checksum {member.name}")
+                h = hashlib.sha256()
+                src = tar.extractfile(member)
+                keep = member.name in names
+                dest = work / member.name
+                if keep:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                with open(dest, "wb") if keep else contextlib.nullcontext() as out:
+                    while chunk := src.read(1 << 20):
+                        h.update(chunk)
+                        if out:
+                            out.write(chunk)
+                if h.hexdigest() != contents.expected[member.name]:
+                    raise BundleError(
+                        f"{member.name} in {archive} is damaged: its sha256 differs from {CHECKSUMS}"
+                    )
+    except (tarfile.TarError, EOFError) as e:
+        raise _damaged(archive, e) from None
+    except OSError as e:
+        if e.filename is None:  # a read of the archive itself (a short read is an OSError too)
+            raise _damaged(archive, e) from None
+        raise BundleError(f"unpacking {archive} failed: {e.filename}: {e.strerror}") from None
+
+
+def load(
+    archive: Path, extract_to: Path | None = None, docker: Docker | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict:  # fmt: skip
+    """Verify, `docker load`, check image ids; model/ and data/ go to extract_to if given.
+
+    Refused before anything slow (extraction, `docker load`): a damaged or truncated archive, a
+    `--to` whose parent is missing, that is not writable, or that already holds model/ or data/,
+    and too little free space to unpack.
+    """
+    contents = inspect(archive)
+    names = [IMAGES] + [n for n in contents.expected if extract_to and n.split("/")[0] in contents.carried]
+    need = sum(contents.sizes[n] for n in names)
+    work, created = _workdir(contents, extract_to)
+    ok = False
+    try:
+        free = shutil.disk_usage(work).free
+        if free < need:
+            where = f"--to {extract_to}" if extract_to else str(work.parent)
+            raise BundleError(
+                f"{where} has {_mib(free)} free, and unpacking {archive} needs {_mib(need)} there; "
+                "free some space or choose --to on a larger disk"
+            )
+        docker = docker or Docker()
+        _extract(contents, work, names, log)
+        manifest = contents.manifest
+        log(f"docker load {IMAGES}")
+        try:
+            docker.load(work / IMAGES)
+        except _engine_errors() as e:
+            raise BundleError(f"docker load of {IMAGES} from {archive} failed: {e}") from None
         for image in manifest["images"]:
-            got = docker.image_id(image["ref"])
-            if got != image["id"]:
+            for ref in [image["ref"], *image.get("tags", [])]:
+                got = docker.image_id(ref)
+                if got != image["id"]:
+                    raise BundleError(
+                        f"after loading, {ref} is {got}, not {image['id']} as the manifest says"
+                    )
+        for prefix in contents.carried if extract_to else []:
+            target = extract_to / prefix
+            if target.exists() or target.is_symlink():
                 raise BundleError(
-                    f"after loading, {image['ref']} is {got}, not {image['id']} as the manifest says"
+                    f"{target} exists already; choose another --to or move it away (nothing is overwritten)"
                 )
-        if extract_to:
-            for prefix in ("model", "data"):
-                if (Path(tmp) / prefix).exists():
-                    target = extract_to / prefix
-                    if target.exists():
-                        raise BundleError(
-                            f"{target} exists already; choose another --to (nothing is overwritten)"
-                        )
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(Path(tmp) / prefix, target)
-    manifest["aggregate"] = total
+            os.replace(work / prefix, target)
+        ok = True
+    except OSError as e:
+        raise BundleError(f"loading {archive} failed: {e.filename or archive}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if created and not ok:
+            shutil.rmtree(created, ignore_errors=True)
+    manifest["aggregate"] = contents.aggregate
     return manifest
