@@ -26,6 +26,7 @@ EXTRA_REQUIREMENTS = {
     "flash-attn": "flash-attn>=2.7",
     "liger-kernel": "liger-kernel>=0.6",
 }
+REQUIREMENTS_IN = "requirements.in"  # the name the lock's `# via -r` lines show
 _BLOCK = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>\S+)", re.M)
 
 
@@ -55,30 +56,59 @@ def spec_hash(spec: ImageSpec) -> str:
 
 
 def lock(spec: ImageSpec, images_dir: Path, find_links: list[str] | None = None) -> Path:
-    """Resolve and write images/NAME.lock; returns its path."""
+    """Resolve and write images/NAME.lock; returns its path.
+
+    The same resolution gives the same bytes: uv runs inside a scratch directory on
+    `requirements.in` by that relative name, so no temporary path reaches the `# via` lines.
+    """
     uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
     if not Path(uv).exists():
         raise LockError("runner lock needs uv on the connected machine: pip install uv")
+    links = []
+    for link in find_links or []:
+        if "://" not in link:  # a folder: uv runs elsewhere, so it goes by its absolute path
+            if not Path(link).is_dir():
+                raise LockError(f"--find-links {link}: no such directory")
+            link = str(Path(link).resolve())
+        links.append(link)
     with tempfile.TemporaryDirectory() as tmp:
-        req_in = Path(tmp) / "requirements.in"
-        req_in.write_text("\n".join(requirements(spec)) + "\n", encoding="utf-8")
-        out = Path(tmp) / "lock.txt"
-        argv = [uv, "pip", "compile", str(req_in), "-o", str(out), "--generate-hashes",
+        (Path(tmp) / REQUIREMENTS_IN).write_text("\n".join(requirements(spec)) + "\n", encoding="utf-8")
+        argv = [uv, "pip", "compile", REQUIREMENTS_IN, "-o", "lock.txt", "--generate-hashes",
                 "--python-version", spec.python, "--python-platform", spec.platform,
                 "--no-header", "--quiet"]  # fmt: skip
-        for link in find_links or []:
+        for link in links:
             argv += ["--find-links", link]
-        proc = subprocess.run(argv, capture_output=True, text=True)
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp)
         if proc.returncode != 0:
-            raise LockError(f"resolving the requirements of image {spec.name} failed:\n{proc.stderr.strip()}")
-        text = out.read_text(encoding="utf-8")
+            uv_says = proc.stderr.strip().removeprefix("error: ")
+            message = f"resolving the requirements of image {spec.name} failed:\n{uv_says}"
+            hint = torch_hint(spec, proc.stderr)
+            raise LockError(message + (f"\n{hint}" if hint else ""))
+        text = (Path(tmp) / "lock.txt").read_text(encoding="utf-8")
     if spec.torch_from == "base":
         text = drop_with_exclusive_deps(text, "torch")
     path = lock_path(images_dir, spec)
     header = (f"# lock of image '{spec.name}' (spec {spec_hash(spec)}), for python {spec.python} on "
               f"{spec.platform}; written by `runner lock {spec.name}`\n")  # fmt: skip
-    path.write_text(header + text, encoding="utf-8")
+    try:
+        path.write_text(header + text, encoding="utf-8")
+    except OSError as e:
+        raise LockError(f"cannot write {path}: {e.strerror}") from None
     return path
+
+
+def torch_hint(spec: ImageSpec, stderr: str) -> str | None:
+    """One line on what to pass when uv finds no torch build with a local version (+cpu, +cu124):
+    PyPI carries none of them."""
+    version, plus, build = spec.torch.partition("+")
+    if not plus or not re.search(rf"\btorch(==|\s*\(v?){re.escape(version)}", stderr):
+        return None
+    return (
+        f"hint: torch=={spec.torch} is a PyTorch build that PyPI does not carry: pass the folder that "
+        f"holds its wheel (python {spec.python}, {spec.platform}) with `runner lock {spec.name} "
+        f"--find-links DIR`, or PyTorch's page for the build: "
+        f"`--find-links https://download.pytorch.org/whl/{build}/torch/`"
+    )
 
 
 def parse_lock(text: str) -> dict[str, dict]:
