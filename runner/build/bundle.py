@@ -56,6 +56,16 @@ def _engine_errors() -> tuple[type[BaseException], ...]:
     return DockerException, RequestException
 
 
+@contextlib.contextmanager
+def _os_errors(doing: str, after: str = ""):
+    """Any OSError left (a stat refused, a disk full mid-way) as one message naming the path."""
+    try:
+        yield
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        raise BundleError(f"{doing} failed: {where}{e.strerror or e}{after}") from None
+
+
 def _files_of(directory: Path, prefix: str) -> Iterator[tuple[str, Path]]:
     for path in sorted(directory.rglob("*")):
         if path.is_file():
@@ -107,6 +117,14 @@ def bundle(
     Each image is saved with every tag it has (e.g. `runner/cpu:latest` brings its content-hash
     tag `runner/cpu:<hash>` along), and the manifest lists them, so a load restores them all.
     """
+    with _os_errors(f"writing {out}", "; nothing was written"):
+        return _bundle(refs, out, model, data, docker, log)
+
+
+def _bundle(
+    refs: list[str], out: Path, model: Path | None, data: Path | None, docker: Docker | None,
+    log: Callable[[str], None],
+) -> str:  # fmt: skip
     _check_output(out)
     carried = _check_carried(model, "model") + _check_carried(data, "data")
     try:
@@ -121,7 +139,7 @@ def bundle(
             image_id = docker.image_id(ref)
             if not image_id:
                 raise BundleError(f"image {ref} is not in the Docker engine; build or load it first")
-            tags = sorted(set(docker.image_tags(image_id)) | ({ref} if _is_tag(ref) else set()))
+            tags = sorted(set(docker.image_tags(image_id)) | ({_as_tag(ref)} if _is_tag(ref) else set()))
             images.append({"ref": ref, "id": image_id, "tags": tags})
             if image_id not in {i["id"] for i in images[:-1]}:
                 image_bytes += docker.image_size(image_id)
@@ -164,12 +182,9 @@ def bundle(
             for name, path in members:
                 tar.add(path, arcname=name, recursive=False)
         os.replace(partial, out)
-    except OSError as e:
-        raise BundleError(
-            f"writing {out} failed: {e.filename or out}: {e.strerror or e}; nothing was written"
-        ) from None
     finally:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     return total
 
@@ -177,6 +192,11 @@ def bundle(
 def _is_tag(ref: str) -> bool:
     """`name:tag` or `name` (not an image id, not a digest reference)."""
     return not ref.startswith("sha256:") and "@" not in ref
+
+
+def _as_tag(ref: str) -> str:
+    """`name` -> `name:latest`, as Docker reads it (a registry's `host:port/` is no tag)."""
+    return ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,6 +383,11 @@ def load(
     `--to` whose parent is missing, that is not writable, or that already holds model/ or data/,
     and too little free space to unpack.
     """
+    with _os_errors(f"loading {archive}"):
+        return _load(archive, extract_to, docker, log)
+
+
+def _load(archive: Path, extract_to: Path | None, docker: Docker | None, log: Callable[[str], None]) -> dict:
     contents = inspect(archive)
     names = [IMAGES] + [n for n in contents.expected if extract_to and n.split("/")[0] in contents.carried]
     need = sum(contents.sizes[n] for n in names)
@@ -399,8 +424,6 @@ def load(
                 )
             os.replace(work / prefix, target)
         ok = True
-    except OSError as e:
-        raise BundleError(f"loading {archive} failed: {e.filename or archive}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if created and not ok:

@@ -326,3 +326,16 @@ def test_bundle_refuses_too_little_free_space_before_docker_save(small_disk: Pat
     with pytest.raises(BundleError, match=rf"-o {small_disk}/x.bundle: {small_disk} has 1.0 MiB free"):
         bundle(["runner/tiny:latest"], small_disk / "x.bundle", docker=engine)
     assert engine.saved == [] and list(small_disk.iterdir()) == []
+
+
+def test_bundle_that_fills_the_disk_mid_way_leaves_nothing(small_disk: Path):
+    from runner.build.bundle import BundleError, bundle
+
+    engine = FakeDocker(TAGS)
+    engine.image_size = lambda ref: 0  # an engine that under-reports: the disk fills during the save
+    out = small_disk / "x.bundle"
+    with pytest.raises(
+        BundleError, match=rf"^writing {out} failed: .*No space left on device; nothing was written"
+    ):
+        bundle(["runner/tiny:latest"], out, docker=engine)
+    assert list(small_disk.iterdir()) == []
