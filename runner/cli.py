@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from runner import __version__
-from runner.errors import RunnerError, SpecError
+from runner.errors import RunError, RunnerError, SpecError
 
 
 class _Group(click.Group):
@@ -57,24 +57,56 @@ def validate(jobs: tuple[str, ...]) -> None:
         raise SpecError(problems)
 
 
-@main.command()
-@click.argument("job", type=click.Path(dir_okay=False))
-def plan(job: str) -> None:
-    """Show the resolved spec and the exact command a submit would run."""
-    import shlex
+_image_option = click.option(
+    "--image", "image", metavar="NAME|REF",
+    help="Run in this image instead of the spec's (an image spec name, or a full reference).",
+)  # fmt: skip
 
-    from runner.render.launch import OFFLINE_ENV, render_launch
-    from runner.spec import load_job, resolve, to_yaml
+
+def _load(job: str, image: str | None):
+    """The resolved spec; --image replaces the spec's image."""
+    from runner.spec import load_job, resolve
 
     spec = resolve(load_job(job), Path.cwd())
+    if image:
+        spec.image = image
+    return spec
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--executor", type=click.Choice(["docker", "local"]), default="docker", show_default=True,
+              help="Show what this executor would run.")  # fmt: skip
+@_image_option
+def plan(job: str, executor: str, image: str | None) -> None:
+    """Show the resolved spec and the exact command a submit would run."""
+    import os
+    import shlex
+
+    from runner.execute.gpus import host_gpu_names, visible_names
+    from runner.render import nccl
+    from runner.render.container import docker_run_argv, render_container
+    from runner.render.launch import launch_env, render_launch
+    from runner.spec import to_yaml
+
+    spec = _load(job, image)
     run_dir = Path(spec.output.dir) / spec.name / "<run-id>"
+    names = visible_names(host_gpu_names(), spec) if spec.resources.gpus != 0 else []
     click.echo(f"# resolved spec of {job}")
     click.echo(to_yaml(spec))
-    click.echo("# environment")
-    for key, value in OFFLINE_ENV.items():
-        click.echo(f"{key}={value}")
-    click.echo("# command")
-    click.echo(shlex.join(render_launch(spec, run_dir, python=sys.executable)))
+    click.echo("# NCCL")
+    for line in nccl.explain(spec, names):
+        click.echo(line)
+    if executor == "local":
+        click.echo("# environment (over this shell's)")
+        for key, value in launch_env(spec, names).items():
+            click.echo(f"{key}={value}")
+        click.echo("# command")
+        click.echo(shlex.join(render_launch(spec, run_dir, python=sys.executable)))
+        return
+    click.echo("# command (the docker executor; runner submit starts this container through the engine)")
+    config = render_container(spec, run_dir, os.getuid(), os.getgid(), "<run-id>", names)
+    click.echo(shlex.join(docker_run_argv(config)))
 
 
 def _sink(line: bytes) -> None:
@@ -97,24 +129,71 @@ def _report(record) -> None:
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "out", type=click.Path(file_okay=False), default="compose", show_default=True,
-              help="Directory for docker-compose.yml and the resolved spec.")  # fmt: skip
-def compose(job: str, out: str) -> None:
+@click.option("-o", "--output", "out", type=click.Path(file_okay=False), default=None,
+              help="Directory for docker-compose.yml and the resolved spec [default: OUTPUT_DIR/NAME/compose].")  # fmt: skip
+@_image_option
+def compose(job: str, out: str | None, image: str | None) -> None:
     """Render a compose file that runs JOB with `docker compose up` (no runner needed there)."""
     import os
 
+    from runner.render import nccl
     from runner.render.compose import render_compose
-    from runner.spec import load_job, resolve, to_yaml
+    from runner.spec import to_yaml
 
-    spec = resolve(load_job(job), Path.cwd())
-    target = Path(out).resolve()
-    target.mkdir(parents=True, exist_ok=True)
-    spec_file = target / f"{spec.name}.yaml"
-    spec_file.write_text(to_yaml(spec), encoding="utf-8")
-    (target / "docker-compose.yml").write_text(
-        render_compose(spec, spec_file, os.getuid(), os.getgid()), encoding="utf-8"
-    )
-    click.echo(f"{target / 'docker-compose.yml'}: cd {out} && docker compose up")
+    spec = _load(job, image)
+    target = Path(out).resolve() if out else Path(spec.output.dir) / spec.name / "compose"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        Path(spec.output.dir).mkdir(parents=True, exist_ok=True)  # yours, not made by docker as root
+        spec_file = target / f"{spec.name}.yaml"
+        spec_file.write_text(to_yaml(spec), encoding="utf-8")
+        (target / "docker-compose.yml").write_text(
+            render_compose(spec, spec_file, os.getuid(), os.getgid()), encoding="utf-8"
+        )
+    except OSError as e:
+        raise RunError(f"cannot write the compose files to {target}: {e.strerror}") from None
+    click.echo(f"{target / 'docker-compose.yml'}")
+    for line in nccl.explain(spec, None):
+        click.echo(f"  {line}")
+    click.echo(f"run it: cd {target} && docker compose up --exit-code-from {spec.name}")
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--target", type=click.Choice(["hosts"]), required=True, help="What to render for.")
+@click.option("--hostfile", type=click.Path(dir_okay=False, exists=True), required=True,
+              help="One host per line (node 0 first; `host slots=N` as DeepSpeed writes it is fine).")  # fmt: skip
+@_image_option
+def render(job: str, target: str, hostfile: str, image: str | None) -> None:
+    """Create a run directory for JOB and print the `docker run` command each host runs."""
+    import os
+
+    from runner.execute.runs import prepare
+    from runner.render.container import render_hosts
+
+    hosts = _hosts(Path(hostfile))
+    nodes = _load(job, image).resources.nodes
+    if nodes != len(hosts):
+        raise RunError(f"{job}: resources.nodes is {nodes} but {hostfile} lists {len(hosts)} host(s); "
+                       "make them agree")  # fmt: skip
+    record, spec = prepare(job, image=image)
+    record.update(executor="hosts")
+    click.echo(render_hosts(spec, Path(record.run_dir), hosts, os.getuid(), os.getgid(), record.id), nl=False)
+
+
+def _hosts(path: Path) -> list[str]:
+    hosts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        host = line.split()[0]
+        if not all(c.isalnum() or c in ".-_:" for c in host):
+            raise RunError(f"{path}:{n}: '{host}' is not a host name or address")
+        hosts.append(host)
+    if not hosts:
+        raise RunError(f"{path} lists no host")
+    return hosts
 
 
 @main.command()
@@ -122,11 +201,12 @@ def compose(job: str, out: str) -> None:
 @click.option("--executor", type=click.Choice(["docker", "local"]), default="docker", show_default=True,
               help="docker: in the job's image (GPUs, read-only inputs, no network); local: a process here.")  # fmt: skip
 @click.option("--detach", "-d", is_flag=True, help="Start and return; follow with `runner logs ID -f`.")
-def submit(job: str, executor: str, detach: bool) -> None:
+@_image_option
+def submit(job: str, executor: str, detach: bool, image: str | None) -> None:
     """Validate JOB, create a new run directory and train."""
     from runner.execute.submit import submit as do_submit
 
-    record = do_submit(job, executor, _sink, detach=detach)
+    record = do_submit(job, executor, _sink, detach=detach, image=image)
     if detach:
         click.echo(f"run {record.id}: started in container {record.container} -> {record.run_dir}")
         click.echo(f"  runner logs {record.id} -f    runner stop {record.id}")
@@ -329,11 +409,12 @@ def build(image: str, quiet: bool) -> None:
 def bundle(refs: tuple[str, ...], out: str, model: str | None, data: str | None) -> None:
     """Pack images (IMAGE names or docker refs) and optionally a model and data into one archive.
 
-    Each image brings every tag it has (`runner/NAME:latest` and its content-hash tag).
+    Each image brings every tag it has (`localhost/runner/NAME:latest` and its content-hash tag).
     """
     from runner.build.bundle import bundle as do_bundle
+    from runner.spec.image import image_ref
 
-    resolved = [r if ":" in r or "/" in r else f"runner/{r}:latest" for r in refs]
+    resolved = [image_ref(r) for r in refs]
     total = do_bundle(
         resolved, Path(out), Path(model) if model else None, Path(data) if data else None, log=click.echo
     )

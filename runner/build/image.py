@@ -23,7 +23,7 @@ from runner.build.wheels import WheelhouseError, install_requirements, sha256, v
 from runner.docker_api import Docker
 from runner.errors import RunnerError
 from runner.render.dockerfile import render_dockerfile
-from runner.spec.image import ImageSpec
+from runner.spec.image import ImageSpec, image_ref
 
 
 class BaseImageMissing(RunnerError):
@@ -84,7 +84,7 @@ def make_context(spec: ImageSpec, images_dir: Path, wheels_root: Path, ctx: Path
     (wheels / "requirements.txt").write_text(install_requirements(src), encoding="utf-8")
     wheel = runner_wheel(ctx / "dist")
     return {
-        "org.opencontainers.image.title": f"runner/{spec.name}",
+        "org.opencontainers.image.title": image_ref(spec.name).rpartition(":")[0],
         "org.opencontainers.image.base.name": spec.base,
         "runner.version": runner.__version__,
         "runner.image-spec": spec.model_dump_json(),
@@ -99,7 +99,7 @@ def content_tag(spec: ImageSpec, labels: dict[str, str], dockerfile: str) -> str
     h = hashlib.sha256(dockerfile.encode())
     for key in ("runner.lock-sha256", "runner.wheel-sha256", "runner.requirements"):
         h.update(labels[key].encode())
-    return f"runner/{spec.name}:{h.hexdigest()[:12]}"
+    return image_ref(spec.name, h.hexdigest()[:12])
 
 
 def build(
@@ -120,5 +120,5 @@ def build(
         labels = make_context(spec, images_dir, wheels_root, ctx)
         tag = content_tag(spec, labels, (ctx / "Dockerfile").read_text())
         image_id = docker.build(ctx, tag, labels, log)
-    docker.tag(image_id, f"runner/{spec.name}:latest")
+    docker.tag(image_id, image_ref(spec.name))
     return Built(tag, image_id, time.time() - start)

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from runner.docker_api import Docker
 from runner.errors import RunError, RunnerError
-from runner.execute.gpus import require_gpus
+from runner.execute.gpus import require_gpus, visible_names
 from runner.execute.local import LOG
 from runner.execute.runs import RunRecord, explain_failure, now
 from runner.render.container import image_ref, missing_on_host, render_container
+from runner.render.launch import read_only_paths
 from runner.spec.job import JobSpec
 
 
@@ -22,6 +23,7 @@ class DockerExecutor:
     def __init__(self, sink: Callable[[bytes], None], tty: bool = False, docker: Docker | None = None):
         self.sink = sink
         self.docker = docker
+        self.gpu_names: list[str] = []
         del tty  # the container's output is a log, never a terminal
 
     def check(self, spec: JobSpec) -> None:
@@ -36,14 +38,31 @@ class DockerExecutor:
         missing = missing_on_host(spec)
         if missing:
             raise RunError(f"not on this host, so it cannot be mounted: {', '.join(missing)}")
+        uid, gid = os.getuid(), os.getgid()
+        if uid != 0:  # the container runs as uid:gid, without this shell's other groups
+            bad = [p for path in read_only_paths(spec) for p in unreadable_as(Path(path), uid, gid)]
+            if bad:
+                raise RunError(
+                    f"the container runs as {uid}:{gid} and could not read {', '.join(map(str, bad[:3]))}"
+                    f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; make them readable "
+                    "(e.g. chmod -R a+rX DIR) or owned by you"
+                )  # fmt: skip
+        self.gpu_names = self.docker.gpu_names() if spec.resources.gpus != 0 else []
         if spec.resources.gpus != 0:
-            require_gpus(spec, self.docker.gpu_count(), "this machine")
+            require_gpus(spec, self.gpu_names, "this machine")
 
     def start(self, record: RunRecord, spec: JobSpec, resume: bool = False, tee: bool = True):
         """Start the job's container and return it; with `tee` it writes its own train.log."""
         if self.docker is None:
             self.check(spec)
-        config = render_container(spec, Path(record.run_dir), os.getuid(), os.getgid(), record.id)
+        config = render_container(
+            spec,
+            Path(record.run_dir),
+            os.getuid(),
+            os.getgid(),
+            record.id,
+            visible_names(self.gpu_names, spec),
+        )
         config["environment"].update(
             {"RUNNER_TEE": "1" if tee else "0", "RUNNER_RESUME": "1" if resume else "0"}
         )
@@ -108,3 +127,26 @@ def stop(record: RunRecord, docker: Docker, timeout: int = 300) -> RunRecord:
         raise RunError(f"run {record.id} is not running (status: {record.status})")
     container.stop(timeout=timeout)
     return refresh(record, docker)
+
+
+def unreadable_as(path: Path, uid: int, gid: int, limit: int = 10000) -> list[Path]:
+    """What uid:gid, with no other groups (a container's user), cannot read under path: files
+    without read permission, directories without read and search permission for it."""
+
+    def denied(p: Path, need: int) -> bool:
+        st = p.stat()
+        shift = 6 if st.st_uid == uid else 3 if st.st_gid == gid else 0
+        return (st.st_mode >> shift) & need != need
+
+    if path.is_file():
+        return [path] if denied(path, 4) else []
+    bad = []
+    for n, (root, dirs, files) in enumerate(os.walk(path)):
+        if n > limit:
+            break
+        if denied(Path(root), 5):
+            bad.append(Path(root))
+            dirs.clear()
+            continue
+        bad += [Path(root, f) for f in files if denied(Path(root, f), 4)]
+    return bad

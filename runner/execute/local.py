@@ -9,9 +9,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from runner.execute.gpus import host_gpu_names, require_gpus
+from runner.execute.gpus import host_gpu_names, require_gpus, visible_names
 from runner.execute.runs import RunRecord, explain_failure, now
-from runner.render.launch import OFFLINE_ENV, render_launch
+from runner.render.launch import launch_env, render_launch, visible_devices
 from runner.spec.job import JobSpec
 
 LOG = "train.log"
@@ -29,16 +29,24 @@ class LocalExecutor:
     def check(self, spec: JobSpec) -> None:
         """Refuse GPUs this machine does not have, before anything is created."""
         if spec.resources.gpus != 0:
-            require_gpus(spec, len(host_gpu_names()), "this machine")
+            require_gpus(spec, host_gpu_names(), "this machine")
+
+    def environment(self, spec: JobSpec) -> dict[str, str]:
+        """The launch's environment over this shell's, seeing exactly the GPUs the spec asks for."""
+        names = host_gpu_names() if spec.resources.gpus != 0 else []
+        env = {**os.environ, **launch_env(spec, visible_names(names, spec))}
+        if (devices := visible_devices(spec)) is not None:
+            env["CUDA_VISIBLE_DEVICES"] = devices
+        return env
 
     def run(self, record: RunRecord, spec: JobSpec, resume: bool = False) -> int:
         argv = render_launch(spec, Path(record.run_dir), python=sys.executable)
-        child_env = {**os.environ, **OFFLINE_ENV, **({"RUNNER_TTY": "1"} if self.tty else {}),
+        child_env = {**self.environment(spec), **({"RUNNER_TTY": "1"} if self.tty else {}),
                      "RUNNER_RESUME": "1" if resume else "0"}  # fmt: skip
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env, start_new_session=True
         )
-        record.update(status="running", pid=proc.pid, started=now(), command=argv)
+        record.update(status="running", pid=proc.pid, started=now(), command=argv, executor=self.name)
         stopped = False
         with open(Path(record.run_dir) / LOG, "ab") as log:
             try:

@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runner.errors import RunError
+from runner.render.deepspeed import render_deepspeed
+from runner.render.launch import cache_path, render_launch
+from runner.spec import JobSpec, load_job, resolve, to_yaml
 
 RECORD = "run.json"
 
@@ -170,3 +174,35 @@ def explain_failure(run_dir: str | Path, code: int | None) -> str | None:
     if code == 143:
         return "stopped on request; `runner resume` continues from the last checkpoint"
     return None
+
+
+# --- a new run: the resolved spec and its rendered configs in a new directory ---------------
+
+
+def prepare(
+    spec_path: str | Path, base: Path | None = None, executor=None, image: str | None = None
+) -> tuple[RunRecord, JobSpec]:
+    """Validate, let the executor refuse what it cannot run, then create the run directory and
+    write the resolved spec (with `image` instead of the spec's, if given). Any refusal happens
+    before anything exists on disk."""
+    base = base or Path.cwd()
+    spec = resolve(load_job(spec_path, base=base), base)
+    if image:
+        spec.image = image
+    if executor is not None:
+        executor.check(spec)
+    run_dir = new_run_dir(spec.output.dir, spec.name)
+    if cache := cache_path(spec):
+        Path(cache).mkdir(exist_ok=True)  # made here, so it belongs to the user, not to a container
+    (run_dir / "spec.yaml").write_text(to_yaml(spec), encoding="utf-8")
+    ds_config = render_deepspeed(spec)
+    if ds_config is not None:
+        (run_dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=2) + "\n", encoding="utf-8")
+    record = RunRecord(
+        id=run_dir.name, name=spec.name, run_dir=str(run_dir), spec_file=str(spec_path),
+        command=render_launch(spec, run_dir, python=sys.executable), created=now(),
+        executor=getattr(executor, "name", "entrypoint"),
+    )  # fmt: skip
+    record.save()
+    register(record)
+    return record, spec

@@ -1,31 +1,34 @@
 """render_compose(job) -> str: a compose file that runs one job, for hosts without runner.
 
-The job's resolved spec is mounted read-only beside it; model, adapter and data read-only at
-their own paths; the output directory writable. Valid for Compose v2 and docker-compose v1.
+A projection of the job's launch (runner.render.launch): the same command (torchrun with one
+process per GPU of the spec where it asks for several), environment and mounts as `runner
+submit`, with the host paths mounted at the same paths. The entrypoint creates the run
+directory under output.dir, so every `up` is a new run. Valid for Compose v2 and
+docker-compose v1 (YAML 1.1: strings such as 1000:50 are quoted, or v1 reads a number).
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import PurePath
 from typing import Any
 
-from runner.render.container import gpu_request, image_ref, read_only_paths
-from runner.render.launch import OFFLINE_ENV
+from runner.render.container import STACK, gpu_request, image_ref
+from runner.render.launch import launch_env, mounts, render_launch
 from runner.spec.job import JobSpec
 
 
 def compose_service(spec: JobSpec, spec_file: PurePath, uid: int, gid: int) -> dict[str, Any]:
-    volumes = [f"{p}:{p}:ro" for p in read_only_paths(spec)]
-    volumes += [f"{spec_file}:/job/spec.yaml:ro", f"{spec.output.dir}:{spec.output.dir}"]
     service: dict[str, Any] = {
         "image": image_ref(spec),
         "pull_policy": "never",
-        "command": ["python", "-m", "runner.train", "/job/spec.yaml"],
+        "command": render_launch(spec, None, python="python", spec_file=spec_file),
         "user": f"{uid}:{gid}",
         "network_mode": "none",
         "shm_size": spec.resources.shm,
-        "environment": {**OFFLINE_ENV, "HOME": "/tmp"},
-        "volumes": volumes,
+        "working_dir": spec.output.dir,
+        "environment": {**launch_env(spec, None), "HOME": "/tmp"},
+        "volumes": [f"{p}:{p}:{mode}" for p, mode in mounts(spec, None, spec_file).items()],
         "labels": {"runner.job": spec.name},
     }
     for request in gpu_request(spec):
@@ -34,20 +37,25 @@ def compose_service(spec: JobSpec, spec_file: PurePath, uid: int, gid: int) -> d
             device["device_ids"] = request["DeviceIDs"]
         else:
             device["count"] = "all" if request["Count"] == -1 else request["Count"]
-        service["ulimits"] = {"memlock": -1, "stack": 67108864}
+        service["ulimits"] = {"memlock": -1, "stack": STACK}
         service["deploy"] = {"resources": {"reservations": {"devices": [device]}}}
     return service
 
 
 def render_compose(spec: JobSpec, spec_file: PurePath, uid: int, gid: int) -> str:
-    import io
-
     from ruamel.yaml import YAML
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString as Quoted
 
-    yaml = YAML(typ="safe", pure=True)
+    service = compose_service(spec, spec_file, uid, gid)
+    service["user"] = Quoted(service["user"])
+    service["environment"] = {k: Quoted(v) for k, v in service["environment"].items()}
+    service["volumes"] = [Quoted(v) for v in service["volumes"]]
+    yaml = YAML()
     yaml.default_flow_style = False
-    yaml.sort_base_mapping_type_on_output = False
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.width = 4096
     out = io.StringIO()
-    out.write(f"# Rendered by `runner compose` for job '{spec.name}'; run with: docker compose up\n")
-    yaml.dump({"services": {spec.name: compose_service(spec, spec_file, uid, gid)}}, out)
+    out.write(f"# Rendered by `runner compose` for job '{spec.name}'. Each `up` is a new run under "
+              f"{spec.output.dir}/{spec.name}/:\n#   docker compose up --exit-code-from {spec.name}\n")  # fmt: skip
+    yaml.dump({"services": {spec.name: service}}, out)
     return out.getvalue()

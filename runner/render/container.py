@@ -1,42 +1,25 @@
-"""render_container(job) -> dict: how the job's container is started (docker SDK run kwargs).
+"""render_container(job) -> dict: how the job's container is started (docker SDK run kwargs),
+and its projection as `docker run` flags for hosts that have no runner.
 
-Host paths are mounted at the same paths inside the container, so the resolved spec needs
-no rewriting: model and data read-only; the run directory and the tokenized-data cache
-writable; nothing else.
+The launch (runner.render.launch) gives command, environment and mounts; this adds what a
+container needs around them: image, user, GPUs, shared memory, limits and network.
 """
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path, PurePath
 from typing import Any
 
-from runner.render.launch import OFFLINE_ENV, render_launch
+from runner.render.launch import launch_env, mounts, read_only_paths, render_launch
+from runner.spec.image import image_ref as _named_image
 from runner.spec.job import JobSpec
 
 STACK = 64 * 2**20
 
 
 def image_ref(spec: JobSpec) -> str:
-    return spec.image if ":" in spec.image or "/" in spec.image else f"runner/{spec.image}:latest"
-
-
-def read_only_paths(spec: JobSpec) -> list[str]:
-    """Model, adapter and data: what the job reads and must never write."""
-    paths = [spec.model.path, *(d.path for d in spec.data.datasets)]
-    return list(dict.fromkeys(paths + ([spec.model.adapter] if spec.model.adapter else [])))
-
-
-def cache_path(spec: JobSpec) -> str | None:
-    """Where tokenized data is kept between runs (shared by the jobs of one output.dir)."""
-    return str(PurePath(spec.output.dir) / ".cache") if spec.data.cache else None
-
-
-def mounts(spec: JobSpec, run_dir: PurePath) -> dict[str, dict[str, str]]:
-    volumes = {p: {"bind": p, "mode": "ro"} for p in read_only_paths(spec)}
-    volumes[str(run_dir)] = {"bind": str(run_dir), "mode": "rw"}
-    if cache := cache_path(spec):
-        volumes[cache] = {"bind": cache, "mode": "rw"}
-    return volumes
+    return _named_image(spec.image)
 
 
 def gpu_request(spec: JobSpec) -> list[dict[str, Any]]:
@@ -53,15 +36,17 @@ def gpu_request(spec: JobSpec) -> list[dict[str, Any]]:
     return [request]
 
 
-def render_container(spec: JobSpec, run_dir: PurePath, uid: int, gid: int, run_id: str) -> dict[str, Any]:
+def render_container(
+    spec: JobSpec, run_dir: PurePath, uid: int, gid: int, run_id: str, gpu_names: list[str] | None = None
+) -> dict[str, Any]:
     multi_node = spec.resources.nodes > 1
     return {
         "image": image_ref(spec),
         "command": render_launch(spec, run_dir, python="python"),
         "name": f"runner-{spec.name}-{run_id}",
         "user": f"{uid}:{gid}",  # outputs belong to whoever submitted the job
-        "environment": {**OFFLINE_ENV, "HOME": "/tmp", "RUNNER_RUN_DIR": str(run_dir)},
-        "volumes": mounts(spec, run_dir),
+        "environment": {**launch_env(spec, gpu_names), "HOME": "/tmp", "RUNNER_RUN_DIR": str(run_dir)},
+        "volumes": {p: {"bind": p, "mode": mode} for p, mode in mounts(spec, run_dir).items()},
         # Multi-node rendezvous needs the host's network; a single node needs none at all.
         "network_mode": "host" if multi_node else "none",
         "shm_size": spec.resources.shm,
@@ -73,6 +58,42 @@ def render_container(spec: JobSpec, run_dir: PurePath, uid: int, gid: int, run_i
         "labels": {"runner.job": spec.name, "runner.run-id": run_id, "runner.run-dir": str(run_dir)},
         "working_dir": str(run_dir),
     }
+
+
+def docker_run_argv(config: dict[str, Any]) -> list[str]:
+    """The same container as a `docker run` command line (render_container's kwargs as flags)."""
+    argv = ["docker", "run", "--rm", "--name", config["name"], "--user", config["user"],
+            "--network", config["network_mode"], "--shm-size", config["shm_size"],
+            "--workdir", config["working_dir"]]  # fmt: skip
+    for u in config["ulimits"]:
+        argv += ["--ulimit", f"{u['Name']}={u['Soft']}:{u['Hard']}"]
+    for request in config["device_requests"]:
+        if "DeviceIDs" in request:
+            argv += ["--gpus", f'"device={",".join(request["DeviceIDs"])}"']  # docker's CSV quoting
+        else:
+            argv += ["--gpus", "all" if request["Count"] == -1 else str(request["Count"])]
+    for key, value in config["environment"].items():
+        argv += ["--env", f"{key}={value}"]
+    for host, bind in config["volumes"].items():
+        argv += ["--volume", f"{host}:{bind['bind']}:{bind['mode']}"]
+    for key, value in config["labels"].items():
+        argv += ["--label", f"{key}={value}"]
+    return argv + [config["image"], *config["command"]]
+
+
+def render_hosts(spec: JobSpec, run_dir: PurePath, hosts: list[str], uid: int, gid: int, run_id: str) -> str:
+    """One `docker run` per host, node 0 first; node 0's host is the rendezvous address."""
+    lines = [f"# {len(hosts)} host(s), one command each. The run directory {run_dir}, the model and "
+             "the data must be on storage every host mounts at the same paths."]  # fmt: skip
+    for rank, host in enumerate(hosts):
+        node = spec.model_copy(deep=True)
+        node.resources.nodes = len(hosts)
+        node.distributed.node_rank = rank
+        node.distributed.master_addr = hosts[0]
+        config = render_container(node, run_dir, uid, gid, f"{run_id}-n{rank}")
+        config["network_mode"] = "host"  # the rendezvous reaches node 0 over the hosts' network
+        lines += [f"# node {rank}: on {host}", shlex.join(docker_run_argv(config))]
+    return "\n".join(lines) + "\n"
 
 
 def missing_on_host(spec: JobSpec) -> list[str]:

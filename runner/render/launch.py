@@ -1,9 +1,16 @@
-"""What runs inside the job's process: the command line and its environment."""
+"""What a job's process is, whatever starts it: the command line, its environment, and the host
+paths it reads and writes.
+
+Every launch form is a projection of these three: the local executor runs the argv with the
+environment; a container (submit, compose, one `docker run` per host) mounts the paths at the
+same paths inside, so the resolved spec needs no rewriting and run records hold host paths.
+"""
 
 from __future__ import annotations
 
 from pathlib import PurePath
 
+from runner.render.nccl import nccl_policy
 from runner.spec.job import JobSpec
 
 # Nothing in a job may reach the network: hub downloads, dataset scripts, telemetry.
@@ -18,6 +25,10 @@ OFFLINE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONUNBUFFERED": "1",
 }
+# torchrun gives its workers 30 s after a SIGTERM, then kills them, which can cut a checkpoint
+# save short. It waits this long instead, so the grace a stop gives (`runner stop --timeout`,
+# `docker stop -t`) is the one that counts.
+SHUTDOWN_GRACE_S = 3600
 
 
 def procs_per_node(spec: JobSpec) -> int | str:
@@ -32,22 +43,81 @@ def procs_per_node(spec: JobSpec) -> int | str:
     return max(r.gpus, 1)
 
 
-def render_launch(spec: JobSpec, run_dir: PurePath, python: str = "python") -> list[str]:
-    """argv that runs the training entrypoint: one process, or torchrun for several/nodes."""
-    entry = ["-m", "runner.train", str(run_dir / "spec.yaml"), "--run-dir", str(run_dir)]
-    nproc, nodes = procs_per_node(spec), spec.resources.nodes
+def uses_launcher(spec: JobSpec) -> bool:
     # DeepSpeed expects the launcher's environment (RANK, MASTER_ADDR, ...) even for one process.
-    if nodes == 1 and nproc == 1 and spec.distributed.deepspeed is None:
+    nproc = procs_per_node(spec)
+    return spec.resources.nodes > 1 or nproc != 1 or spec.distributed.deepspeed is not None
+
+
+def render_launch(
+    spec: JobSpec, run_dir: PurePath | None, python: str = "python", spec_file: PurePath | None = None
+) -> list[str]:
+    """argv that runs the training entrypoint: one process, or torchrun for several/nodes.
+
+    Without a run directory the entrypoint creates one itself (rank 0 does, for every rank)."""
+    if run_dir is None and spec_file is None:
+        raise ValueError("a launch needs the run directory or the spec file")
+    spec_file = spec_file or run_dir / "spec.yaml"  # type: ignore[operator]
+    entry = ["-m", "runner.train", str(spec_file), *(["--run-dir", str(run_dir)] if run_dir else [])]
+    if not uses_launcher(spec):
         return [python, *entry]
-    argv = [python, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
-    if nodes == 1:
+    argv = [python, "-m", "torch.distributed.run", f"--nproc-per-node={procs_per_node(spec)}"]
+    if spec.resources.nodes == 1:
         # The loopback address, not the hostname: a container without network cannot resolve it.
         argv += ["--standalone", "--local-addr=127.0.0.1"]
     else:
         d = spec.distributed
-        argv += [f"--nnodes={nodes}", f"--node-rank={d.node_rank}",
+        argv += [f"--nnodes={spec.resources.nodes}", f"--node-rank={d.node_rank}",
                  f"--master-addr={d.master_addr}", f"--master-port={d.master_port}"]  # fmt: skip
     return argv + entry
+
+
+def launch_env(spec: JobSpec, gpu_names: list[str] | None) -> dict[str, str]:
+    """The job's environment. `gpu_names`: the GPUs the job will see, or None where they are not
+    known yet (a compose file): NCCL's `auto` settings are then decided in the job's process."""
+    env = dict(OFFLINE_ENV)
+    env.update({key: value for key, value, _ in nccl_policy(spec, gpu_names)})
+    if spec.distributed.deepspeed is not None and spec.resources.gpus == 0:
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU backend (gloo): ZeRO on CPU processes
+    if uses_launcher(spec):
+        env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = str(SHUTDOWN_GRACE_S)
+    return env
+
+
+def visible_devices(spec: JobSpec) -> str | None:
+    """CUDA_VISIBLE_DEVICES for a process on the host: exactly the GPUs the spec asks for."""
+    gpus = spec.resources.gpus
+    if gpus == "all":
+        return None
+    if isinstance(gpus, list):
+        return ",".join(str(i) for i in gpus)
+    return ",".join(str(i) for i in range(gpus))  # 0 GPUs: "" hides every GPU
+
+
+def read_only_paths(spec: JobSpec) -> list[str]:
+    """Model, adapter and data: what the job reads and must never write."""
+    paths = [spec.model.path, *(d.path for d in spec.data.datasets)]
+    return list(dict.fromkeys(paths + ([spec.model.adapter] if spec.model.adapter else [])))
+
+
+def cache_path(spec: JobSpec) -> str | None:
+    """Where tokenized data is kept between runs (shared by the jobs of one output.dir)."""
+    return str(PurePath(spec.output.dir) / ".cache") if spec.data.cache else None
+
+
+def mounts(spec: JobSpec, run_dir: PurePath | None, spec_file: PurePath | None = None) -> dict[str, str]:
+    """Host path -> "ro" or "rw": inputs read-only; with a run directory, it and the data cache
+    writable; without one (the entrypoint makes it), the output directory."""
+    paths = {p: "ro" for p in read_only_paths(spec)}
+    if spec_file is not None:
+        paths[str(spec_file)] = "ro"
+    if run_dir is None:
+        paths[spec.output.dir] = "rw"
+        return paths
+    paths[str(run_dir)] = "rw"
+    if cache := cache_path(spec):
+        paths[cache] = "rw"
+    return paths
 
 
 def render_chat(run_dir: PurePath, message: str | None) -> list[str]:

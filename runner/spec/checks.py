@@ -21,8 +21,8 @@ _MODEL_FILES = ("config.json",)
 Found = list[tuple[Loc, str]]
 
 
-def check(data: Any, base: Path) -> Found:
-    """Every problem beyond the schema: (location, message)."""
+def check(data: Any, base: Path, writes: Path | None = None) -> Found:
+    """Every problem beyond the schema: (location, message). `writes`: see load_job."""
     if not isinstance(data, dict):
         return []
     found: Found = []
@@ -32,7 +32,7 @@ def check(data: Any, base: Path) -> Found:
     _check_stage_method(stage, method, found)
     _check_model(model, stage, base, found)
     _check_data(data.get("data"), stage, base, found)
-    _check_output(_get(data, "output", "dir"), base, found)
+    _check_output(_get(data, "output", "dir"), base, found, writes)
     method_data = data.get("method") if isinstance(data.get("method"), dict) else {}
     ff, targets = method_data.get("feedforward"), method_data.get("target")
     if method == "ia3" and isinstance(ff, list) and ff:
@@ -41,12 +41,8 @@ def check(data: Any, base: Path) -> Found:
             found.append((("method", "feedforward"),
                           f"{', '.join(map(str, missing))} must also be listed in method.target"))  # fmt: skip
     ds = _get(data, "distributed", "deepspeed")
-    if isinstance(ds, dict) and _get(data, "resources", "gpus") == 0:
-        found.append((("distributed", "deepspeed"),
-                      "DeepSpeed ZeRO shards over GPUs, and resources.gpus is 0; remove deepspeed or ask for GPUs"))  # fmt: skip
-    if isinstance(ds, dict) and ds.get("offload_params") is True and ds.get("zero", 2) != 3:
-        found.append((("distributed", "deepspeed", "offload_params"),
-                      "parameter offload needs ZeRO stage 3; set zero: 3 or offload_params: false"))  # fmt: skip
+    if isinstance(ds, dict):
+        _check_deepspeed(ds, _get(data, "resources", "gpus"), found)
     rank, nodes = _get(data, "distributed", "node_rank"), _get(data, "resources", "nodes")
     if isinstance(rank, int) and isinstance(nodes, int) and not isinstance(rank, bool) and rank >= nodes:
         found.append((("distributed", "node_rank"), f"must be < resources.nodes ({nodes}) (got {rank})"))
@@ -62,6 +58,24 @@ def check(data: Any, base: Path) -> Found:
     if _get(data, "training", "bf16") is True and _get(data, "training", "fp16") is True:
         found.append((("training", "fp16"), "bf16 and fp16 are both true; keep one of them"))
     return found
+
+
+def _check_deepspeed(ds: dict, gpus: Any, found: Found) -> None:
+    """Combinations DeepSpeed cannot run are refused here, never dropped silently."""
+    zero, loc = ds.get("zero", 2), ("distributed", "deepspeed")
+    if ds.get("offload_params") is True and zero != 3:
+        found.append((loc + ("offload_params",),
+                      "parameter offload needs ZeRO stage 3; set zero: 3 or offload_params: false"))  # fmt: skip
+    if ds.get("offload_optimizer") is True and zero == 0:
+        found.append((loc + ("offload_optimizer",),
+                      "optimizer offload needs ZeRO stage 1, 2 or 3 (stage 0 keeps no optimizer "
+                      "partition to offload); raise zero or set offload_optimizer: false"))  # fmt: skip
+    if gpus == 0:
+        for key in ("offload_optimizer", "offload_params"):
+            if ds.get(key) is True:
+                found.append((loc + (key,),
+                              "offload moves state from GPU to host memory; with resources.gpus: 0 "
+                              f"everything is in host memory already; set {key}: false"))  # fmt: skip
 
 
 def _check_micro_batch_tokens(data: dict, found: Found) -> None:
@@ -164,7 +178,38 @@ def _check_dir(value: str, base: Path, loc: Loc, must_hold: tuple[str, ...], wha
             (loc, f"'{value}' is not {what} directory (no {', '.join(missing)}); it holds: "
                   f"{_listing(path)}"))  # fmt: skip
         return False
-    return True
+    return _check_readable(path, value, loc, found)
+
+
+def _check_readable(path: Path, value: str, loc: Loc, found: Found) -> bool:
+    """Every file under path readable (and every directory searchable) by this process."""
+    bad = unreadable(path)
+    if bad:
+        shown = ", ".join(f"{p} (mode {p.lstat().st_mode & 0o777:04o}, owner uid {p.lstat().st_uid})"
+                          for p in bad[:3])  # fmt: skip
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        found.append((loc, f"'{value}' is not readable by uid {os.getuid()}: {shown}{more}; "
+                           f"make it readable, e.g. chmod -R a+rX {value}"))  # fmt: skip
+    return not bad
+
+
+def unreadable(path: Path, limit: int = 10000) -> list[Path]:
+    """Files this process cannot read and directories it cannot list, under path (or path)."""
+    if path.is_file():
+        return [] if os.access(path, os.R_OK) else [path]
+    bad: list[Path] = []
+    for n, (root, dirs, files) in enumerate(os.walk(path, onerror=lambda e: bad.append(Path(e.filename)))):
+        if n > limit:
+            break
+        for name in files:
+            f = Path(root, name)
+            if not os.access(f, os.R_OK):
+                bad.append(f)
+        for name in dirs:
+            d = Path(root, name)
+            if not os.access(d, os.R_OK | os.X_OK):
+                bad.append(d)
+    return sorted(set(bad))
 
 
 def _check_data(data: Any, stage: Any, base: Path, found: Found) -> None:
@@ -188,6 +233,8 @@ def _check_data(data: Any, stage: Any, base: Path, found: Found) -> None:
             found.append(
                 (("data", "datasets", i, "path"),
                  f"no such file or directory '{path}'; {_holds((base / path).parent, path)}"))  # fmt: skip
+        elif isinstance(path, str) and "${" not in path:
+            _check_readable(base / path, path, ("data", "datasets", i, "path"), found)
         if fmt not in DATA_FORMATS:
             continue
         if stage == "pt" and fmt != "text":
@@ -234,7 +281,12 @@ def _check_named(ds: dict, i: int, dataset_dir: Any, stage: Any, base: Path, fou
         found.append((loc, str(e)))
 
 
-def _check_output(value: Any, base: Path, found: Found) -> None:
+def _check_output(value: Any, base: Path, found: Found, writes: Path | None = None) -> None:
+    if writes is not None:
+        if not (writes.is_dir() and os.access(writes, os.W_OK | os.X_OK)):
+            found.append((("output", "dir"), f"the run directory {writes} is not writable by uid {os.getuid()} "
+                                             "here; it must belong to the user the job runs as"))  # fmt: skip
+        return
     if not isinstance(value, str):
         return
     path = base / value

@@ -44,3 +44,15 @@ class ImageSpec(BaseModel):
     )
     user: str = Field("runner", pattern=r"^[a-z_][a-z0-9_-]*$", description="Non-root user jobs run as.")
     uid: int = Field(1000, ge=1, description="That user's uid (runner submit overrides it with yours).")
+
+
+# Images runner builds are named under localhost/: a reference no client can resolve to a public
+# registry, so a compose file or `docker run` whose image is not loaded fails instead of pulling
+# somebody else's image of the same name.
+REPOSITORY = "localhost/runner"
+
+
+def image_ref(name: str, tag: str = "latest") -> str:
+    """The reference of an image spec's image (`cpu` -> localhost/runner/cpu:latest); a full
+    reference (with ':' or '/') is taken as given."""
+    return name if ":" in name or "/" in name else f"{REPOSITORY}/{name}:{tag}"

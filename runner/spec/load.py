@@ -20,16 +20,22 @@ M = typing.TypeVar("M", bound=BaseModel)
 Checks = typing.Callable[[Any, Path], list[tuple[Loc, str]]]
 
 
-def load_job(path: str | Path, *, base: Path | None = None, env: dict[str, str] | None = None) -> JobSpec:
+def load_job(
+    path: str | Path, *, base: Path | None = None, env: dict[str, str] | None = None,
+    writes: Path | None = None,
+) -> JobSpec:  # fmt: skip
     """Parse and validate a job spec; raise SpecError listing every problem.
 
     Relative paths inside the spec are taken from `base` (the working directory by default),
-    as they are when a user runs a command from the project root.
+    as they are when a user runs a command from the project root. `writes`: the directory the
+    job writes (an existing run directory), checked instead of output.dir.
     """
     source = load_yaml(path, env)
     if source.problems and source.data is None:
         raise SpecError(source.problems)
-    return validate(source, base or Path.cwd())
+    if writes is None:
+        return validate(source, base or Path.cwd())
+    return validate(source, base or Path.cwd(), JobSpec, lambda data, b: check(data, b, writes=writes))
 
 
 def load_image(name_or_path: str | Path, images_dir: Path | None = None) -> ImageSpec:

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from runner.errors import RunnerError, SpecError
+from runner.errors import RunError, RunnerError, SpecError
 from runner.execute.runs import RunRecord, now
 
 STOPPED = 143  # 128 + SIGTERM: stopped on request, checkpoint saved
@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         run_dir, record = _run_dir(args)
         from runner.spec import load_job
 
-        spec = load_job(run_dir / "spec.yaml")
+        # Checked again here, with what this process really has: in a container, the mounts.
+        spec = load_job(run_dir / "spec.yaml", writes=run_dir)
+        _nccl_auto(spec)
         stage = importlib.import_module(STAGES[spec.stage])
         metrics = stage.run(spec, run_dir)
     except (SpecError, RunnerError) as e:
@@ -83,19 +85,57 @@ def _tee(path: Path) -> None:
 
 
 def _run_dir(args: argparse.Namespace) -> tuple[Path, RunRecord | None]:
-    """The run directory; created (with its record, kept up to date here) when none is given."""
+    """The run directory; created (with its record, kept up to date here) when none is given.
+
+    Under a launcher (torchrun: a compose file, a cluster) every rank runs this: rank 0 creates
+    the directory and leaves its path under the launch's id for the others to read."""
     if args.run_dir:
         return Path(args.run_dir), None
-    from runner.execute.submit import prepare
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    launch_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if world > 1 and launch_id == "none":
+        raise RunError("several processes without --run-dir need the launcher's run id "
+                       "(torchrun --standalone or --rdzv-id) to share one run directory")  # fmt: skip
+    if rank > 0:
+        return _wait_for_run_dir(args.spec, launch_id), None
+    from runner.execute.runs import prepare
 
-    record, _ = prepare(args.spec)
-    record.update(
-        status="running",
-        started=now(),
-        command=[sys.executable, "-m", "runner.train", args.spec],
-    )
+    record, spec = prepare(args.spec)
+    record.update(status="running", started=now(), command=[sys.executable, *sys.orig_argv[1:]])
+    if world > 1:
+        pointer = Path(spec.output.dir) / spec.name / f".launch-{launch_id}"
+        pointer.write_text(record.run_dir, encoding="utf-8")
     print(f"run directory: {record.run_dir}")
     return Path(record.run_dir), record
+
+
+def _wait_for_run_dir(spec_file: str, launch_id: str, timeout: float = 600) -> Path:
+    import time
+
+    from runner.spec import load_job, resolve
+
+    spec = resolve(load_job(spec_file), Path.cwd())
+    pointer = Path(spec.output.dir) / spec.name / f".launch-{launch_id}"
+    deadline = time.time() + timeout
+    while not pointer.exists():
+        if time.time() > deadline:
+            raise RunError(f"rank 0 did not create the run directory within {timeout:.0f} s ({pointer})")
+        time.sleep(0.2)
+    return Path(pointer.read_text(encoding="utf-8"))
+
+
+def _nccl_auto(spec) -> None:
+    """NCCL's `auto` settings where the launch could not decide them (a compose file renders
+    before the GPUs are known): from the GPUs this process sees, before any collective."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    from runner.render.nccl import nccl_env
+
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    for key, value in nccl_env(spec, names).items():
+        os.environ.setdefault(key, value)  # what the launch set explicitly stays
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -93,10 +94,44 @@ class StopOnSignal(TrainerCallback):
         log.info("stop requested: saving a checkpoint after this step")
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
+        requested = self.requested
+        if args.world_size > 1:
+            # Every rank must stop after the same step, or one waits forever in the next step's
+            # collectives; the signal may reach them a step apart. One tiny all-reduce a step.
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([int(requested)], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            requested = bool(flag.item())
+        if requested:
+            self.requested = True
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class ShareFiles(TrainerCallback):
+    """Checkpoints readable as this process's umask allows (see `share`)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        share(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
+def share(path: Path) -> None:
+    """safetensors and torch write files with mode 0600; open them up to what the umask allows,
+    so another uid (a container's user, a colleague, `runner bundle`) can read what this one
+    saved. Files of other owners are left alone."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, _, files in os.walk(path):
+        for name in files:
+            f = os.path.join(root, name)
+            try:
+                if os.stat(f).st_uid == os.getuid():
+                    os.chmod(f, 0o666 & ~umask)
+            except OSError:
+                pass
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:

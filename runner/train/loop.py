@@ -14,7 +14,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 from runner.errors import UnsupportedError
 from runner.spec.job import PROMPT_LEARNING, JobSpec
 from runner.train import memory, microbatch
-from runner.train.callbacks import MetricsCallback, StopOnSignal, latest_checkpoint
+from runner.train.callbacks import MetricsCallback, ShareFiles, StopOnSignal, latest_checkpoint, share
 from runner.train.dataset import LENGTH
 from runner.train.methods import PEFT_METHODS
 from runner.train.model import count_parameters, device_type, liger, precision
@@ -29,7 +29,7 @@ def training_arguments(
     """`checkpointing`: what memory.plan chose under training.memory_cap_gib; else the spec's."""
     t = spec.training
     cpu = device_type() == "cpu"
-    if cpu and spec.distributed.deepspeed:
+    if cpu and spec.distributed.deepspeed and os.environ.get("DS_ACCELERATOR") != "cpu":
         raise UnsupportedError("distributed.deepspeed needs CUDA GPUs; none is visible here")
     dtype = precision(spec)
     adam_epsilon = t.adam_epsilon
@@ -99,6 +99,25 @@ def _checkpointing(c: memory.Checkpointing) -> dict:
     return {"activation_checkpointing": True, "activation_checkpointing_kwargs": kwargs}
 
 
+@contextlib.contextmanager
+def model_loading(spec: JobSpec, run_dir: Path):
+    """Around loading the model and applying the method. Under ZeRO-3 the weights are partitioned
+    across the ranks as they load, so no rank ever holds the whole model: transformers does that
+    while a DeepSpeed config is live, which the TrainingArguments carrying it make it. They are
+    made here, before from_pretrained, and kept alive through it."""
+    ds = spec.distributed.deepspeed
+    args = training_arguments(spec, run_dir, has_eval=False) if ds is not None and ds.zero == 3 else None
+    if args is not None:
+        import deepspeed
+
+        log.info("ZeRO-3: loading the model partitioned over %d process(es)", args.world_size)  # joins them
+        deepspeed.init_distributed()  # DeepSpeed's view of that process group (on CPU it has none yet)
+    try:
+        yield
+    finally:
+        del args
+
+
 class RunnerTrainer(Trainer):
     """The HF Trainer, computing logits only at trained positions when `targets_only`, and
     splitting each optimizer step into micro-batches of at most `micro_batch_tokens` tokens."""
@@ -156,7 +175,7 @@ def make_trainer(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_
     trainer = RunnerTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=collator, processing_class=tokenizer, optimizers=optimizers,
-        callbacks=[MetricsCallback(run_dir, plain=args.disable_tqdm)],
+        callbacks=[MetricsCallback(run_dir, plain=args.disable_tqdm), ShareFiles()],
     )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # MetricsCallback prints readable lines instead
     trainer.micro_batch_tokens = spec.training.micro_batch_tokens
@@ -195,6 +214,7 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
     if not trainer.is_world_process_zero():
         return {}
     tokenizer.save_pretrained(str(out))
+    share(out)
     metrics = {**result.metrics, "trainable_params": trainable, "total_params": total,
                "train_samples": len(train_ds), "global_step": result.global_step, "output": out.name,
                "world_size": trainer.args.world_size, **evaluated}  # fmt: skip

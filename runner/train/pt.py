@@ -14,5 +14,6 @@ def run(spec: JobSpec, run_dir: Path) -> dict:
     loop.seed_everything(spec)
     tokenizer = load_tokenizer(spec.model.path, spec.model.trust_remote_code)
     train_ds, eval_ds = dataset.build(spec, tokenizer)
-    model = apply_method(load_model(spec), spec)
+    with loop.model_loading(spec, run_dir):
+        model = apply_method(load_model(spec), spec)
     return loop.train(spec, run_dir, model, tokenizer, train_ds, eval_ds, dataset.collator(spec, tokenizer))

@@ -170,6 +170,9 @@ def build_tiny_model(
 
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    from runner.train.callbacks import share
+
+    share(Path(out))
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("tiny model (%d params, vocab %d) written to %s", n_params, len(tokenizer), out)
     return out

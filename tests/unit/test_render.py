@@ -111,15 +111,79 @@ def test_cpu_job_requests_no_gpu_and_multi_node_uses_host_network():
 
 
 def test_compose_golden():
+    """A 2-GPU job: torchrun with 2 processes, as submit runs it; gid 50 quoted (YAML 1.1)."""
     from runner.render.compose import render_compose
 
-    job = spec(image="cpu", resources={"gpus": 2, "shm": "32g"}, output={"dir": "/out"})
-    text = render_compose(job, PurePosixPath("/c/job.yaml"), uid=1234, gid=100)
+    job = spec(image="cpu", resources={"gpus": 2, "shm": "32g"}, output={"dir": "/out"},
+               distributed={"nccl": {"p2p_disable": True}})  # fmt: skip
+    text = render_compose(job, PurePosixPath("/c/job.yaml"), uid=1234, gid=50)
     golden = GOLDEN / "compose.yml"
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_text(text, encoding="utf-8")
     assert text == golden.read_text(encoding="utf-8")
     assert "pull_policy: never" in text and "network_mode: none" in text and "count: 2" in text
+    assert "image: localhost/runner/cpu:latest" in text
+    assert "- --nproc-per-node=2" in text and 'user: "1234:50"' in text
+    assert 'NCCL_P2P_DISABLE: "1"' in text and "NCCL_IB_DISABLE" not in text  # auto: decided in the job
+
+
+def test_hosts_golden():
+    """Four 8-GPU hosts under ZeRO-3: one docker run each, node ranks 0-3, node 0 the rendezvous."""
+    from runner.render.container import render_hosts
+
+    job = spec(image="default", resources={"gpus": "all", "nodes": 4, "procs_per_node": 8},
+               distributed={"deepspeed": {"zero": 3}, "master_port": 29400})  # fmt: skip
+    text = render_hosts(job, RUN, ["gpu-a", "gpu-b", "gpu-c", "gpu-d"], uid=1234, gid=100, run_id="RUN")
+    golden = GOLDEN / "hosts.sh"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+    commands = [line for line in text.splitlines() if line.startswith("docker run")]
+    assert len(commands) == 4
+    for rank, command in enumerate(commands):
+        assert f"--node-rank={rank}" in command and "--nnodes=4" in command
+        assert "--master-addr=gpu-a" in command and "--network host" in command and "--gpus all" in command
+
+
+def test_every_launch_form_carries_the_spec_nccl_settings(monkeypatch):
+    """p2p_disable: true reaches the container, the compose file and the local process."""
+    from runner.execute.local import LocalExecutor
+    from runner.render.compose import compose_service
+    from runner.render.container import render_container
+
+    job = spec(resources={"gpus": 0, "procs_per_node": 2}, distributed={"nccl": {"p2p_disable": True}})
+    assert render_container(job, RUN, 1, 1, "R")["environment"]["NCCL_P2P_DISABLE"] == "1"
+    assert compose_service(job, PurePosixPath("/c/job.yaml"), 1, 1)["environment"]["NCCL_P2P_DISABLE"] == "1"
+    env = LocalExecutor(print).environment(job)
+    assert env["NCCL_P2P_DISABLE"] == "1" and env["CUDA_VISIBLE_DEVICES"] == ""
+    assert "NCCL_IB_DISABLE" not in env  # auto, and no GPUs: nothing to turn off
+
+
+@pytest.mark.parametrize(("gpus", "visible"), [(0, ""), (1, "0"), (2, "0,1"), ([2, 5], "2,5"), ("all", None)])
+def test_the_local_process_sees_the_gpus_the_spec_asks_for(gpus, visible):
+    from runner.render.launch import visible_devices
+
+    assert visible_devices(spec(resources={"gpus": gpus})) == visible
+
+
+def test_more_gpus_than_the_host_has_is_one_message():
+    from runner.errors import RunError
+    from runner.execute.gpus import require_gpus
+
+    two = ["NVIDIA GeForce RTX 4090"] * 2
+    require_gpus(spec(resources={"gpus": [0, 1]}), two, "this machine")
+    with pytest.raises(RunError, match=r"asks for 4 but this machine has 2 GPU\(s\)"):
+        require_gpus(spec(resources={"gpus": 4}), two, "this machine")
+    with pytest.raises(RunError, match=r"device\(s\) \[3\] but this machine has 2 GPU\(s\) \(ids 0-1\)"):
+        require_gpus(spec(resources={"gpus": [0, 3]}), two, "this machine")
+
+
+def test_deepspeed_on_cpu_uses_its_cpu_backend_and_torchrun_waits_for_a_stop():
+    from runner.render.launch import launch_env
+
+    env = launch_env(spec(resources={"gpus": 0}, distributed={"deepspeed": {"zero": 2}}), [])
+    assert env["DS_ACCELERATOR"] == "cpu" and env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "3600"
+    assert "DS_ACCELERATOR" not in launch_env(spec(distributed={"deepspeed": {"zero": 2}}), ["H100"])
 
 
 @pytest.mark.parametrize(
