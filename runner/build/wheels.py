@@ -60,7 +60,9 @@ def fill(spec: ImageSpec, images_dir: Path, root: Path, find_links: list[str] | 
             break
         sdists.append(missing)
         binary.pop(missing)
-    built = _build_sdists([entries[n] for n in sdists], out, find_links, spec) if sdists else []
+    kept = _built_before(out, {n: entries[n]["version"] for n in sdists})
+    todo = [entries[n] for n in sdists if n not in {wheel_project(f)[0] for f in kept}]
+    built = kept + (_build_sdists(todo, out, find_links, spec) if todo else [])
     manifest = write_manifest(spec, lock_file, out, built)
     (out / "requirements.txt").write_text(install_requirements(out), encoding="utf-8")
     return manifest
@@ -90,10 +92,22 @@ def _download(
     raise WheelhouseError(f"downloading wheels for image {spec.name} failed:\n{proc.stderr.strip()[-3000:]}")
 
 
+def _built_before(out: Path, wanted: dict[str, str]) -> list[str]:
+    """Wheels an earlier fill built from these sdists (name -> version), still intact."""
+    try:
+        files = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [
+        name for name, info in files.items()
+        if info.get("built_from_sdist") and wanted.get(wheel_project(name)[0]) == wheel_project(name)[1]
+        and (out / name).exists() and sha256(out / name) == info["sha256"]
+    ]  # fmt: skip
+
+
 def _build_sdists(entries: list[dict], out: Path, links: list[str] | None, spec: ImageSpec) -> list[str]:
     """Fetch the hash-checked sdists, then build wheels: inside the base image when an engine
     holds it (compiled parts then match the image), else on this machine."""
-    before = {p.name for p in out.glob("*.whl")}
     sdists = out / ".sdists"
     sdists.mkdir(exist_ok=True)
     req = sdists / "requirements.txt"
@@ -126,7 +140,8 @@ def _build_sdists(entries: list[dict], out: Path, links: list[str] | None, spec:
         if proc.returncode != 0:
             raise WheelhouseError(f"building wheels from sdists failed:\n{proc.stderr[-3000:]}")
     shutil.rmtree(sdists)
-    return sorted({p.name for p in out.glob("*.whl")} - before)
+    wanted = {(normalize(e["name"]), e["version"]) for e in entries}
+    return sorted(p.name for p in out.glob("*.whl") if wheel_project(p.name) in wanted)
 
 
 def _engine_with(image: str):

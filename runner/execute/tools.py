@@ -13,7 +13,7 @@ from pathlib import Path
 from runner.errors import RunError
 from runner.execute.runs import RunRecord
 from runner.render.container import render_container
-from runner.render.launch import OFFLINE_ENV
+from runner.render.launch import OFFLINE_ENV, cache_path
 
 
 def run_tool(
@@ -26,10 +26,9 @@ def run_tool(
         raise RunError("an interactive chat runs with --executor local; in the image, ask with -m MESSAGE")
     from runner.docker_api import Docker
     from runner.execute.docker import DockerExecutor
-    from runner.render.container import cache_path
     from runner.spec import load_job
 
-    spec = load_job(Path(record.run_dir) / "spec.yaml")
+    spec = load_job(Path(record.run_dir) / "spec.yaml", files=False)
     docker = Docker()
     DockerExecutor(sink, docker=docker).check(
         spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpus": 0})})

@@ -50,10 +50,13 @@ def render_container(
         # Multi-node rendezvous needs the host's network; a single node needs none at all.
         "network_mode": "host" if multi_node else "none",
         "shm_size": spec.resources.shm,
+        # NCCL (pinned buffers, InfiniBand) needs these raised; a CPU job does not.
         "ulimits": [
             {"Name": "memlock", "Soft": -1, "Hard": -1},
             {"Name": "stack", "Soft": STACK, "Hard": STACK},
-        ],
+        ]
+        if spec.resources.gpus != 0
+        else [],
         "device_requests": gpu_request(spec),
         "labels": {"runner.job": spec.name, "runner.run-id": run_id, "runner.run-dir": str(run_dir)},
         "working_dir": str(run_dir),

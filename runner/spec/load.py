@@ -22,17 +22,20 @@ Checks = typing.Callable[[Any, Path], list[tuple[Loc, str]]]
 
 def load_job(
     path: str | Path, *, base: Path | None = None, env: dict[str, str] | None = None,
-    writes: Path | None = None,
+    writes: Path | None = None, files: bool = True,
 ) -> JobSpec:  # fmt: skip
     """Parse and validate a job spec; raise SpecError listing every problem.
 
     Relative paths inside the spec are taken from `base` (the working directory by default),
     as they are when a user runs a command from the project root. `writes`: the directory the
-    job writes (an existing run directory), checked instead of output.dir.
+    job writes (an existing run directory), checked instead of output.dir. `files=False`: the
+    schema only, for a finished run's own spec (its data may have moved since; chat needs none).
     """
     source = load_yaml(path, env)
     if source.problems and source.data is None:
         raise SpecError(source.problems)
+    if not files:
+        return validate(source, base or Path.cwd(), JobSpec, lambda data, b: [])
     if writes is None:
         return validate(source, base or Path.cwd())
     return validate(source, base or Path.cwd(), JobSpec, lambda data, b: check(data, b, writes=writes))

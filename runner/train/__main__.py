@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # Checked again here, with what this process really has: in a container, the mounts.
         spec = load_job(run_dir / "spec.yaml", writes=run_dir)
-        _nccl_auto(spec)
+        _launch_env(spec)
         stage = importlib.import_module(STAGES[spec.stage])
         metrics = stage.run(spec, run_dir)
     except (SpecError, RunnerError) as e:
@@ -124,18 +124,19 @@ def _wait_for_run_dir(spec_file: str, launch_id: str, timeout: float = 600) -> P
     return Path(pointer.read_text(encoding="utf-8"))
 
 
-def _nccl_auto(spec) -> None:
-    """NCCL's `auto` settings where the launch could not decide them (a compose file renders
-    before the GPUs are known): from the GPUs this process sees, before any collective."""
+def _launch_env(spec) -> None:
+    """The launch's environment where whatever started this process did not set it (a compose
+    file or a cluster's launcher), before any library reads it; NCCL's `auto` settings from the
+    GPUs this process sees. What the launch set stays."""
     import torch
 
-    if not torch.cuda.is_available():
-        return
-    from runner.render.nccl import nccl_env
+    from runner.render.launch import launch_env
 
-    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    for key, value in nccl_env(spec, names).items():
-        os.environ.setdefault(key, value)  # what the launch set explicitly stays
+    names = None
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    for key, value in launch_env(spec, names).items():
+        os.environ.setdefault(key, value)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def load(run_dir: Path):
     from runner.spec import load_job
     from runner.train.model import load_tokenizer
 
-    spec = load_job(run_dir / "spec.yaml")
+    spec = load_job(run_dir / "spec.yaml", files=False)
     adapter, full = run_dir / "adapter", run_dir / "model"
     if adapter.is_dir():
         from peft import PeftModel

@@ -1,48 +1,56 @@
-"""Two nodes as two containers on a private network: torchrun rendezvous, gloo, one adapter."""
+"""Two nodes as two containers on this host's network, started by exactly the commands
+`runner render --target hosts` prints: torchrun rendezvous over the network, gloo, one adapter."""
 
 from __future__ import annotations
 
 import json
-import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from runner.execute.runs import read_record
-from runner.execute.submit import prepare
-from runner.render.container import render_container
-from tests.conftest import write_job
+from tests.conftest import runner_cli, write_job
 
 pytestmark = pytest.mark.docker
 
 
-def test_two_nodes_rendezvous_and_save_one_adapter(docker, cpu_image, tiny_model: Path, tmp_path: Path):
-    spec_file = write_job(tmp_path / "job.yaml", tiny_model, name="twonode", image="cpu",
-                          training={"max_steps": 4, "per_device_train_batch_size": 2},
-                          resources={"nodes": 2, "procs_per_node": 1},
-                          distributed={"master_addr": "node0", "master_port": 29555})  # fmt: skip
-    record, spec = prepare(spec_file)
-    net = docker.client.networks.create(f"runner-test-{os.getpid()}", driver="bridge", internal=True)
-    containers = []
+def test_two_hosts_run_the_printed_commands(docker, cpu_image, tiny_model: Path, tmp_path: Path):
+    spec = write_job(tmp_path / "job.yaml", tiny_model, name="twonode", image="cpu",
+                     training={"max_steps": 4, "per_device_train_batch_size": 2},
+                     resources={"gpus": 0, "nodes": 2, "procs_per_node": 1},
+                     distributed={"master_port": 29555})  # fmt: skip
+    # Both "hosts" are this machine: node 0's address is the rendezvous for node 1.
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# node 0 first\n127.0.0.1 slots=1\nlocalhost slots=1\n")
+    rendered = runner_cli("render", str(spec), "--target", "hosts", "--hostfile", str(hostfile))
+    assert rendered.returncode == 0, rendered.stderr
+    commands = [line for line in rendered.stdout.splitlines() if line.startswith("docker run")]
+    assert len(commands) == 2 and "--master-addr=127.0.0.1" in commands[1]
+    (run_dir,) = (tmp_path / "out" / "twonode").iterdir()
+    procs = [
+        subprocess.Popen(c, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for c in commands
+    ]
     try:
-        for rank in (0, 1):
-            node = spec.model_copy(deep=True)
-            node.distributed.node_rank = rank
-            config = render_container(
-                node, Path(record.run_dir), os.getuid(), os.getgid(), f"{record.id}-n{rank}"
-            )
-            assert f"--node-rank={rank}" in config["command"] and "--nnodes=2" in config["command"]
-            # Real nodes use the host network; here each node is a container on a private one.
-            config.update(network_mode=net.name, hostname=f"node{rank}")
-            containers.append(docker.start(config))
-        codes = [c.wait(timeout=300)["StatusCode"] for c in containers]
-        logs = [c.logs().decode(errors="replace") for c in containers]
+        outs = [p.communicate(timeout=300)[0].decode(errors="replace") for p in procs]
     finally:
-        for c in containers:
-            c.remove(force=True)
-        net.remove()
-    assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
-    results = json.loads((Path(record.run_dir) / "results.json").read_text())
+        for p in procs:
+            p.kill()
+        for rank in (0, 1):
+            subprocess.run(
+                ["docker", "rm", "-f", f"runner-twonode-{run_dir.name}-n{rank}"], capture_output=True
+            )
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
     assert results["world_size"] == 2 and results["global_step"] == 4
-    assert (Path(record.run_dir) / "adapter" / "adapter_model.safetensors").is_file()
-    assert read_record(record.run_dir).id == record.id
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert read_record(run_dir).executor == "hosts"
+
+
+def test_a_hostfile_that_disagrees_with_the_spec_is_refused(tiny_model: Path, tmp_path: Path):
+    spec = write_job(tmp_path / "job.yaml", tiny_model, resources={"gpus": 0, "nodes": 3})
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("a\nb\n")
+    result = runner_cli("render", str(spec), "--target", "hosts", "--hostfile", str(hostfile))
+    assert result.returncode != 0 and "resources.nodes is 3 but" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

@@ -22,7 +22,9 @@ STEPS = 4
 TOL = 1e-5
 
 
-def train(tmp_path: Path, model: Path, name: str, procs: int, deepspeed: dict | None) -> Path:
+def train(tmp_path: Path, model: Path, name: str, procs: int, deepspeed: dict | None,
+          executor: str = "local", **sections) -> Path:  # fmt: skip
+    """Submit a small LoRA job through the real CLI and return its run directory."""
     spec = write_job(
         tmp_path / f"{name}.yaml", model, name=name,
         method={"type": "lora", "r": 8, "target": ["q_proj", "v_proj", "down_proj"]},
@@ -30,9 +32,9 @@ def train(tmp_path: Path, model: Path, name: str, procs: int, deepspeed: dict | 
                   "per_device_train_batch_size": 4 // procs, "lr_scheduler_type": "constant",
                   "save_steps": 1000},
         resources={"gpus": 0, "procs_per_node": procs},
-        distributed={"deepspeed": deepspeed},
+        distributed={"deepspeed": deepspeed}, **sections,
     )  # fmt: skip
-    result = runner_cli("submit", str(spec), "--executor", "local")
+    result = runner_cli("submit", str(spec), "--executor", executor)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     (run_dir,) = (tmp_path / "out" / name).iterdir()
     return run_dir
