@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,8 @@ def _check_dir(value: str, base: Path, loc: Loc, must_hold: tuple[str, ...], wha
     path = base / value
     if "${" in value:
         return False  # an unset variable, already reported
+    if not _reachable(path, value, loc, found, inside=True):
+        return False
     if not path.is_dir():
         found.append((loc, f"no such directory '{value}'; {_holds(path.parent, value)}"))
         return False
@@ -191,6 +194,26 @@ def _check_readable(path: Path, value: str, loc: Loc, found: Found) -> bool:
         found.append((loc, f"'{value}' is not readable by uid {os.getuid()}: {shown}{more}; "
                            f"make it readable, e.g. chmod -R a+rX {value}"))  # fmt: skip
     return not bad
+
+
+def _reachable(path: Path, value: str, loc: Loc, found: Found, inside: bool = False) -> bool:
+    """False (and why) when a directory on the way to path (or path itself, `inside`) may not be
+    searched by this process: it could not even tell whether path exists."""
+    path = Path(os.path.abspath(path))
+    for d in [*reversed(path.parents), *([path] if inside else [])]:
+        if os.access(d, os.X_OK):
+            continue
+        try:
+            st = d.lstat()  # its parent may be searched, so this answers
+        except OSError:
+            return True  # missing: reported as such where it matters
+        if not stat.S_ISDIR(st.st_mode):
+            return True
+        found.append((loc, f"'{value}' cannot be reached by uid {os.getuid()}: {d} (mode "
+                           f"{st.st_mode & 0o777:04o}, owner uid {st.st_uid}) may not be searched by it; "
+                           f"make it searchable, e.g. chmod a+x {d}"))  # fmt: skip
+        return False
+    return True
 
 
 def unreadable(path: Path, limit: int = 10000) -> list[Path]:
@@ -229,12 +252,13 @@ def _check_data(data: Any, stage: Any, base: Path, found: Found) -> None:
             _check_named(ds, i, dataset_dir, stage, base, found)
             continue
         path, fmt = ds.get("path"), ds.get("format", "alpaca")
-        if isinstance(path, str) and "${" not in path and not (base / path).exists():
+        where = ("data", "datasets", i, "path")
+        known = isinstance(path, str) and "${" not in path and _reachable(base / path, path, where, found)
+        if known and not (base / path).exists():
             found.append(
-                (("data", "datasets", i, "path"),
-                 f"no such file or directory '{path}'; {_holds((base / path).parent, path)}"))  # fmt: skip
-        elif isinstance(path, str) and "${" not in path:
-            _check_readable(base / path, path, ("data", "datasets", i, "path"), found)
+                (where, f"no such file or directory '{path}'; {_holds((base / path).parent, path)}"))  # fmt: skip
+        elif known:
+            _check_readable(base / path, path, where, found)
         if fmt not in DATA_FORMATS:
             continue
         if stage == "pt" and fmt != "text":
@@ -271,7 +295,9 @@ def _check_named(ds: dict, i: int, dataset_dir: Any, stage: Any, base: Path, fou
         found.append((loc, "a dataset given by name needs data.dataset_dir (the directory of "
                            f"{registry.REGISTRY})"))  # fmt: skip
         return
-    if "${" in dataset_dir or not (base / dataset_dir / registry.REGISTRY).is_file():
+    if "${" in dataset_dir or not _reachable(base / dataset_dir, dataset_dir, loc, [], inside=True):
+        return  # reported at data.dataset_dir
+    if not (base / dataset_dir / registry.REGISTRY).is_file():
         return  # reported at data.dataset_dir
     try:
         registry.expand(
@@ -290,6 +316,8 @@ def _check_output(value: Any, base: Path, found: Found, writes: Path | None = No
     if not isinstance(value, str):
         return
     path = base / value
+    if not _reachable(path, value, ("output", "dir"), found):
+        return
     # The nearest existing ancestor must be writable, or no run directory can be created.
     probe = path
     while not probe.exists() and probe != probe.parent:
@@ -319,7 +347,10 @@ def _holds(parent: Path, value: str) -> str:
 
 
 def _listing(directory: Path, limit: int = 12) -> str:
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir())
+    try:
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir())
+    except OSError:
+        return f"nothing uid {os.getuid()} may list"
     if not names:
         return "nothing (empty)"
     more = f" ... ({len(names) - limit} more)" if len(names) > limit else ""

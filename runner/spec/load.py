@@ -58,7 +58,7 @@ def load_image(name_or_path: str | Path, images_dir: Path | None = None) -> Imag
     source = load_yaml(path)
     if source.problems and source.data is None:
         raise SpecError(source.problems)
-    from runner.build.compat import image_checks
+    from runner.spec.compat import image_checks
 
     return validate(source, Path.cwd(), ImageSpec, image_checks)
 

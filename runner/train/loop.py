@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import sys
 from pathlib import Path
 
@@ -114,6 +115,9 @@ def model_loading(spec: JobSpec, run_dir: Path):
         deepspeed.init_distributed()  # DeepSpeed's view of that process group (on CPU it has none yet)
     try:
         yield
+        # ru_maxrss: KiB on Linux; the process's peak so far, so loading's unless something before it was larger.
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        log.info("model loaded: peak RSS %.0f MiB on rank %d", peak, int(os.environ.get("RANK", 0)))
     finally:
         del args
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.build.compat import base_entry, contradictions
+from runner.spec.compat import base_entry, contradictions
 from runner.build.lock import drop_with_exclusive_deps, parse_lock
 from runner.errors import SpecError
 from runner.render.dockerfile import render_dockerfile
