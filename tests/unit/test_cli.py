@@ -55,3 +55,15 @@ def test_chat_refuses_a_directory_that_is_no_run(tmp_path: Path):
     result = CliRunner().invoke(main, ["chat", str(tmp_path), "-m", "hi"])
     assert result.exit_code == 1
     assert "is not a run directory" in result.stderr
+
+
+def test_the_training_entrypoint_imports_no_executor_and_no_docker_sdk():
+    """The in-container side needs run records, not the host's executors or the engine's SDK."""
+    import subprocess
+    import sys
+
+    code = ("import sys, runner.train.__main__; "
+            "bad = [m for m in ('runner.execute.docker', 'runner.execute.local', 'runner.execute.submit', "
+            "'docker', 'runner.docker_api') if m in sys.modules]; print(bad); sys.exit(bool(bad))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
