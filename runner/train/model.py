@@ -122,6 +122,7 @@ def quantization(spec: JobSpec):
 
 
 def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
+    """(trainable, total); a ZeRO-3 partitioned parameter counts whole (ds_numel), not its
+    empty local placeholder."""
+    counts = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in model.parameters()]
+    return sum(n for n, grad in counts if grad), sum(n for n, _ in counts)

@@ -25,9 +25,9 @@ TOL = 1e-5
 def train(tmp_path: Path, model: Path, name: str, procs: int, deepspeed: dict | None,
           executor: str = "local", **sections) -> Path:  # fmt: skip
     """Submit a small LoRA job through the real CLI and return its run directory."""
+    sections.setdefault("method", {"type": "lora", "r": 8, "target": ["q_proj", "v_proj", "down_proj"]})
     spec = write_job(
         tmp_path / f"{name}.yaml", model, name=name,
-        method={"type": "lora", "r": 8, "target": ["q_proj", "v_proj", "down_proj"]},
         training={"max_steps": STEPS, "learning_rate": 0.5, "optim": "sgd", "max_grad_norm": 1e9,
                   "per_device_train_batch_size": 4 // procs, "lr_scheduler_type": "constant",
                   "save_steps": 1000},
@@ -90,3 +90,19 @@ def test_zero3_adapter_reloads_with_plain_peft_and_generates(tmp_path: Path, tin
     assert out.shape[1] > ids.shape[1]
     mode = (run_dir / "adapter" / "adapter_model.safetensors").stat().st_mode & 0o777
     assert mode & 0o044 == 0o044, f"saved files must be readable by others (umask 022), got {mode:04o}"
+
+
+def test_zero3_full_fine_tuning_saves_a_whole_model(tmp_path: Path, tiny_model: Path):
+    """Partitioned over two ranks while training, gathered whole on save: plain transformers
+    loads it with every weight at its full shape and generates."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    run_dir = train(tmp_path, tiny_model, "z3full", 2, {"zero": 3}, method={"type": "full"})
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model", local_files_only=True)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, local_files_only=True)
+    trained, original = model.state_dict(), base.state_dict()
+    assert {k: v.shape for k, v in trained.items()} == {k: v.shape for k, v in original.items()}
+    assert any(not torch.equal(trained[k], original[k]) for k in original)  # and it trained
+    out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == 6
