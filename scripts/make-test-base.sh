@@ -19,7 +19,9 @@ IMAGE="${TEST_BASE_IMAGE:-runner-test/base:bookworm-py311}"
 SUITE=bookworm
 # python3-pip pulls setuptools, wheel and distutils; python3-venv the bundled pip/setuptools wheels
 # that `python3 -m venv` installs; ca-certificates for TLS, should anything ever go online.
-PACKAGES=python3,python3-venv,python3-pip,ca-certificates
+# g++ and python3-dev, as a pytorch *devel* base has them: DeepSpeed compiles its ops (the CPU
+# backend's shared-memory collectives, cpu_adam) on first use, inside the job's container.
+PACKAGES=python3,python3-venv,python3-pip,python3-dev,g++,ca-certificates
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 log() { printf 'make-test-base: %s\n' "$*" >&2; }
@@ -37,8 +39,13 @@ fi
 "$here/provision-docker.sh" >/dev/null
 
 if "${SUDO[@]}" docker image inspect "$IMAGE" >/dev/null 2>&1; then
-    log "$IMAGE already exists; nothing to do"
-    exit 0
+    # An image made by an earlier version of this script may lack what the list above adds.
+    if "${SUDO[@]}" docker run --rm --network none "$IMAGE" \
+        sh -c 'command -v c++ && test -e /usr/include/python3.11/Python.h' >/dev/null 2>&1; then
+        log "$IMAGE already exists; nothing to do"
+        exit 0
+    fi
+    log "$IMAGE lacks a C++ compiler or Python's headers; building it again"
 fi
 
 # ---------------------------------------------------------------- mirror

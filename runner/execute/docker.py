@@ -11,7 +11,7 @@ from runner.docker_api import Docker
 from runner.errors import RunError, RunnerError
 from runner.execute.gpus import require_gpus, visible_names
 from runner.execute.local import LOG
-from runner.execute.runs import RunRecord, explain_failure, now
+from runner.execute.runs import STOP_MARK, RunRecord, ended, now
 from runner.render.container import image_ref, missing_on_host, render_container
 from runner.render.launch import read_only_paths
 from runner.spec.job import JobSpec
@@ -68,6 +68,7 @@ class DockerExecutor:
         )
         if resume:
             config["name"] += f"-r{int(time.time())}"
+            (Path(record.run_dir) / STOP_MARK).unlink(missing_ok=True)
         record.update(command=config["command"], executor=self.name)
         try:
             container = self.docker.start(config)
@@ -95,14 +96,8 @@ class DockerExecutor:
                 code = container.wait()["StatusCode"]
             finally:
                 container.remove(force=True)
-        finish(record, code, stopped)
+        ended(record, code, stopped)
         return code
-
-
-def finish(record: RunRecord, code: int, stopped: bool = False) -> None:
-    status = "stopped" if stopped or code == 143 else ("succeeded" if code == 0 else "failed")
-    record.update(status=status, exit_code=code, ended=now(), pid=None,
-                  message=explain_failure(record.run_dir, code) if code else None)  # fmt: skip
 
 
 def refresh(record: RunRecord, docker: Docker) -> RunRecord:
@@ -115,7 +110,7 @@ def refresh(record: RunRecord, docker: Docker) -> RunRecord:
         return record
     container.reload()
     if container.status in ("exited", "dead"):
-        finish(record, container.attrs["State"]["ExitCode"])
+        ended(record, container.attrs["State"]["ExitCode"])
         container.remove(force=True)
     return record
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner.execute.gpus import host_gpu_names, require_gpus, visible_names
-from runner.execute.runs import RunRecord, explain_failure, now
+from runner.execute.runs import STOP_MARK, RunRecord, ended, now
 from runner.render.launch import launch_env, render_launch, visible_devices
 from runner.spec.job import JobSpec
 
@@ -41,6 +41,7 @@ class LocalExecutor:
 
     def run(self, record: RunRecord, spec: JobSpec, resume: bool = False) -> int:
         argv = render_launch(spec, Path(record.run_dir), python=sys.executable)
+        (Path(record.run_dir) / STOP_MARK).unlink(missing_ok=True)
         child_env = {**self.environment(spec), **({"RUNNER_TTY": "1"} if self.tty else {}),
                      "RUNNER_RESUME": "1" if resume else "0"}  # fmt: skip
         proc = subprocess.Popen(
@@ -61,7 +62,5 @@ class LocalExecutor:
                 stopped = True
                 proc.send_signal(signal.SIGTERM)
                 code = proc.wait()
-        status = "stopped" if stopped else ("succeeded" if code == 0 else "failed")
-        record.update(status=status, exit_code=code, ended=now(), pid=None,
-                      message=explain_failure(record.run_dir, code) if code else None)  # fmt: skip
+        ended(record, code, stopped)
         return code

@@ -21,6 +21,10 @@ from runner.render.launch import cache_path, render_launch
 from runner.spec import JobSpec, load_job, resolve, to_yaml
 
 RECORD = "run.json"
+# Written by the job when it stopped on request with a checkpoint saved: torchrun itself exits 1
+# on the SIGTERM that asked for the stop, so its exit code cannot tell a stop from a crash.
+STOP_MARK = "stopped"
+STOPPED = 143  # 128 + SIGTERM
 
 
 @dataclass
@@ -50,6 +54,16 @@ class RunRecord:
         for key, value in changes.items():
             setattr(self, key, value)
         self.save()
+
+
+def ended(record: RunRecord, code: int, stopped: bool = False) -> None:
+    """Record how a run's process ended: stopped on request (checkpoint saved), or by its code."""
+    if stopped or code == STOPPED or (Path(record.run_dir) / STOP_MARK).exists():
+        status, code = "stopped", STOPPED
+    else:
+        status = "succeeded" if code == 0 else "failed"
+    record.update(status=status, exit_code=code, ended=now(), pid=None,
+                  message=explain_failure(record.run_dir, code) if code else None)  # fmt: skip
 
 
 def now() -> str:

@@ -81,6 +81,10 @@ def launch_env(spec: JobSpec, gpu_names: list[str] | None) -> dict[str, str]:
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU backend (gloo): ZeRO on CPU processes
     if uses_launcher(spec):
         env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = str(SHUTDOWN_GRACE_S)
+    if spec.distributed.deepspeed is not None and (cache := cache_path(spec)):
+        # DeepSpeed compiles its ops (cpu_adam for offload, CPU collectives) on first use; kept
+        # in the writable cache, a container compiles them once per output directory, not per run.
+        env["TORCH_EXTENSIONS_DIR"] = str(PurePath(cache) / "torch_extensions")
     return env
 
 

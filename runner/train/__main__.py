@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 from runner.errors import RunError, RunnerError, SpecError
-from runner.execute.runs import RunRecord, now
+from runner.execute.runs import STOP_MARK, STOPPED, RunRecord, now
 
-STOPPED = 143  # 128 + SIGTERM: stopped on request, checkpoint saved
 STAGES = {"sft": "runner.train.sft", "pt": "runner.train.pt"}
 
 
@@ -50,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             record.update(status="failed", exit_code=1, ended=now())
         raise
     if metrics.get("stopped"):
+        if int(os.environ.get("RANK", "0")) == 0:
+            (run_dir / STOP_MARK).write_text(f"{metrics['global_step']}\n", encoding="utf-8")
         if record:
             record.update(status="stopped", exit_code=STOPPED, ended=now())
         return STOPPED

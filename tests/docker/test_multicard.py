@@ -43,9 +43,9 @@ def test_two_processes_in_the_image_reach_the_weights_of_one(
 STEPS = 300
 
 
-def zero2_job(tmp_path: Path, model: Path, name: str) -> Path:
+def zero2_job(tmp_path: Path, model: Path, name: str, outputs: Path) -> Path:
     return write_job(
-        tmp_path / f"{name}.yaml", model, name=name, image="cpu",
+        tmp_path / f"{name}.yaml", model, name=name, image="cpu", output={"dir": str(outputs)},
         training={"max_steps": STEPS, "logging_steps": 10, "save_steps": 50, "learning_rate": 1e-3,
                   "per_device_train_batch_size": 2},
         resources={"gpus": 0, "procs_per_node": 2}, distributed={"deepspeed": {"zero": 2}},
@@ -53,10 +53,10 @@ def zero2_job(tmp_path: Path, model: Path, name: str) -> Path:
 
 
 def test_zero2_stopped_and_resumed_ends_with_the_uninterrupted_weights(
-    cpu_image, tiny_model, tmp_path, monkeypatch
+    cpu_image, tiny_model, tmp_path, outputs, monkeypatch
 ):
     monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
-    started = runner_cli("submit", str(zero2_job(tmp_path, tiny_model, "stopped")), "--detach")
+    started = runner_cli("submit", str(zero2_job(tmp_path, tiny_model, "stopped", outputs)), "--detach")
     assert started.returncode == 0, started.stderr
     run_id = started.stdout.split()[1].rstrip(":")
     record = find_run(run_id)
@@ -75,9 +75,9 @@ def test_zero2_stopped_and_resumed_ends_with_the_uninterrupted_weights(
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
     assert json.loads((Path(record.run_dir) / "results.json").read_text())["global_step"] == STEPS
 
-    whole = runner_cli("submit", str(zero2_job(tmp_path, tiny_model, "whole")))
+    whole = runner_cli("submit", str(zero2_job(tmp_path, tiny_model, "whole", outputs)))
     assert whole.returncode == 0, whole.stdout[-3000:]
-    (whole_dir,) = (tmp_path / "out" / "whole").iterdir()
+    (whole_dir,) = (outputs / "whole").iterdir()
     ref, got = adapter(whole_dir), adapter(Path(record.run_dir))
     worst = max((ref[k] - got[k]).abs().max().item() for k in ref)
     print(f"zero2 stopped at step {stopped_at} of {STEPS}, resumed: max |w - w_uninterrupted| = {worst:.2e}")

@@ -23,8 +23,10 @@ TOL = 1e-5
 
 
 def train(tmp_path: Path, model: Path, name: str, procs: int, deepspeed: dict | None,
-          executor: str = "local", **sections) -> Path:  # fmt: skip
+          executor: str = "local", out: Path | None = None, **sections) -> Path:  # fmt: skip
     """Submit a small LoRA job through the real CLI and return its run directory."""
+    out = out or tmp_path / "out"
+    sections["output"] = {"dir": str(out)}
     sections.setdefault("method", {"type": "lora", "r": 8, "target": ["q_proj", "v_proj", "down_proj"]})
     spec = write_job(
         tmp_path / f"{name}.yaml", model, name=name,
@@ -36,7 +38,7 @@ def train(tmp_path: Path, model: Path, name: str, procs: int, deepspeed: dict | 
     )  # fmt: skip
     result = runner_cli("submit", str(spec), "--executor", executor)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    (run_dir,) = (tmp_path / "out" / name).iterdir()
+    (run_dir,) = (out / name).iterdir()
     return run_dir
 
 
