@@ -14,7 +14,7 @@ from runner.spec import registry
 from runner.spec.checks import check
 from runner.spec.image import ImageSpec
 from runner.spec.job import METHODS, DatasetSpec, JobSpec
-from runner.spec.yaml_loader import Loc, Source, load_yaml
+from runner.spec.yaml_loader import RESOLVED_HEADER, Loc, Source, load_yaml
 
 M = typing.TypeVar("M", bound=BaseModel)
 Checks = typing.Callable[[Any, Path], list[tuple[Loc, str]]]
@@ -233,15 +233,40 @@ def _unique(problems: list[Problem]) -> list[Problem]:
 
 
 def to_yaml(spec: JobSpec) -> str:
-    """The fully resolved spec as YAML, every default written out."""
+    """The fully resolved spec as YAML, every default written out and marked `# default`, so
+    what the user set stays apart from what runner filled in."""
     import io
 
     from ruamel.yaml import YAML
 
-    yaml = YAML(typ="safe", pure=True)
+    yaml = YAML()
     yaml.default_flow_style = False
-    yaml.sort_base_mapping_type_on_output = False  # keep the schema's key order
     yaml.allow_unicode = True
+    yaml.width = 4096
     out = io.StringIO()
-    yaml.dump(spec.model_dump(mode="json"), out)
+    out.write(f"{RESOLVED_HEADER} every key written out; those marked `# default` were not set\n")
+    yaml.dump(_commented(spec), out)
     return out.getvalue()
+
+
+def _commented(model: BaseModel):
+    """model_dump as a ruamel map whose defaulted keys carry a `# default` comment."""
+    from ruamel.yaml.comments import CommentedMap
+
+    dumped = model.model_dump(mode="json")
+    out = CommentedMap()
+    for key, value in dumped.items():
+        child = getattr(model, key)
+        if isinstance(child, BaseModel):
+            value = _commented(child)
+        elif isinstance(child, list) and child and all(isinstance(c, BaseModel) for c in child):
+            value = [_commented(c) for c in child]
+        out[key] = value
+        if key not in model.model_fields_set and not _touched(child):
+            out.yaml_add_eol_comment("default", key)
+    return out
+
+
+def _touched(value) -> bool:
+    """A section the user left out, but within which resolve filled something in."""
+    return isinstance(value, BaseModel) and bool(value.model_fields_set)

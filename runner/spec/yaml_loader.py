@@ -33,6 +33,7 @@ class Source:
     keys: dict[Loc, tuple[int, int]] = field(default_factory=dict)
     values: dict[Loc, tuple[int, int]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    resolved: bool = False  # a run's resolved spec (RESOLVED_HEADER)
 
     def position(self, loc: Loc, *, key: bool = False) -> tuple[int, int]:
         """Best position for loc: the key or value itself, else its nearest written parent."""
@@ -55,6 +56,11 @@ def dotted(loc: Loc) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+# The first line of a run's resolved spec (runner.spec.to_yaml): its `# default` keys are read
+# as unset, so a run's spec.yaml validates to exactly what the user's spec did.
+RESOLVED_HEADER = "# resolved spec:"
 
 
 def load_yaml(path: str | Path, env: dict[str, str] | None = None) -> Source:
@@ -81,16 +87,29 @@ def load_yaml(path: str | Path, env: dict[str, str] | None = None) -> Source:
         what = " ".join(str(x) for x in (e.context, e.problem) if x)
         return Source(file, None, problems=[Problem(file, line, col, "", f"invalid YAML: {what}")])
     source = Source(file, None)
+    source.resolved = text.startswith(RESOLVED_HEADER)
     source.data = _plain(doc, (), source, env)
     if source.data is None:
         source.data = {}
     return source
 
 
+def _defaulted(node: CommentedMap, key: Any) -> bool:
+    """Whether a resolved spec marks this key `# default` (runner filled it in, the user did not)."""
+    tokens = node.ca.items.get(key) or []
+    comments = [t for t in tokens if t is not None and not isinstance(t, list)]
+    comments += [t for ts in tokens if isinstance(ts, list) for t in ts if t is not None]
+    if isinstance(node.get(key), CommentedMap) and node[key].ca.comment:
+        comments += [t for t in node[key].ca.comment if t is not None and not isinstance(t, list)]
+    return any(getattr(t, "value", "").strip().startswith("# default") for t in comments)
+
+
 def _plain(node: Any, loc: Loc, src: Source, env: dict[str, str]) -> Any:
     if isinstance(node, CommentedMap):
         out = {}
         for key, value in node.items():
+            if src.resolved and _defaulted(node, key):
+                continue  # left to the schema's default, as when the user wrote the spec
             key = str(key)
             child = (*loc, key)
             line, col = node.lc.key(key)

@@ -82,3 +82,15 @@ def test_schema_covers_the_whole_product():
     from runner.spec.job import METHODS
 
     assert set(METHODS) == {"full", "freeze", "lora", "qlora", "prefix", "ptuning", "prompt", "ia3"}
+
+
+def test_a_run_spec_keeps_what_the_user_set_apart_from_defaults(tmp_path):
+    """Every default is written out and marked; reading it back, only what the user set counts
+    as set (so a decision such as fp16's adam_epsilon still sees an unset epsilon)."""
+    spec = resolve(load_job(write(tmp_path, GOOD)), Path.cwd())
+    text = to_yaml(spec)
+    assert "adam_epsilon: 1e-08 # default" in text.replace("  #", " #")
+    again = load_job(write(tmp_path, text))
+    assert again == spec
+    assert "adam_epsilon" not in again.training.model_fields_set
+    assert again.training.model_fields_set == spec.training.model_fields_set
