@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,13 +38,55 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def runner_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, user: str | tuple[int, int] | None = None
 ) -> subprocess.CompletedProcess:
-    """The real `runner` command in a child process."""
+    """The real `runner` command in a child process.
+
+    With `user` (a name, or `(uid, gid)`) it runs as that user, as a real user's shell would:
+    its own uid, gid and groups (setpriv, which needs root), and a HOME and RUNNER_HOME it owns;
+    `env` still has the last word."""
+    argv, base = [sys.executable, "-m", "runner.cli", *args], dict(os.environ)
+    if user is not None:
+        uid, gid, switch = as_user(user)
+        home = user_home(uid, gid)
+        argv = [*switch, *argv]
+        base.update(HOME=str(home), RUNNER_HOME=str(home / "runner"))
     return subprocess.run(
-        [sys.executable, "-m", "runner.cli", *args],
-        capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})},
+        argv, capture_output=True, text=True, cwd=cwd, env={**base, **(env or {})},
     )  # fmt: skip
+
+
+DOCKER_SOCKET = Path("/var/run/docker.sock")
+_homes: dict[tuple[int, int], Path] = {}
+
+
+def as_user(user: str | tuple[int, int]) -> tuple[int, int, list[str]]:
+    """uid, gid and the setpriv prefix that runs a command as `user`. A user in the passwd file
+    gets its groups from the group file; a bare uid none but the Docker socket's group."""
+    import pwd
+
+    if isinstance(user, str):
+        entry = pwd.getpwnam(user)
+        uid, gid = entry.pw_uid, entry.pw_gid
+    else:
+        uid, gid = user
+    try:
+        pwd.getpwuid(uid)
+        groups = ["--init-groups"]
+    except KeyError:
+        groups = [f"--groups={DOCKER_SOCKET.stat().st_gid}"] if DOCKER_SOCKET.exists() else ["--clear-groups"]
+    setpriv = shutil.which("setpriv") or "setpriv"
+    return uid, gid, [setpriv, f"--reuid={uid}", f"--regid={gid}", *groups, "--"]
+
+
+def user_home(uid: int, gid: int) -> Path:
+    """A HOME that uid:gid owns, one per user for the session, outside pytest's private tmp."""
+    if (uid, gid) not in _homes:
+        home = Path(tempfile.mkdtemp(prefix=f"runner-test-home-{uid}-"))
+        os.chown(home, uid, gid)
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
+        _homes[uid, gid] = home
+    return _homes[uid, gid]
 
 
 def write_job(path: Path, model_dir: Path, **sections) -> Path:
