@@ -39,7 +39,7 @@ def test_submit_runs_in_the_image_offline(cpu_image, tiny_model: Path, tmp_path:
     ("change", "message"),
     [
         ({"gpus": 2}, "resources.gpus asks for 2 but this machine has 0 GPU(s)"),
-        ({"image": "not-built"}, "image runner/not-built:latest is not loaded"),
+        ({"image": "not-built"}, "image localhost/runner/not-built:latest is not loaded"),
     ],
 )
 def test_refused_before_anything_starts(change, message, tiny_model: Path, tmp_path: Path, docker):
