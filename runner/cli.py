@@ -86,7 +86,7 @@ def plan(job: str, executor: str, image: str | None) -> None:
     from runner.execute.gpus import host_gpu_names, visible_names
     from runner.render import nccl
     from runner.render.container import docker_run_argv, render_container
-    from runner.render.launch import launch_env, render_launch
+    from runner.render.launch import launch_env, render_launch, visible_devices
     from runner.spec import to_yaml
 
     spec = _load(job, image)
@@ -99,7 +99,9 @@ def plan(job: str, executor: str, image: str | None) -> None:
         click.echo(line)
     if executor == "local":
         click.echo("# environment (over this shell's)")
-        for key, value in launch_env(spec, names).items():
+        devices = visible_devices(spec)
+        extra = {"CUDA_VISIBLE_DEVICES": devices} if devices is not None else {}
+        for key, value in {**launch_env(spec, names), **extra}.items():
             click.echo(f"{key}={value}")
         click.echo("# command")
         click.echo(shlex.join(render_launch(spec, run_dir, python=sys.executable)))

@@ -66,6 +66,6 @@ def explain(spec: JobSpec, gpu_names: list[str] | None) -> list[str]:
                      "job's process decides from the GPUs it finds")  # fmt: skip
     elif not lines:
         lines.append(
-            f"# no NCCL variables: {'no GPUs' if not gpu_names else 'auto found nothing to turn off'}"
+            f"# no NCCL variables: {'no GPUs here' if not gpu_names else 'auto found nothing to turn off'}"
         )
     return lines

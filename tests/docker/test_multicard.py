@@ -23,12 +23,18 @@ def one_process(tmp_path_factory, tiny_model: Path) -> Path:
     return train(tmp_path_factory.mktemp("single"), tiny_model, "single", 1, None)
 
 
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory) -> Path:
+    """One output directory for these runs: DeepSpeed's ops compile once, into its cache."""
+    return tmp_path_factory.mktemp("outputs")
+
+
 @pytest.mark.parametrize("zero", [None, 1, 2, 3], ids=["ddp", "zero1", "zero2", "zero3"])
 def test_two_processes_in_the_image_reach_the_weights_of_one(
-    zero, one_process, cpu_image, tiny_model, tmp_path
+    zero, one_process, cpu_image, tiny_model, tmp_path, outputs
 ):
-    run_dir = train(tmp_path, tiny_model, "dock", 2, None if zero is None else {"zero": zero},
-                    executor="docker", image="cpu")  # fmt: skip
+    run_dir = train(tmp_path, tiny_model, f"dock-{zero or 'ddp'}", 2, None if zero is None else {"zero": zero},
+                    executor="docker", out=outputs, image="cpu")  # fmt: skip
     record = read_record(run_dir)
     assert record.executor == "docker" and record.command[:4] == [
         "python", "-m", "torch.distributed.run", "--nproc-per-node=2"
