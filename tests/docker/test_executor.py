@@ -56,3 +56,21 @@ def test_two_process_ddp_in_one_container(cpu_image, tiny_model: Path, tmp_path:
     (run_dir,) = (tmp_path / "out" / "dock").iterdir()
     assert read_record(run_dir).command[:4] == ["python", "-m", "torch.distributed.run", "--nproc-per-node=2"]
     assert json.loads((run_dir / "results.json").read_text())["world_size"] == 2
+
+
+def test_the_nccl_setting_of_the_spec_is_in_the_container(
+    cpu_image, tiny_model: Path, tmp_path: Path, docker
+):
+    """distributed.nccl.p2p_disable: true, seen by `docker inspect` of the job's container."""
+    spec = write_job(tmp_path / "job.yaml", tiny_model, name="nccl", image="cpu",
+                     training={"max_steps": 2000}, resources={"gpus": 0, "procs_per_node": 2},
+                     distributed={"nccl": {"p2p_disable": True}})  # fmt: skip
+    started = runner_cli("submit", str(spec), "--detach")
+    assert started.returncode == 0, started.stderr
+    (run_dir,) = (tmp_path / "out" / "nccl").iterdir()
+    container = docker.container(read_record(run_dir).container)
+    try:
+        env = container.attrs["Config"]["Env"]
+        assert "NCCL_P2P_DISABLE=1" in env and not any(e.startswith("NCCL_IB_DISABLE") for e in env)
+    finally:
+        container.remove(force=True)

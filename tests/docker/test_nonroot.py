@@ -222,3 +222,61 @@ def test_unreadable_input_refused_before_anything_starts(
     assert str(named) in result.stderr and str(plain_user.uid) in result.stderr, tail(result)
     assert "Traceback" not in result.stderr, tail(result)
     assert not (work / "out").exists()
+
+
+def compose_as(user: User, *args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """docker-compose v1 (the client the project installs) as the plain user, its groups included."""
+    from tests.conftest import as_user
+
+    compose_bin = shutil.which("docker-compose")
+    if not compose_bin:
+        pytest.fail("docker-compose is missing; scripts/provision-docker.sh installs it")
+    _, _, switch = as_user(user.name)
+    return subprocess.run([*switch, compose_bin, *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "HOME": str(cwd), **env}, timeout=600)  # fmt: skip
+
+
+def test_compose_up_as_the_plain_user(plain_user: User, cpu_image, shared_model: Path, work: Path):
+    """`runner compose` then the documented `up`, and the top-level file with its documented
+    variables, both as the plain user (uid 1234, gid 1234, not 1000): each trains one run that
+    belongs to it."""
+    me = (plain_user.uid, plain_user.gid)
+    spec = job(work, shared_model, me, name="composed")
+    rendered = runner_cli("compose", str(spec), "-o", str(work / "c"), user=plain_user.name)
+    assert rendered.returncode == 0, rendered.stderr
+    assert f'user: "{plain_user.uid}:{plain_user.gid}"' in (work / "c" / "docker-compose.yml").read_text()
+    project = ["-p", f"runnernonroot{os.getpid()}"]
+    try:
+        up = compose_as(
+            plain_user, *project, "up", "--exit-code-from", "composed", "composed", cwd=work / "c", env={}
+        )
+    finally:
+        compose_as(plain_user, *project, "down", cwd=work / "c", env={})
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-2000:]
+    run_dir = only_run(work / "out", "composed")
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert owned_by_others(run_dir, plain_user.uid) == []
+
+    out = work / "top"
+    out.mkdir()
+    os.chown(out, *me)
+    env = {"IMAGE": "localhost/runner/cpu:latest", "JOB": "jobs/demo.yaml", "MODEL_DIR": str(shared_model),
+           "OUTPUT_DIR": str(out), "RUNNER_UID": str(plain_user.uid), "RUNNER_GID": str(plain_user.gid)}  # fmt: skip
+    project = [
+        "-p",
+        f"runnernonroottop{os.getpid()}",
+        "-f",
+        str(ROOT / "docker-compose.yml"),
+        "--profile",
+        "cpu",
+    ]
+    try:
+        up = compose_as(
+            plain_user, *project, "up", "--exit-code-from", "train-cpu", "train-cpu", cwd=ROOT, env=env
+        )
+    finally:
+        compose_as(plain_user, *project, "down", cwd=ROOT, env=env)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-2000:]
+    run_dir = only_run(out, "demo")
+    assert json.loads((run_dir / "results.json").read_text())["global_step"] > 0
+    assert owned_by_others(run_dir, plain_user.uid) == []
