@@ -140,6 +140,7 @@ def compose(job: str, out: str | None, image: str | None) -> None:
 
     from runner.render import nccl
     from runner.render.compose import render_compose
+    from runner.render.container import image_ref
     from runner.spec import to_yaml
 
     spec = _load(job, image)
@@ -157,6 +158,7 @@ def compose(job: str, out: str | None, image: str | None) -> None:
     click.echo(f"{target / 'docker-compose.yml'}")
     for line in nccl.explain(spec, None):
         click.echo(f"  {line}")
+    _warn_if_not_loaded(image_ref(spec))
     click.echo(f"run it: cd {target} && docker compose up --exit-code-from {spec.name}")
 
 
@@ -181,6 +183,20 @@ def render(job: str, target: str, hostfile: str, image: str | None) -> None:
     record, spec = prepare(job, image=image)
     record.update(executor="hosts")
     click.echo(render_hosts(spec, Path(record.run_dir), hosts, os.getuid(), os.getgid(), record.id), nl=False)
+
+
+def _warn_if_not_loaded(ref: str) -> None:
+    """Compose clients try to pull an image that is not loaded (v1 ignores pull_policy: never);
+    say so now, where runner can still name the fix."""
+    from runner.docker_api import Docker, DockerUnavailable
+
+    try:
+        loaded = Docker(timeout=10).image_id(ref)
+    except DockerUnavailable:
+        return  # rendered on a machine without an engine: nothing to check here
+    if not loaded:
+        click.echo(f"warning: image {ref} is not loaded in this Docker engine; load its bundle first "
+                   "(runner load FILE): `up` would fail trying to pull it", err=True)  # fmt: skip
 
 
 def _hosts(path: Path) -> list[str]:

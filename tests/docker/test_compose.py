@@ -49,6 +49,14 @@ def test_top_level_compose_file_is_valid_and_says_what_is_missing(compose_bin, t
     assert refused.returncode != 0 and "set RUNNER_UID" in refused.stderr
 
 
+def test_the_rendered_golden_with_gid_50_is_valid_for_compose_v1(compose_bin, tmp_path):
+    """YAML 1.1 reads an unquoted 1234:50 as a base-60 number; the golden quotes it."""
+    (tmp_path / "docker-compose.yml").write_text((ROOT / "tests" / "golden" / "compose.yml").read_text())
+    result = compose(compose_bin, "config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "user: 1234:50" in result.stdout.replace("'", "").replace('"', "")
+
+
 def up(compose_bin: str, project: list[str], service: str, cwd: Path, env: dict | None = None):
     """The documented command: `up` exits with the job's own exit code."""
     try:
@@ -110,7 +118,10 @@ def test_a_failing_job_makes_up_fail(compose_bin, cpu_image, tiny_model, tmp_pat
 def test_an_unloaded_image_is_never_pulled(compose_bin, tiny_model, tmp_path):
     """The name cannot resolve to a public registry: compose fails without pulling anything."""
     spec = write_job(tmp_path / "job.yaml", tiny_model, name="nopull", image="never-built")
-    assert runner_cli("compose", str(spec), "-o", str(tmp_path / "c")).returncode == 0
+    rendered = runner_cli("compose", str(spec), "-o", str(tmp_path / "c"))
+    assert rendered.returncode == 0
+    assert "image localhost/runner/never-built:latest is not loaded" in rendered.stderr
+    assert "runner load FILE" in rendered.stderr
     result = up(compose_bin, ["-p", f"runnernopull{os.getpid()}"], "nopull", tmp_path / "c")
     assert result.returncode != 0
     said = result.stdout + result.stderr
