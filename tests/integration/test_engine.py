@@ -243,8 +243,11 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, tiny_model
     assert (whole / "results.json").exists(), out[-2000:]
 
     spec = write_job(tmp_path / "split.json", tiny_model, name="split", **job)
+    # As from a terminal: Ctrl-C reaches it even when the suite itself was started with SIGINT
+    # ignored (a background job), which the child would otherwise inherit.
     submit = subprocess.Popen([sys.executable, "-m", "runner.cli", "submit", str(spec), "--executor", "local"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)  # fmt: skip
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     runs = tmp_path / "out" / "split"
     deadline = time.time() + 300
     while not list(runs.glob("*/checkpoints/checkpoint-5/trainer_state.json")) and time.time() < deadline:
