@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from runner.docker_api import Docker
+from runner.docker_api import Docker, DockerUnavailable
 from runner.errors import RunError, RunnerError
 from runner.execute.gpus import require_gpus, visible_names
 from runner.execute.local import LOG
@@ -28,7 +28,11 @@ class DockerExecutor:
 
     def check(self, spec: JobSpec) -> None:
         """Everything that can be refused before a run directory or container exists."""
-        self.docker = self.docker or Docker()
+        try:
+            self.docker = self.docker or Docker()
+        except DockerUnavailable as e:
+            raise DockerUnavailable(f"{e}; or run the job as a process on this machine: "
+                                    "runner submit JOB --executor local") from None  # fmt: skip
         ref = image_ref(spec)
         if not self.docker.image_id(ref):
             raise RunError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -21,6 +22,7 @@ from runner.render.launch import cache_path, render_launch
 from runner.spec import JobSpec, load_job, resolve, to_yaml
 
 RECORD = "run.json"
+LOG_NAME = "train.log"
 # Written by the job when it stopped on request with a checkpoint saved: torchrun itself exits 1
 # on the SIGTERM that asked for the stop, so its exit code cannot tell a stop from a crash.
 STOP_MARK = "stopped"
@@ -179,14 +181,26 @@ _ADVICE = [
 
 def explain_failure(run_dir: str | Path, code: int | None) -> str | None:
     log = Path(run_dir) / "train.log"
-    tail = log.read_text(encoding="utf-8", errors="replace")[-20000:].lower() if log.exists() else ""
+    tail = log.read_text(encoding="utf-8", errors="replace")[-20000:] if log.exists() else ""
     for needle, advice in _ADVICE:
-        if needle in tail:
+        if needle in tail.lower():
             return advice
     if code == 137:
         return "killed (SIGKILL): the host ran out of memory, or the stop did not finish in time"
     if code == 143:
         return "stopped on request; `runner resume` continues from the last checkpoint"
+    return _last_error(tail)
+
+
+def _last_error(log_tail: str) -> str | None:
+    """The job's own last error line (`error: ...` or a traceback's final `XError: ...`), so a
+    failed run always says why; the log has the rest."""
+    for line in reversed(log_tail.splitlines()):
+        line = line.strip().removeprefix("[rank0]:").strip()
+        if "ChildFailedError" in line:  # torchrun's summary; the worker's own error is above it
+            continue
+        if line.startswith("error:") or re.match(r"^[A-Za-z_.]*(Error|Exception)\b.*:", line):
+            return line[:500] + f" (see {LOG_NAME})"
     return None
 
 

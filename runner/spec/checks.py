@@ -54,6 +54,10 @@ def check(data: Any, base: Path, writes: Path | None = None) -> Found:
     ):
         found.append((("method", "trainable_layers"),
                       "is 0 and extra_modules is empty, so nothing would train; raise it or name modules"))  # fmt: skip
+    if method in PROMPT_LEARNING and _get(data, "data", "packing") is True:
+        found.append((("data", "packing"),
+                      f"'{method}' prepends virtual tokens to every row, so packed samples would see "
+                      "each other; set packing: false for prompt-learning methods"))  # fmt: skip
     _check_micro_batch_tokens(data, found)
     _check_memory_cap(data, found)
     if _get(data, "training", "bf16") is True and _get(data, "training", "fp16") is True:

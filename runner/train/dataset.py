@@ -171,7 +171,10 @@ def cache_key(spec: JobSpec, tokenizer) -> str:
     for ds in settings["datasets"]:
         ds.pop("path")  # the content counts, not where it lies
         ds.pop("name")
-    _feed(h, "spec", json.dumps({"stage": spec.stage, "data": settings}, sort_keys=True).encode())
+    mixing = {"stage": spec.stage, "data": settings}
+    if spec.data.mix != "concat" and len(spec.data.datasets) > 1:
+        mixing["seed"] = spec.training.seed  # interleaving draws its order from it
+    _feed(h, "spec", json.dumps(mixing, sort_keys=True).encode())
     for i, ds in enumerate(spec.data.datasets):
         for f in data.files(ds):
             _feed(h, f"data{i}/{f.name}", _file_digest(f))

@@ -148,6 +148,19 @@ class RunnerTrainer(Trainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
+def _takes_logits_to_keep(model) -> bool:
+    """Whether the model's forward restricts its head to given positions (transformers' own
+    models do; remote code such as ChatGLM3's may not, and then computes every logit)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    takes = "logits_to_keep" in inspect.signature(base.forward).parameters
+    if not takes:
+        log.info("logits_on_targets_only: %s's forward takes no logits_to_keep; every position's "
+                 "logits are computed", type(base).__name__)  # fmt: skip
+    return takes
+
+
 def only_targets(inputs: dict) -> dict:
     """The batch with the output layer restricted to positions whose next token is trained.
 
@@ -193,6 +206,7 @@ def make_trainer(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_
         spec.training.logits_on_targets_only
         and not args.use_liger_kernel
         and spec.method.type not in PROMPT_LEARNING
+        and _takes_logits_to_keep(model)
     )
     return trainer
 

@@ -788,3 +788,19 @@ def test_fused_lora_leaves_dora_dropout_and_merged_layers_to_peft(tmp_path, tiny
     assert fused._plain(layer)
     layer.merge()
     assert not fused._plain(layer)
+
+
+def test_the_cache_key_follows_the_seed_only_where_interleaving_draws_from_it(tmp_path, tiny_model):
+    from runner.train import dataset
+    from runner.train.model import load_tokenizer
+
+    two = [
+        {"path": str(ROOT / "data" / "identity.json")},
+        {"path": str(ROOT / "tests/data/datasets/alpaca.json")},
+    ]
+    tokenizer = load_tokenizer(str(tiny_model))
+    for mix, follows in (("interleave_under", True), ("concat", False)):
+        _, spec = _prepare(tmp_path, tiny_model, name=f"seed-{mix}", data={"datasets": two, "mix": mix})
+        other = spec.model_copy(deep=True)
+        other.training.seed += 1
+        assert (dataset.cache_key(spec, tokenizer) != dataset.cache_key(other, tokenizer)) == follows, mix
