@@ -57,6 +57,32 @@ def validate(jobs: tuple[str, ...]) -> None:
         raise SpecError(problems)
 
 
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
+              help="Write the job spec here instead of printing it.")  # fmt: skip
+def convert(config: str, out: str | None) -> None:
+    """Turn a LLaMA-Factory training YAML into a runner job spec; list what does not carry over."""
+    from runner.spec.convert import ConvertError, convert, dump
+    from runner.spec.yaml_loader import load_yaml
+
+    source = load_yaml(config, env={})
+    if source.data is None:
+        raise SpecError(source.problems)
+    try:
+        spec, notes = convert(source.data, Path(config).name, Path(config).parent)
+    except ConvertError as e:
+        raise RunnerError(f"{config}: {e}") from None
+    text = dump(spec, notes, config)
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}; check it with: runner validate {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+    for note in notes:
+        click.echo(f"{'not carried over' if note.at is None else 'note'}: {note}", err=True)
+
+
 _image_option = click.option(
     "--image", "image", metavar="NAME|REF",
     help="Run in this image instead of the spec's (an image spec name, or a full reference).",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
 Stage = Literal["pt", "sft", "rm", "dpo", "kto", "ppo"]
@@ -86,7 +86,7 @@ class LoraMethod(_Spec):
     )
     target: Annotated[list[str], Field(min_length=1)] = Field(
         default_factory=lambda: ["all-linear"],
-        description="Modules to adapt: 'all-linear' or names such as [q_proj, v_proj].",
+        description="Modules to adapt: 'all-linear' (or LLaMA-Factory's 'all') or names such as [q_proj, v_proj].",
     )
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
     dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
@@ -107,7 +107,13 @@ class LoraMethod(_Spec):
         default_factory=list, description="Modules trained in full beside the adapter."
     )
 
-    _wrap = field_validator("target", "modules_to_save", mode="before")(_as_list)
+    _wrap = field_validator("modules_to_save", mode="before")(_as_list)
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, v: Any) -> Any:
+        v = _as_list(v)
+        return ["all-linear" if t == "all" else t for t in v] if isinstance(v, list) else v
 
 
 class QLoraMethod(LoraMethod):
@@ -166,6 +172,12 @@ PROMPT_LEARNING = ("prefix", "ptuning", "prompt")
 # --- data ---------------------------------------------------------------------------------
 
 
+# The fields of each format, which `columns` maps to a file's columns.
+FORMAT_FIELDS = {
+    "alpaca": ("instruction", "input", "output", "system", "history"),
+    "sharegpt": ("conversations", "system"),
+    "text": ("text",),
+}
 SHAREGPT_TAGS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag")
 
 
@@ -174,7 +186,9 @@ class DatasetSpec(_Spec):
         None, description="An entry of data.dataset_dir/dataset_info.json (LLaMA-Factory's format)."
     )
     path: str | None = Field(
-        None, description="A json/jsonl/csv/tsv/parquet file, or a directory of them (or give name)."
+        None,
+        description="A json/jsonl/csv/tsv/parquet file, a .txt corpus (format text: one document per "
+        "line), or a directory of them (or give name).",
     )
     format: Literal["alpaca", "sharegpt", "text"] = Field(
         "alpaca", description="alpaca (instruction/input/output), sharegpt (conversations), text."
@@ -189,6 +203,35 @@ class DatasetSpec(_Spec):
         "user_tag: human, assistant_tag: gpt, system_tag: system}.",
     )
     max_samples: int | None = Field(None, ge=1, description="Use at most this many records.")
+    encoding: str = Field(
+        "utf-8",
+        description="Text encoding of the file(s), e.g. gbk for a CSV saved by Excel on Chinese "
+        "Windows; a UTF-8 byte order mark is accepted.",
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, v: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"unknown encoding {v!r}; e.g. utf-8, gbk, gb18030, big5, utf-16") from None
+        return v
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        fmt = info.data.get("format")
+        fields = FORMAT_FIELDS.get(fmt) if isinstance(fmt, str) else None
+        unknown = [k for k in v if fields and k not in fields]
+        if unknown:
+            raise ValueError(
+                f"unknown field {', '.join(unknown)} for format {fmt}; the keys are the format's fields "
+                f"({', '.join(fields)}), the values your file's columns, e.g. {{{fields[0]}: 问题}}"
+            )
+        return v
 
     @field_validator("tags")
     @classmethod

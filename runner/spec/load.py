@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import typing
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from runner.errors import Problem, SpecError
 from runner.spec import registry
 from runner.spec.checks import check
+from runner.spec.convert import MARKERS, is_llamafactory
 from runner.spec.image import ImageSpec
 from runner.spec.job import METHODS, DatasetSpec, JobSpec
 from runner.spec.yaml_loader import RESOLVED_HEADER, Loc, Source, load_yaml
@@ -69,6 +71,10 @@ def validate(source: Source, base: Path, model: type[M] = JobSpec, checks: Check
     spec = None
     if not isinstance(source.data, dict):
         problems.append(Problem(source.file, 1, 1, "", "a spec must be a mapping of keys"))
+    elif model is JobSpec and is_llamafactory(source.data):
+        line, col = source.position((next(k for k in MARKERS if k in source.data),), key=True)
+        problems.append(Problem(source.file, line, col, "", "this is a LLaMA-Factory training config, not a "
+                                f"runner job spec; convert it with: runner convert {source.file}"))  # fmt: skip
     else:
         try:
             spec = model.model_validate(source.data)
@@ -118,13 +124,76 @@ def _problem(src: Source, err: dict[str, Any], model: type[BaseModel]) -> Proble
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "extra_forbidden":
         valid = _fields_at(model, src.data, loc[:-1])
-        close = [SYNONYMS[loc[-1]]] if SYNONYMS.get(str(loc[-1])) in valid else []
-        close = close or difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+        close = _suggest(str(loc[-1]), valid, _section(loc[:-1]), _sections(model))
+        hint = (
+            f"did you mean {' or '.join(map(repr, close))}?" if close else f"valid keys: {', '.join(valid)}"
+        )
         return src.problem(loc, f"unknown key; {hint}", key=True)
     if kind == "missing":
         return src.problem(loc, "required key is missing; add it", key=True)
     return src.problem(loc, _message(kind, ctx, got, err["msg"]))
+
+
+def _suggest(key: str, valid: list[str], here: str, sections: dict[str, list[str]]) -> list[str]:
+    """What an unknown key most likely meant: this section's key or synonym, then the same key in
+    another section (by its full path), then a close spelling here, then one elsewhere."""
+    names = [key, SYNONYMS[key]] if key in SYNONYMS else [key]
+    exact = [n for n in names if n in valid]
+    if exact:
+        return exact[:1]
+    elsewhere = {p: f for p, f in sections.items() if p != here}
+    for n in names:
+        hits = [_join(p, n) for p, fields in elsewhere.items() if n in fields]
+        if hits:
+            return hits[:2]
+
+    def closest(fields: list[str], cutoff: float) -> tuple[float, str] | None:
+        spelled = {f: f for f in fields} | {s: t for s, t in SYNONYMS.items() if t in fields}
+        scored = [(difflib.SequenceMatcher(None, key, s).ratio(), s) for s in spelled]
+        best = max(scored, default=(0.0, ""))
+        return (best[0], spelled[best[1]]) if best[0] >= cutoff else None
+
+    mine = closest(valid, 0.5)
+    if mine:
+        return [mine[1]]
+    theirs = [(hit[0], _join(p, hit[1])) for p, f in elsewhere.items() if (hit := closest(f, 0.75))]
+    return [max(theirs)[1]] if theirs else []
+
+
+def _join(section: str, key: str) -> str:
+    return f"{section}.{key}" if section else key
+
+
+def _section(loc: Loc) -> str:
+    """A section's path with list indexes as [] (data.datasets[])."""
+    out = ""
+    for part in loc:
+        out += "[]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _sections(model: type[BaseModel]) -> dict[str, list[str]]:
+    """Every mapping of the schema by path (the methods' keys together under `method`)."""
+    out: dict[str, list[str]] = {}
+
+    def walk(tp: Any, path: str) -> None:
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is typing.Annotated:
+            walk(args[0], path)
+        elif origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            for arg in args:
+                walk(arg, path)
+        elif origin is list:
+            walk(args[0], path + "[]")
+        elif isinstance(tp, type) and issubclass(tp, BaseModel):
+            fields = out.setdefault(path, [])
+            fields += [name for name in tp.model_fields if name not in fields]
+            for name, field in tp.model_fields.items():
+                walk(field.annotation, _join(path, name))
+
+    walk(model, "")
+    return out
 
 
 def _message(kind: str, ctx: dict[str, Any], got: Any, msg: str) -> str:
