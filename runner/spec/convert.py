@@ -131,6 +131,9 @@ def convert(data: Any, file_name: str = "job", near: Path | None = None) -> tupl
     for key in ("do_eval", "do_predict"):
         if take(key):
             notes.append(Note(key, "runner evaluates on data.val_size during training only"))
+    for key in ("eval_strategy", "evaluation_strategy"):
+        if lf.get(key) == "no" or (lf.get(key) == "steps" and "eval_steps" in lf):
+            used.add(key)  # what runner does anyway
     for key in lf:
         if key in used:
             continue
