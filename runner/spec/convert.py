@@ -66,7 +66,7 @@ _NOT_NEEDED = {
     "do_train": "runner always trains",
     "overwrite_cache": "runner keys its tokenized-data cache by a hash of the inputs; a change re-tokenizes",
     "overwrite_output_dir": "every run gets a new directory (output.dir/NAME/RUN-ID); nothing is overwritten",
-    "plot_loss": "the loss is in the run's log and `runner status`; no plot is written",
+    "plot_loss": "runner always plots the loss (loss.png in the run directory)",
     "report_to": "runner reports to its own log only (no network)",
     "ddp_timeout": "runner has no setting for it; torch's default timeout applies",
     "save_only_model": "runner has no such switch; its checkpoints are what `runner resume` reads",

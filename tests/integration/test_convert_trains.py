@@ -1,0 +1,37 @@
+"""A LLaMA-Factory LoRA SFT config, converted by `runner convert`, trains on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from runner.execute.runs import read_record
+from tests.conftest import DATA, runner_cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_converted_lora_sft_trains(tmp_path: Path, tiny_model: Path):
+    shutil.copy(DATA / "llamafactory" / "llama3_lora_sft.yaml", tmp_path)
+    shutil.copytree(DATA / "llamafactory" / "data", tmp_path / "data")
+    result = runner_cli("convert", "llama3_lora_sft.yaml", "-o", "job.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    yaml = YAML()  # round trip: the converted file's comments stay
+    spec = yaml.load((tmp_path / "job.yaml").read_text(encoding="utf-8"))
+    # Two short steps on the CPU: the only edits to the converted spec.
+    spec["training"].update(max_steps=2, gradient_accumulation_steps=2, bf16=False)
+    spec["data"]["cutoff_len"] = 128
+    spec["resources"] = {"gpus": 0}
+    with (tmp_path / "job.yaml").open("w", encoding="utf-8") as f:
+        yaml.dump(spec, f)
+    result = runner_cli("submit", "job.yaml", "--executor", "local", cwd=tmp_path,
+                        env={"MODEL_DIR": str(tiny_model)})  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "saves" / "llama3-8b" / "lora" / "sft").iterdir()
+    assert (read_record(run_dir).status, read_record(run_dir).exit_code) == ("succeeded", 0)
+    assert json.loads((run_dir / "results.json").read_text())["global_step"] == 2
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
