@@ -42,14 +42,19 @@ def main() -> None:
 
 @main.command()
 @click.argument("jobs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(jobs: tuple[str, ...]) -> None:
-    """Check job specs; report every problem with its file:line:col."""
+@click.option(
+    "--no-data", is_flag=True, help="Do not read the records of the data (its files are still checked)."
+)
+def validate(jobs: tuple[str, ...], no_data: bool) -> None:
+    """Check job specs, and read their data; report every problem with its file:line:col."""
     from runner.spec import load_job
+    from runner.spec.checks import reading_data
 
     problems = []
     for job in jobs:
         try:
-            load_job(job)
+            with reading_data(not no_data):
+                load_job(job)
             click.echo(f"ok  {job}")
         except SpecError as e:
             problems += e.problems

@@ -6,6 +6,8 @@ everything; each check skips values whose type the schema already rejects.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import stat
@@ -20,6 +22,18 @@ from runner.spec.yaml_loader import Loc
 AVAILABLE_STAGES = ("pt", "sft")
 _MODEL_FILES = ("config.json",)
 Found = list[tuple[Loc, str]]
+# Whether the checks read every record of the data (`runner validate --no-data` turns it off).
+_READ_DATA = contextvars.ContextVar("read_data", default=True)
+
+
+@contextlib.contextmanager
+def reading_data(enabled: bool):
+    """Within this block, check() reads the data (enabled) or only looks at its files."""
+    token = _READ_DATA.set(enabled)
+    try:
+        yield
+    finally:
+        _READ_DATA.reset(token)
 
 
 def check(data: Any, base: Path, writes: Path | None = None) -> Found:
@@ -32,7 +46,8 @@ def check(data: Any, base: Path, writes: Path | None = None) -> Found:
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
     _check_stage_method(stage, method, found)
     _check_model(model, stage, base, found)
-    _check_data(data.get("data"), stage, base, found)
+    # A run's own re-check (`writes`) leaves reading the data to the training that follows.
+    _check_data(data.get("data"), stage, base, found, read=writes is None and _READ_DATA.get())
     _check_output(_get(data, "output", "dir"), base, found, writes)
     method_data = data.get("method") if isinstance(data.get("method"), dict) else {}
     ff, targets = method_data.get("feedforward"), method_data.get("target")
@@ -239,7 +254,7 @@ def unreadable(path: Path, limit: int = 10000) -> list[Path]:
     return sorted(set(bad))
 
 
-def _check_data(data: Any, stage: Any, base: Path, found: Found) -> None:
+def _check_data(data: Any, stage: Any, base: Path, found: Found, read: bool = True) -> None:
     datasets = data.get("datasets") if isinstance(data, dict) else None
     if not isinstance(datasets, list):
         return
@@ -252,8 +267,12 @@ def _check_data(data: Any, stage: Any, base: Path, found: Found) -> None:
     for i, ds in enumerate(datasets):
         if not isinstance(ds, dict):
             continue
+        before = len(found)
         if isinstance(ds.get("name"), str) and "path" not in ds:
-            _check_named(ds, i, dataset_dir, stage, base, found)
+            fields = _check_named(ds, i, dataset_dir, stage, base, found)
+            if read and fields and len(found) == before:
+                fields["max_samples"] = ds.get("max_samples") or fields.get("max_samples")
+                _read_data({**ds, **fields}, data, base, ("data", "datasets", i, "name"), found)
             continue
         path, fmt = ds.get("path"), ds.get("format", "alpaca")
         where = ("data", "datasets", i, "path")
@@ -274,6 +293,43 @@ def _check_data(data: Any, stage: Any, base: Path, found: Found) -> None:
                 (("data", "datasets", i, "format"),
                  f"stage '{stage}' needs conversations; use format: alpaca or sharegpt "
                  "(format: text is for stage pt)"))  # fmt: skip
+        if read and known and len(found) == before and (base / path).exists():
+            _read_data(ds, data, base, where, found)
+
+
+def _read_data(ds: dict, data: dict, base: Path, loc: Loc, found: Found) -> None:
+    """Every record of one dataset, read by the code training reads it with; what training would
+    stop at is reported here, before anything starts."""
+    from pydantic import ValidationError
+
+    from runner.spec.job import DatasetSpec, DataSpec
+    from runner.train import data as reader
+
+    try:
+        spec = DatasetSpec.model_validate({**ds, "path": str(base / ds["path"])})
+    except ValidationError:
+        return  # the schema reports it
+    on_bad = data.get("on_bad_record", "error")
+    placeholders = data.get("placeholders") or {}
+    if on_bad not in ("error", "skip") or not isinstance(placeholders, dict):
+        return  # the schema reports it
+    settings = DataSpec.model_construct(datasets=[spec], on_bad_record=on_bad, placeholders=placeholders)
+    where = ".".join(str(k) for k in loc[:2]) + f"[{loc[2]}]"
+    errors, total = reader.check(spec, settings, where)
+    for e in errors:
+        found.append((loc, e.text(_shown(e.file, base) if e.file else None)))
+    if total > len(errors):
+        found.append((loc, f"{_shown(spec.path, base)}: {total - len(errors)} more bad record(s) after "
+                           "these; fix them, or skip them with data.on_bad_record: skip"))  # fmt: skip
+
+
+def _shown(path: Any, base: Path) -> str:
+    """A data file as the user would write it: relative to the spec's base where it is inside."""
+    path = Path(os.path.abspath(path))
+    try:
+        return str(path.relative_to(os.path.abspath(base)))
+    except ValueError:
+        return str(path)
 
 
 def _check_mix(data: dict, n: int, found: Found) -> None:
@@ -289,26 +345,33 @@ def _check_mix(data: dict, n: int, found: Found) -> None:
         found.append((loc, f"must be >= 0 and sum to 1 (got {probs}, sum {sum(probs):g})"))
 
 
-def _check_named(ds: dict, i: int, dataset_dir: Any, stage: Any, base: Path, found: Found) -> None:
+def _check_named(
+    ds: dict, i: int, dataset_dir: Any, stage: Any, base: Path, found: Found
+) -> dict[str, Any] | None:
+    """The entry's fields as registry.expand gives them, when the entry is usable."""
     loc = ("data", "datasets", i, "name")
     clash = [k for k in ("format", "columns", "tags") if k in ds]
     if clash:
         found.append((loc, f"a named dataset takes {', '.join(clash)} from {registry.REGISTRY}; "
                            f"remove {', '.join(clash)} here, or give path instead of name"))  # fmt: skip
+    if "encoding" in ds:
+        found.append((loc, "a named dataset is read as utf-8 (dataset_info.json has no encoding); "
+                           "give its file as path: to set encoding"))  # fmt: skip
     if not isinstance(dataset_dir, str):
         found.append((loc, "a dataset given by name needs data.dataset_dir (the directory of "
                            f"{registry.REGISTRY})"))  # fmt: skip
-        return
+        return None
     if "${" in dataset_dir or not _reachable(base / dataset_dir, dataset_dir, loc, [], inside=True):
-        return  # reported at data.dataset_dir
+        return None  # reported at data.dataset_dir
     if not (base / dataset_dir / registry.REGISTRY).is_file():
-        return  # reported at data.dataset_dir
+        return None  # reported at data.dataset_dir
     try:
-        registry.expand(
+        return registry.expand(
             ds["name"], base / dataset_dir, stage if isinstance(stage, str) else "sft", dataset_dir
         )
     except registry.RegistryError as e:
         found.append((loc, str(e)))
+        return None
 
 
 def _check_output(value: Any, base: Path, found: Found, writes: Path | None = None) -> None:

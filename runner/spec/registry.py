@@ -27,6 +27,19 @@ _ONLINE = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_n
 _ALPACA = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
            "history": "history"}  # fmt: skip
 _SHAREGPT = {"messages": "conversations", "system": "system"}
+# What LLaMA-Factory's columns and tags mean that runner does not implement: such an entry is
+# refused, never trained with that meaning dropped.
+_NOT_IMPLEMENTED = {
+    "kto_tag": "KTO's desirable/undesirable labels (stage kto)",
+    "chosen": "preference pairs (stages rm/dpo)",
+    "rejected": "preference pairs (stages rm/dpo)",
+    "images": "images for a multimodal model",
+    "videos": "videos for a multimodal model",
+    "audios": "audio for a multimodal model",
+    "tools": "tool definitions for function calling",
+    "observation_tag": "tool results for function calling",
+    "function_tag": "tool calls for function calling",
+}
 
 
 class RegistryError(ValueError):
@@ -84,13 +97,28 @@ def expand(name: str, dataset_dir: Path, stage: str, shown: str | None = None) -
         raise RegistryError(
             f"{where}: '{name}' has formatting '{formatting}'; runner reads alpaca and sharegpt"
         )
+    if not isinstance(columns, dict) or not isinstance(tags, dict):
+        raise RegistryError(f"{where}: '{name}' must give columns and tags as objects")
+    fields = _ALPACA if formatting == "alpaca" else _SHAREGPT
+    for kind, keys, known in (("columns", columns, fields), ("tags", tags, SHAREGPT_TAGS)):
+        for key in keys:
+            if key in _NOT_IMPLEMENTED:
+                raise RegistryError(
+                    f"{where}: '{name}' has {kind}.{key}: {_NOT_IMPLEMENTED[key]}, which runner does not "
+                    f"implement; training without it would change what the data means; remove "
+                    f"{kind}.{key} from the entry or choose another dataset"
+                )
+            if key not in known:
+                raise RegistryError(
+                    f"{where}: '{name}' has {kind}.{key}, which runner does not know for formatting "
+                    f"'{formatting}' (known: {', '.join(known)}); remove it from the entry"
+                )
     out: dict[str, Any] = {"name": name, "path": str(path.resolve())}
     if entry.get("num_samples"):
         out["max_samples"] = int(entry["num_samples"])
     if stage == "pt":
         # LLaMA-Factory trains pt on the prompt column.
         return {**out, "format": "text", "columns": {"text": columns.get("prompt", "instruction")}}
-    fields = _ALPACA if formatting == "alpaca" else _SHAREGPT
     mapped = {fields[k]: v for k, v in columns.items() if k in fields and v and fields[k] != v}
     out.update(format=formatting, columns=mapped)
     if formatting == "sharegpt":
