@@ -376,6 +376,25 @@ def chat(run: str, message: str | None, executor: str | None) -> None:
     sys.exit(run_tool(record, module_args, executor, _sink, interactive=message is None))
 
 
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("-n", "count", default=3, show_default=True, help="Examples to show.")
+def preview(job: str, count: int) -> None:
+    """Show what training will see: N examples with their trained tokens marked, and the data's
+    figures (rows, tokens, records per dataset, samples dropped by cutoff_len). Runs the job's
+    own tokenization here (its cache is shared with training)."""
+    import os
+    import subprocess
+
+    from runner.render.launch import OFFLINE_ENV
+    from runner.spec import load_job
+
+    load_job(job)  # every problem of the spec, before any library loads
+    color = "always" if sys.stdout.isatty() else "never"
+    argv = [sys.executable, "-m", "runner.train.preview", job, "-n", str(count), "--color", color]
+    sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
+
+
 @main.command("tiny-model")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 CODE = ("data.py", "dataset.py", "templates.py")  # the preprocessing code, hashed into the key
 _TOKENIZER_FILES = ("tokenizer", "vocab", "merges", "special_tokens_map", "added_tokens", "chat_template")
 LENGTH = "length"  # tokens per row, kept for length-aware samplers; collators drop it
+STATS = "runner-stats.json"  # the figures of a tokenized set, kept beside it in the cache
+last_stats: dict = {}  # those of the set this process built last (results.json, preview)
 _PARALLEL_FROM = 20_000  # records; below this one process is faster than starting workers
 
 
@@ -45,16 +47,23 @@ def build(spec: JobSpec, tokenizer) -> tuple[Dataset, Dataset | None]:
         if directory and (directory / "dataset_info.json").exists():
             log.info("tokenized data from cache %s", directory)
             rows = load_from_disk(str(directory))
+            stats = _read_stats(directory)
         else:
-            rows = tokenize(spec, tokenizer)
+            rows, stats = tokenize(spec, tokenizer)
             if directory:
-                _save(rows, directory)
+                _save(rows, directory, stats)
+    last_stats.clear()
+    last_stats.update(stats)
     log.info("%d training rows, %d tokens", len(rows), sum(rows[LENGTH]))
     return split(rows, spec)
 
 
-def tokenize(spec: JobSpec, tokenizer) -> Dataset:
-    sources = [Dataset.from_list([{"item": item} for item in items]) for items in data.load(spec.data)]
+def tokenize(spec: JobSpec, tokenizer) -> tuple[Dataset, dict]:
+    """Tokenized rows and their figures: records read from each dataset, samples dropped by
+    cutoff_len."""
+    loaded = data.load(spec.data)
+    records = [len(items) for items in loaded]  # per dataset, in the spec's order
+    sources = [Dataset.from_list([{"item": item} for item in items]) for items in loaded]
     mixed = mix(sources, spec)
     workers = spec.data.preprocessing_workers or (
         min(8, os.cpu_count() or 1) if len(mixed) >= _PARALLEL_FROM else None
@@ -70,7 +79,7 @@ def tokenize(spec: JobSpec, tokenizer) -> Dataset:
     if spec.stage == "pt":
         if not len(rows):
             raise DataError("the text datasets produce no tokens")
-        return rows
+        return rows, {"records": records}
     dropped = len(mixed) - len(rows)
     if dropped:
         log.warning("%d sample(s) had no answer left within cutoff_len=%d and were dropped",
@@ -80,7 +89,7 @@ def tokenize(spec: JobSpec, tokenizer) -> Dataset:
             f"no sample is left after tokenization: every answer starts beyond cutoff_len="
             f"{spec.data.cutoff_len}; raise data.cutoff_len"
         )
-    return rows
+    return rows, {"records": records, "dropped": dropped}
 
 
 def mix(sources: list[Dataset], spec: JobSpec) -> Dataset:
@@ -202,7 +211,14 @@ def _file_digest(path: Path) -> bytes:
     return h.digest()
 
 
-def _save(rows: Dataset, directory: Path) -> None:
+def _read_stats(directory: Path) -> dict:
+    try:
+        return json.loads((directory / STATS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # a cache written before the figures were kept
+
+
+def _save(rows: Dataset, directory: Path, stats: dict) -> None:
     """Write to a temporary sibling, then rename: a reader never sees a half-written cache. The
     first process of every machine may write (machines can share the directory): each writes its
     own temporary copy, one rename wins, and a failed cache never fails the job."""
@@ -210,6 +226,7 @@ def _save(rows: Dataset, directory: Path) -> None:
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         rows.save_to_disk(str(tmp))
+        (tmp / STATS).write_text(json.dumps(stats, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, directory)
         log.info("tokenized data cached in %s", directory)
     except Exception as e:  # a cache is an optimization, never a reason to stop

@@ -14,7 +14,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from runner.errors import UnsupportedError
 from runner.spec.job import PROMPT_LEARNING, JobSpec
-from runner.train import memory, microbatch
+from runner.train import dataset, memory, microbatch
 from runner.train.callbacks import MetricsCallback, ShareFiles, StopOnSignal, latest_checkpoint, share
 from runner.train.dataset import LENGTH
 from runner.train.methods import PEFT_METHODS
@@ -235,7 +235,7 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
     share(out)
     metrics = {**result.metrics, "trainable_params": trainable, "total_params": total,
                "train_samples": len(train_ds), "global_step": result.global_step, "output": out.name,
-               "world_size": trainer.args.world_size, **evaluated}  # fmt: skip
+               "world_size": trainer.args.world_size, "data": dict(dataset.last_stats), **evaluated}  # fmt: skip
     (run_dir / "results.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics
 
