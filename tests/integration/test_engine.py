@@ -422,18 +422,21 @@ def test_a_job_trains_on_mixed_registry_datasets(tmp_path, tiny_model, monkeypat
 
 
 @pytest.mark.parametrize(
-    ("content", "data", "message"),
+    ("content", "data", "message", "started"),
     [
         ('{broken\n{"also": "broken"\n', {"on_bad_record": "skip"},
-         r"data\.datasets\[0\] \(.*bad\.jsonl\) has no usable record: all 2 were bad and skipped"),
+         r"data\.datasets\[0\]\.path: .*bad\.jsonl: has no usable record: all 2 were bad and skipped", False),
         ('{"instruction": "q", "output": "a"}\n', {"cutoff_len": 8},
-         r"no sample is left after tokenization: every answer starts beyond cutoff_len=8; raise data\.cutoff_len"),
+         r"no sample is left after tokenization: every answer starts beyond cutoff_len=8; raise data\.cutoff_len", True),
         ('{"question": "q", "answer": "a"}\n', {},
-         r"bad\.jsonl:1: no column 'instruction' \(it has: question, answer\); map it in data\.datasets\[0\]\.columns"),
+         r"bad\.jsonl:1: record 1: no column 'instruction' \(it has: question, answer\); map it in data\.datasets\[0\]\.columns",
+         False),
     ],
     ids=["all-records-skipped", "nothing-left-after-cutoff", "missing-column"],
 )  # fmt: skip
-def test_bad_data_stops_with_one_message(content, data, message, tmp_path, tiny_model):
+def test_bad_data_stops_with_one_message(content, data, message, started, tmp_path, tiny_model):
+    """Bad records are refused by the spec check before anything starts; what only tokenization
+    can find (no answer left within cutoff_len) ends the run with one message."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content, encoding="utf-8")
     job = write_job(tmp_path / "job.json", tiny_model, data={"datasets": [{"path": str(bad)}], **data})
@@ -445,6 +448,9 @@ def test_bad_data_stops_with_one_message(content, data, message, tmp_path, tiny_
     import re
 
     assert re.search(message, output), output[-2000:]
+    if not started:
+        assert not (tmp_path / "out").exists()
+        return
     (run_dir,) = (tmp_path / "out" / "job").iterdir()
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "adapter").exists()
 
