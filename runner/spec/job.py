@@ -203,6 +203,11 @@ class DatasetSpec(_Spec):
         "user_tag: human, assistant_tag: gpt, system_tag: system}.",
     )
     max_samples: int | None = Field(None, ge=1, description="Use at most this many records.")
+    num_samples: int | None = Field(
+        None, ge=1, description="LLaMA-Factory's num_samples: this many records drawn at random "
+        "(seeded by training.seed); more than the dataset holds takes every record once and draws "
+        "the rest again. A registry entry's num_samples becomes this.",
+    )  # fmt: skip
     encoding: str = Field(
         "utf-8",
         description="Text encoding of the file(s), e.g. gbk for a CSV saved by Excel on Chinese "

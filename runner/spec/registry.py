@@ -115,7 +115,7 @@ def expand(name: str, dataset_dir: Path, stage: str, shown: str | None = None) -
                 )
     out: dict[str, Any] = {"name": name, "path": str(path.resolve())}
     if entry.get("num_samples"):
-        out["max_samples"] = int(entry["num_samples"])
+        out["num_samples"] = int(entry["num_samples"])  # drawn at random, as LLaMA-Factory does
     if stage == "pt":
         # LLaMA-Factory trains pt on the prompt column.
         return {**out, "format": "text", "columns": {"text": columns.get("prompt", "instruction")}}

@@ -59,21 +59,38 @@ class DataError(RunnerError):
         return f"{where}: {self.message}"
 
 
-def load(data: DataSpec) -> list[list[Any]]:
+def load(data: DataSpec, seed: int = 42) -> list[list[Any]]:
     """Each dataset's items in file order: conversations (lists of messages) or texts.
 
-    Placeholders are filled and each dataset's max_samples applied; mixing and the overall
-    max_samples happen later, on the Dataset objects.
+    Placeholders are filled and each dataset's max_samples and num_samples applied; mixing and
+    the overall max_samples happen later, on the Dataset objects.
     """
     sources, skipped = [], 0
     for i, ds in enumerate(data.datasets):
         bad = [0]
-        items = list(items_of(ds, data, f"data.datasets[{i}]", bad))
+        if ds.num_samples:  # as LLaMA-Factory: draw from every record, then cut to max_samples
+            every = list(
+                items_of(ds.model_copy(update={"max_samples": None}), data, f"data.datasets[{i}]", bad)
+            )
+            items = draw(every, ds.num_samples, seed)[: ds.max_samples]
+        else:
+            items = list(items_of(ds, data, f"data.datasets[{i}]", bad))
         skipped += bad[0]
         sources.append(items)
     if skipped:
         log.warning("skipped %d bad record(s) (data.on_bad_record: skip)", skipped)
     return sources
+
+
+def draw(items: list[Any], n: int, seed: int) -> list[Any]:
+    """num_samples as LLaMA-Factory defines it: n items in a random order; beyond the dataset's
+    size, every item once and the rest drawn again at random."""
+    import random
+
+    rng = random.Random(seed)
+    picked = rng.sample(range(len(items)), min(n, len(items)))
+    picked += rng.choices(range(len(items)), k=n - len(picked))
+    return [items[i] for i in picked]
 
 
 def items_of(

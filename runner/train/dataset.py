@@ -61,7 +61,7 @@ def build(spec: JobSpec, tokenizer) -> tuple[Dataset, Dataset | None]:
 def tokenize(spec: JobSpec, tokenizer) -> tuple[Dataset, dict]:
     """Tokenized rows and their figures: records read from each dataset, samples dropped by
     cutoff_len."""
-    loaded = data.load(spec.data)
+    loaded = data.load(spec.data, spec.training.seed)
     records = [len(items) for items in loaded]  # per dataset, in the spec's order
     sources = [Dataset.from_list([{"item": item} for item in items]) for items in loaded]
     mixed = mix(sources, spec)
@@ -181,8 +181,9 @@ def cache_key(spec: JobSpec, tokenizer) -> str:
         ds.pop("path")  # the content counts, not where it lies
         ds.pop("name")
     mixing = {"stage": spec.stage, "data": settings}
-    if spec.data.mix != "concat" and len(spec.data.datasets) > 1:
-        mixing["seed"] = spec.training.seed  # interleaving draws its order from it
+    interleaved = spec.data.mix != "concat" and len(spec.data.datasets) > 1
+    if interleaved or any(ds.num_samples for ds in spec.data.datasets):
+        mixing["seed"] = spec.training.seed  # interleaving and num_samples draw from it
     _feed(h, "spec", json.dumps(mixing, sort_keys=True).encode())
     for i, ds in enumerate(spec.data.datasets):
         for f in data.files(ds):
