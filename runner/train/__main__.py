@@ -115,7 +115,7 @@ def _wait_for_run_dir(spec_file: str, launch_id: str, timeout: float = 600) -> P
 
     from runner.spec import load_job, resolve
 
-    spec = resolve(load_job(spec_file), Path.cwd())
+    spec = resolve(load_job(spec_file, files=False), Path.cwd())  # rank 0 checks it whole
     pointer = Path(spec.output.dir) / spec.name / f".launch-{launch_id}"
     deadline = time.time() + timeout
     while not pointer.exists():
