@@ -42,6 +42,17 @@ class ModelSpec(_Spec):
         + ", ".join(TEMPLATES[1:])
         + ".",
     )
+    default_system: str | None = Field(
+        None,
+        description="System prompt of every conversation that has none (LLaMA-Factory's "
+        "default_system). Unset: the template's own (qwen and alpaca have one); '' for none.",
+    )
+    add_special_tokens: list[str] = Field(
+        default_factory=list,
+        description="Tokens to add to the vocabulary as special tokens, such as a template's control "
+        "tokens the tokenizer lacks; the embeddings grow to match (LoRA then trains the embeddings "
+        "and the output head in full).",
+    )
     adapter: str | None = Field(
         None, description="Directory of a PEFT adapter to start from (continue an earlier run)."
     )
@@ -53,6 +64,11 @@ class ModelSpec(_Spec):
         description="Attention kernel; auto: on a GPU flash_attention_2 where flash-attn is installed, "
         "else flex_attention for packed rows and sdpa for padded ones; sdpa on CPU.",
     )
+
+    @field_validator("add_special_tokens", mode="before")
+    @classmethod
+    def _comma_separated(cls, v: Any) -> Any:  # LLaMA-Factory writes "<a>,<b>"
+        return [t.strip() for t in v.split(",") if t.strip()] if isinstance(v, str) else v
 
 
 # --- methods: a discriminated union on `type`, each with only its own fields ---------------

@@ -15,7 +15,7 @@ def load(run_dir: Path):
     from transformers import AutoModelForCausalLM
 
     from runner.spec import load_job
-    from runner.train.model import load_tokenizer
+    from runner.train.model import fit_vocab, load_tokenizer
 
     spec = load_job(run_dir / "spec.yaml", files=False)
     adapter, full = run_dir / "adapter", run_dir / "model"
@@ -25,6 +25,8 @@ def load(run_dir: Path):
         base = AutoModelForCausalLM.from_pretrained(
             spec.model.path, local_files_only=True, trust_remote_code=spec.model.trust_remote_code
         )
+        tokenizer = load_tokenizer(str(adapter), spec.model.trust_remote_code)
+        fit_vocab(base, tokenizer)  # tokens the run added (model.add_special_tokens)
         model, tok_dir = PeftModel.from_pretrained(base, str(adapter)), adapter
     elif full.is_dir():
         model, tok_dir = AutoModelForCausalLM.from_pretrained(str(full), local_files_only=True), full

@@ -23,7 +23,7 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 from runner.spec.job import JobSpec
 from runner.train import data
 from runner.train.data import DataError
-from runner.train.templates import IGNORE, encode
+from runner.train.templates import BUILTIN, IGNORE, encode
 
 log = logging.getLogger(__name__)
 CODE = ("data.py", "dataset.py", "templates.py")  # the preprocessing code, hashed into the key
@@ -71,7 +71,10 @@ def tokenize(spec: JobSpec, tokenizer) -> tuple[Dataset, dict]:
     encode_fn, kwargs = (
         (_encode_texts, {"block": spec.data.cutoff_len})
         if spec.stage == "pt"
-        else (_encode_conversations, {"cutoff_len": spec.data.cutoff_len})
+        else (
+            _encode_conversations,
+            {"cutoff_len": spec.data.cutoff_len, "efficient_eos": efficient_eos(spec)},
+        )
     )
     rows = mixed.map(encode_fn, batched=True, num_proc=workers, remove_columns=["item"],
                      fn_kwargs={"tokenizer": tokenizer, **kwargs}, new_fingerprint=uuid.uuid4().hex,
@@ -105,15 +108,22 @@ def mix(sources: list[Dataset], spec: JobSpec) -> Dataset:
     return mixed
 
 
-def _encode_conversations(batch: dict[str, list], tokenizer, cutoff_len: int) -> dict[str, list]:
+def _encode_conversations(
+    batch: dict[str, list], tokenizer, cutoff_len: int, efficient_eos: bool
+) -> dict[str, list]:
     out: dict[str, list] = {"input_ids": [], "labels": []}
     for messages in batch["item"]:
-        row = encode(tokenizer, messages, cutoff_len)
+        row = encode(tokenizer, messages, cutoff_len, efficient_eos=efficient_eos)
         if row is not None:
             out["input_ids"].append(row["input_ids"])
             out["labels"].append(row["labels"])
     out[LENGTH] = [len(ids) for ids in out["input_ids"]]
     return out
+
+
+def efficient_eos(spec: JobSpec) -> bool:
+    template = BUILTIN.get(spec.model.template)
+    return bool(template and template.efficient_eos)
 
 
 def _encode_texts(batch: dict[str, list], tokenizer, block: int) -> dict[str, list]:
@@ -189,6 +199,8 @@ def cache_key(spec: JobSpec, tokenizer) -> str:
         for f in data.files(ds):
             _feed(h, f"data{i}/{f.name}", _file_digest(f))
     _feed(h, "template", (getattr(tokenizer, "chat_template", None) or "").encode())
+    _feed(h, "template-eos", str(efficient_eos(spec)).encode())
+    _feed(h, "added-tokens", json.dumps(tokenizer.get_added_vocab(), sort_keys=True).encode())
     model = Path(spec.model.path)
     for f in sorted(model.iterdir()):
         if f.is_file() and f.name.startswith(_TOKENIZER_FILES) or f.suffix == ".model":

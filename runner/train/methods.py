@@ -12,21 +12,50 @@ log = logging.getLogger(__name__)
 PEFT_METHODS = ("lora", "qlora", "prefix", "ptuning", "prompt", "ia3")
 
 
-def apply_method(model, spec: JobSpec):
-    """Returns the model to train: the same object (full, freeze) or a PeftModel."""
+def apply_method(model, spec: JobSpec, *, train_embeddings: bool = False):
+    """Returns the model to train: the same object (full, freeze) or a PeftModel.
+
+    train_embeddings: the vocabulary grew, so its new rows must train whatever the method
+    (LoRA keeps the embeddings and output head in modules_to_save, freeze trains them)."""
     method = spec.method
     if spec.model.adapter:
-        return _continue_adapter(model, spec)
+        return _upcast_trained(_continue_adapter(model, spec))
     if method.type == "full":
         model.requires_grad_(True)
         return model
+    embeddings = _embedding_names(model) if train_embeddings else []
     if method.type == "freeze":
-        return _freeze(model, method.trainable_layers, method.extra_modules)
+        return _freeze(model, method.trainable_layers, [*method.extra_modules, *embeddings])
     from peft import get_peft_model
 
     if method.type == "qlora":
         model = _prepare_quantized(model, spec)
-    return _lora_forward(get_peft_model(model, peft_config(spec)), spec)
+    if embeddings and method.type not in ("lora", "qlora"):
+        raise RunnerError(
+            f"model.add_special_tokens added tokens whose embeddings must train, which method "
+            f"{method.type} cannot do; use method lora (or freeze, full) with new tokens"
+        )
+    tied = bool(embeddings) and model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    config = peft_config(spec, embeddings, tied=tied)
+    return _upcast_trained(_lora_forward(get_peft_model(model, config), spec))
+
+
+def _embedding_names(model) -> list[str]:
+    """The module names of the input embeddings and of an untied output head."""
+    wanted = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
+    return [name.rsplit(".", 1)[-1] for name, module in model.named_modules() if id(module) in wanted]
+
+
+def _upcast_trained(model):
+    """Half-precision weights that train (modules_to_save copies, prompt encoders) become fp32:
+    fp16 mixed precision refuses to unscale fp16 gradients, and bf16 weights would lose small
+    updates to rounding. The frozen base stays in its half dtype."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
+    return model
 
 
 def _lora_forward(model, spec: JobSpec):
@@ -71,7 +100,7 @@ def _prepare_quantized(model, spec: JobSpec):
     return model
 
 
-def peft_config(spec: JobSpec):
+def peft_config(spec: JobSpec, embeddings: list[str] = (), *, tied: bool = False):
     import peft
 
     m = spec.method
@@ -80,7 +109,7 @@ def peft_config(spec: JobSpec):
         return peft.LoraConfig(
             task_type=task, r=m.r, lora_alpha=m.alpha or 2 * m.r, lora_dropout=m.dropout,
             target_modules=_targets(m.target), use_rslora=m.rslora, use_dora=m.dora,
-            modules_to_save=m.modules_to_save or None,
+            modules_to_save=[*m.modules_to_save, *embeddings] or None, ensure_weight_tying=tied,
         )  # fmt: skip
     if m.type == "prefix":
         return peft.PrefixTuningConfig(

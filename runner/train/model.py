@@ -48,6 +48,30 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
+def tokenizer_for(spec: JobSpec):
+    """The job's tokenizer: special tokens the spec adds, and (except for pt) its chat template."""
+    from runner.train.templates import add_special_tokens, apply_template
+
+    tokenizer = load_tokenizer(spec.model.path, spec.model.trust_remote_code)
+    added = add_special_tokens(tokenizer, spec.model.add_special_tokens)
+    if added:
+        log.info("added special tokens %s: vocabulary of %d", ", ".join(added), len(tokenizer))
+    if spec.stage != "pt":
+        apply_template(tokenizer, spec.model.template, spec.model.default_system)
+    return tokenizer
+
+
+def fit_vocab(model, tokenizer) -> bool:
+    """Grow the embeddings (and an untied head) to the tokenizer's vocabulary; new rows start at
+    the mean of the old ones. True when they grew."""
+    weight = model.get_input_embeddings().weight
+    if len(tokenizer) <= getattr(weight, "ds_shape", weight.shape)[0]:  # ZeRO-3: the whole shape
+        return False
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    log.info("embeddings resized to %d tokens", len(tokenizer))
+    return True
+
+
 def attention(spec: JobSpec) -> str:
     """The attention kernel. Packed rows must never meet a dense T x T mask on a GPU, so auto
     picks flash-attention's variable-length kernels where installed, else flex attention with a

@@ -43,14 +43,12 @@ def render(tokenizer, row: dict, color: bool) -> str:
 def preview(spec_file: str, n: int, color: bool) -> str:
     from runner.spec import load_job, resolve
     from runner.train import dataset
-    from runner.train.model import load_tokenizer
-    from runner.train.templates import IGNORE, apply_template
+    from runner.train.model import tokenizer_for
+    from runner.train.templates import IGNORE
 
     written = load_job(spec_file)  # its paths as the user wrote them, for the figures
     spec = resolve(written, Path.cwd())
-    tokenizer = load_tokenizer(spec.model.path, spec.model.trust_remote_code)
-    if spec.stage != "pt":
-        apply_template(tokenizer, spec.model.template)
+    tokenizer = tokenizer_for(spec)
     train, evaluation = dataset.build(spec, tokenizer)
     stats = dataset.last_stats
     tokens = sum(train[dataset.LENGTH])

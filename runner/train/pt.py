@@ -1,19 +1,9 @@
-"""Stage pt: continued pretraining on plain text, concatenated and cut into blocks."""
+"""Stage pt: continued pretraining on plain text, concatenated and cut into blocks.
 
-from __future__ import annotations
+The same steps as sft (runner/train/sft.py); the data path (dataset.build) and the tokenizer
+(no chat template) differ by stage.
+"""
 
-from pathlib import Path
+from runner.train.sft import run
 
-from runner.spec.job import JobSpec
-from runner.train import dataset, loop
-from runner.train.methods import apply_method
-from runner.train.model import load_model, load_tokenizer
-
-
-def run(spec: JobSpec, run_dir: Path) -> dict:
-    loop.seed_everything(spec)
-    tokenizer = load_tokenizer(spec.model.path, spec.model.trust_remote_code)
-    train_ds, eval_ds = dataset.build(spec, tokenizer)
-    with loop.model_loading(spec, run_dir):
-        model = apply_method(load_model(spec), spec)
-    return loop.train(spec, run_dir, model, tokenizer, train_ds, eval_ds, dataset.collator(spec, tokenizer))
+__all__ = ["run"]

@@ -341,9 +341,15 @@ def test_tokenized_data_is_cached_by_content(tmp_path, tiny_model, caplog):
     assert dataset.cache_key(spec, tokenizer) != key  # the data changed
     data.write_bytes(original)
     assert dataset.cache_key(spec, tokenizer) == key
-    apply_template(tokenizer, "llama3")
+    own = tokenizer.chat_template
+    apply_template(tokenizer, "chatml")
     assert dataset.cache_key(spec, tokenizer) != key  # the template changed
-    apply_template(tokenizer, "auto")
+    tokenizer.chat_template = own
+    assert dataset.cache_key(spec, tokenizer) == key
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<|new|>"]}, replace_extra_special_tokens=False
+    )
+    assert dataset.cache_key(spec, tokenizer) != key  # the vocabulary grew
     cut = spec.model_copy(update={"data": spec.data.model_copy(update={"cutoff_len": 32})})
     assert dataset.cache_key(cut, tokenizer) != key  # the preprocessing changed
 

@@ -37,19 +37,26 @@ def tokenizer(tiny_model: Path):
     return load_tokenizer(str(tiny_model))
 
 
-def test_every_builtin_template_renders_and_masks(tokenizer):
-    from runner.train.templates import BUILTIN, apply_template, encode
+def test_every_builtin_template_renders_and_masks(tiny_model):
+    """Each built-in on a tokenizer with its model family's special tokens (test data); labels
+    that differ from their token (efficient eos) show as <label:eos>."""
+    from runner.train.templates import BUILTIN, IGNORE, apply_template, encode
+    from tests.integration.test_template_parity import MODELS, family_tokenizer
 
     out = []
-    for name in sorted(BUILTIN):
+    for family in sorted(MODELS, key=lambda f: MODELS[f]["template"]):
+        name = MODELS[family]["template"]
+        tokenizer = family_tokenizer(tiny_model, MODELS[family])
         apply_template(tokenizer, name)
-        row = encode(tokenizer, CONVERSATION, cutoff_len=4096)
+        row = encode(tokenizer, CONVERSATION, cutoff_len=4096, efficient_eos=BUILTIN[name].efficient_eos)
         full = tokenizer.decode(row["input_ids"])
-        trained = tokenizer.decode(
-            [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != -100]
+        trained = "".join(
+            tokenizer.decode([t]) if label == t else f"<label:{tokenizer.decode([label])}>"
+            for t, label in zip(row["input_ids"], row["labels"], strict=True)
+            if label != IGNORE
         )
         assert "你好！" in trained and "I am 小R." in trained and "Who are you?" not in trained
-        out.append(f"== {name}\n-- rendered\n{full}\n-- trained\n{trained}\n")
+        out.append(f"== {name} ({family} tokens)\n-- rendered\n{full}\n-- trained\n{trained}\n")
     golden("templates.txt", "\n".join(out))
 
 

@@ -54,9 +54,12 @@ def test_cutoff_truncates_and_drops_answerless_rows(tokenizer):
     assert len(row["input_ids"]) == len(row["labels"]) == len(row["attention_mask"])
 
 
-def test_builtin_template_is_applied_and_saved(tokenizer, tmp_path):
-    from runner.train.templates import BUILTIN, apply_template
+def test_builtin_template_is_applied_and_saved(tiny_model, tmp_path):
+    from runner.train.model import load_tokenizer
+    from runner.train.templates import BUILTIN, add_special_tokens, apply_template
 
+    tokenizer = load_tokenizer(str(tiny_model))  # its own copy: tokens are added
+    add_special_tokens(tokenizer, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])
     apply_template(tokenizer, "llama3")
     assert tokenizer.chat_template == BUILTIN["llama3"].jinja
     tokenizer.save_pretrained(tmp_path)
