@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.spec import registry
-from runner.spec.job import DATA_FORMATS, PROMPT_LEARNING, TEMPLATES
+from runner.spec.job import CONTROL_TOKENS, DATA_FORMATS, PROMPT_LEARNING, TEMPLATES
 from runner.spec.yaml_loader import Loc
 
 # What this build of runner can execute; the schema already covers the whole product.
@@ -178,6 +178,12 @@ def _check_model(model: dict, stage: Any, base: Path, found: Found) -> None:
              f"unknown template '{template}'; "
              + (f"did you mean '{close}'? " if close else "")
              + f"known: {', '.join(TEMPLATES)}"))  # fmt: skip
+    elif template in CONTROL_TOKENS and model_ok and stage != "pt":
+        vocabulary = _vocabulary(base / path)
+        added = model.get("add_special_tokens") or []
+        missing = [t for t in CONTROL_TOKENS[template] if t not in vocabulary and t not in added]
+        if vocabulary and missing:
+            found.append((("model", "template"), missing_controls(template, missing, path)))
     elif template == "auto" and model_ok and stage != "pt" and not _has_chat_template(base / path):
         found.append(
             (("model", "template"),
@@ -395,6 +401,28 @@ def _check_output(value: Any, base: Path, found: Found, writes: Path | None = No
             (("output", "dir"),
              f"'{shown}' is not a writable directory; choose another output.dir or fix its "
              "permissions"))  # fmt: skip
+
+
+def missing_controls(template: str, missing: list[str], where: str) -> str:
+    listed = ", ".join(repr(t) for t in missing)
+    return (
+        f"template {template} needs {listed} as special tokens, which the tokenizer at {where} "
+        f"lacks: they would be trained as plain text pieces and chat would never stop at the end "
+        f"of a turn. Choose the template made for this model (or auto, the tokenizer's own), or "
+        f"add them to model.add_special_tokens: [{', '.join(json.dumps(t) for t in missing)}] (the "
+        f"embeddings grow to match and train with the method)"
+    )
+
+
+def _vocabulary(model_dir: Path) -> set[str]:
+    """The token strings of a tokenizer.json (empty when there is none to read)."""
+    try:
+        tokenizer = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    vocab = (tokenizer.get("model") or {}).get("vocab") or {}
+    pieces = set(vocab) if isinstance(vocab, dict) else {p[0] for p in vocab if isinstance(p, list) and p}
+    return pieces | {t.get("content") for t in tokenizer.get("added_tokens") or [] if isinstance(t, dict)}
 
 
 def _has_chat_template(model_dir: Path) -> bool:

@@ -17,6 +17,14 @@ Stage = Literal["pt", "sft", "rm", "dpo", "kto", "ppo"]
 DATA_FORMATS = ("alpaca", "sharegpt", "text")
 # Built-in chat templates; "auto" means the tokenizer's own chat_template.
 TEMPLATES = ("auto", "default", "alpaca", "chatml", "qwen", "llama3", "chatglm3", "mistral", "baichuan2")
+# The strings each built-in template needs as single tokens of the model's vocabulary.
+CONTROL_TOKENS: dict[str, tuple[str, ...]] = {
+    "chatml": ("<|im_start|>", "<|im_end|>"),
+    "qwen": ("<|im_start|>", "<|im_end|>"),
+    "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "chatglm3": ("[gMASK]", "sop", "<|system|>", "<|user|>", "<|assistant|>"),
+    "baichuan2": ("<reserved_106>", "<reserved_107>"),
+}
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
     "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay",

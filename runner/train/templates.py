@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 
 from runner.errors import RunnerError
+from runner.spec.checks import missing_controls
+from runner.spec.job import CONTROL_TOKENS
 
 IGNORE = -100
 
@@ -23,11 +25,15 @@ class Template:
     name: str
     jinja: str
     stop: tuple[str, ...] = ()  # end-of-turn strings besides the tokenizer's eos
-    controls: tuple[str, ...] = ()  # strings that must be single tokens of the vocabulary
     default_system: str = ""  # the system prompt of a conversation that has none
     # eos closes the conversation instead of each answer: no eos between turns in the input, and
     # the first token after each answer but the last is labelled eos (ChatGLM3, Baichuan2).
     efficient_eos: bool = False
+
+    @property
+    def controls(self) -> tuple[str, ...]:
+        """Strings that must be single tokens of the vocabulary."""
+        return CONTROL_TOKENS.get(self.name, ())
 
 
 def _roles(system: str, user: str, assistant: str, generation: str) -> str:
@@ -41,7 +47,6 @@ def _roles(system: str, user: str, assistant: str, generation: str) -> str:
     )
 
 
-_IM = ("<|im_start|>", "<|im_end|>")
 _CHATML = _roles(
     "'<|im_start|>system\\n' + c + '<|im_end|>\\n'",
     "'<|im_start|>user\\n' + c + '<|im_end|>\\n'",
@@ -78,14 +83,13 @@ _DEFAULT = _roles(
 BUILTIN: dict[str, Template] = {
     t.name: t
     for t in (
-        Template("chatml", _CHATML, ("<|im_end|>",), _IM),
-        Template("qwen", _CHATML, ("<|im_end|>",), _IM,
+        Template("chatml", _CHATML, ("<|im_end|>",)),
+        Template("qwen", _CHATML, ("<|im_end|>",),
                  default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
-        Template("llama3", _LLAMA3, ("<|eot_id|>",), ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")),
+        Template("llama3", _LLAMA3, ("<|eot_id|>",)),
         Template("mistral", _MISTRAL),
-        Template("chatglm3", _CHATGLM3, ("<|user|>", "<|observation|>"),
-                 ("[gMASK]", "sop", "<|system|>", "<|user|>", "<|assistant|>"), efficient_eos=True),
-        Template("baichuan2", _BAICHUAN2, (), ("<reserved_106>", "<reserved_107>"), efficient_eos=True),
+        Template("chatglm3", _CHATGLM3, ("<|user|>", "<|observation|>"), efficient_eos=True),
+        Template("baichuan2", _BAICHUAN2, efficient_eos=True),
         Template("alpaca", _ALPACA, default_system="Below is an instruction that describes a task. "
                  "Write a response that appropriately completes the request.\n\n"),
         Template("default", _DEFAULT),
@@ -119,15 +123,8 @@ def apply_template(tokenizer, name: str, default_system: str | None = None) -> N
     tokenizer.chat_template = with_default_system(template.jinja, system)
     missing = [t for t in template.controls if not is_single_token(tokenizer, t)]
     if missing:
-        listed = ", ".join(repr(t) for t in missing)
-        raise RunnerError(
-            f"model.template {name} needs {listed} as special tokens, which the tokenizer at "
-            f"{getattr(tokenizer, 'name_or_path', '') or 'model.path'} lacks: they would be trained as "
-            f"plain text pieces and chat would never stop at the end of a turn. Choose the template "
-            f"made for this model (or auto, the tokenizer's own), or add them: under model:, set "
-            f"add_special_tokens: [{', '.join(json.dumps(t) for t in missing)}] (the embeddings grow "
-            f"to match and train with the method)"
-        )
+        where = getattr(tokenizer, "name_or_path", "") or "model.path"
+        raise RunnerError("model." + missing_controls(name, missing, where))
 
 
 def is_single_token(tokenizer, text: str) -> bool:
