@@ -175,6 +175,13 @@ def _model(take, notes: list[Note]) -> dict[str, Any]:
             notes.append(Note("template", f"runner has no built-in template {template!r}; auto uses the "
                               "tokenizer's own chat template (or pick one of " + ", ".join(TEMPLATES[1:]) + ")",
                               ("model", "template")))  # fmt: skip
+    system = take("default_system")
+    if system is not None:
+        model["default_system"] = str(system)
+    tokens = take("add_special_tokens")
+    if tokens:
+        model["add_special_tokens"] = _split(tokens)
+    take("resize_vocab")  # runner grows the embeddings whenever the vocabulary does
     attention = take("flash_attn")
     if attention is not None:
         if attention in _ATTENTION:

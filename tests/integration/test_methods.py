@@ -56,3 +56,40 @@ def test_method_trains_saves_reloads_generates(name: str, tmp_path: Path, tiny_m
     spec_obj, model, tokenizer = load(run_dir)
     answer = reply(spec_obj, model, tokenizer, [{"role": "user", "content": "你是谁？"}], max_new_tokens=4)
     assert isinstance(answer, str)
+
+
+@pytest.mark.parametrize("method", [
+    {"type": "lora", "r": 4, "modules_to_save": ["lm_head"]},
+    {"type": "ptuning", "num_virtual_tokens": 4, "encoder_hidden_size": 32},
+])  # fmt: skip
+def test_fp16_mixed_precision_steps_with_trained_half_weights(method: dict, tiny_model: Path):
+    """Under fp16 the frozen base loads in half precision; a module trained in full beside the
+    adapter (modules_to_save) must not stay fp16, or the grad scaler refuses the first step
+    ("Attempting to unscale FP16 gradients"). The same scaler, on the CPU."""
+    import torch
+
+    from runner.spec.job import JobSpec
+    from runner.train.methods import apply_method
+    from runner.train.model import load_tokenizer
+
+    spec = JobSpec.model_validate({
+        "name": "fp16", "model": {"path": str(tiny_model)}, "method": method,
+        "data": {"datasets": [{"path": str(ROOT / "data" / "identity.json")}]}, "training": {"fp16": True},
+    })  # fmt: skip
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float16, local_files_only=True)
+    model = apply_method(base, spec)
+    trained = [(n, p.dtype) for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and all(dtype == torch.float32 for _, dtype in trained), trained
+    assert any(p.dtype == torch.float16 for p in model.parameters() if not p.requires_grad)
+    ids = load_tokenizer(str(tiny_model))("你是谁？我是小R。", return_tensors="pt")["input_ids"]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu")
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = model(input_ids=ids, labels=ids).loss
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # raised for fp16 gradients
+    scaler.step(optimizer)
+    scaler.update()
+    assert torch.isfinite(loss)

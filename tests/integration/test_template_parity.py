@@ -144,7 +144,9 @@ def test_missing_control_tokens_are_refused_with_the_fix(tiny_model):
     with pytest.raises(RunnerError) as refused:
         apply_template(tokenizer, "llama3")
     message = str(refused.value)
-    assert message.startswith("model.template llama3 needs '<|start_header_id|>', '<|end_header_id|>', '<|eot_id|>'")
+    assert message.startswith(
+        "model.template llama3 needs '<|start_header_id|>', '<|end_header_id|>', '<|eot_id|>'"
+    )
     assert 'model.add_special_tokens: ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]' in message
     assert add_special_tokens(tokenizer, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]) == [
         "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]  # fmt: skip
