@@ -59,11 +59,12 @@ class DataError(RunnerError):
         return f"{where}: {self.message}"
 
 
-def load(data: DataSpec, seed: int = 42) -> list[list[Any]]:
+def load(data: DataSpec, seed: int = 42, skipped_per_dataset: list[int] | None = None) -> list[list[Any]]:
     """Each dataset's items in file order: conversations (lists of messages) or texts.
 
     Placeholders are filled and each dataset's max_samples and num_samples applied; mixing and
-    the overall max_samples happen later, on the Dataset objects.
+    the overall max_samples happen later, on the Dataset objects. skipped_per_dataset, when
+    given, receives how many bad records each dataset skipped (on_bad_record: skip).
     """
     sources, skipped = [], 0
     for i, ds in enumerate(data.datasets):
@@ -77,6 +78,8 @@ def load(data: DataSpec, seed: int = 42) -> list[list[Any]]:
             items = list(items_of(ds, data, f"data.datasets[{i}]", bad))
         skipped += bad[0]
         sources.append(items)
+        if skipped_per_dataset is not None:
+            skipped_per_dataset.append(bad[0])
     if skipped:
         log.warning("skipped %d bad record(s) (data.on_bad_record: skip)", skipped)
     return sources

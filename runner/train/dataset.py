@@ -59,9 +59,10 @@ def build(spec: JobSpec, tokenizer) -> tuple[Dataset, Dataset | None]:
 
 
 def tokenize(spec: JobSpec, tokenizer) -> tuple[Dataset, dict]:
-    """Tokenized rows and their figures: records read from each dataset, samples dropped by
-    cutoff_len."""
-    loaded = data.load(spec.data, spec.training.seed)
+    """Tokenized rows and their figures: records read from each dataset, bad records skipped in
+    each, samples dropped by cutoff_len."""
+    skipped: list[int] = []
+    loaded = data.load(spec.data, spec.training.seed, skipped)
     records = [len(items) for items in loaded]  # per dataset, in the spec's order
     sources = [Dataset.from_list([{"item": item} for item in items]) for items in loaded]
     mixed = mix(sources, spec)
@@ -82,7 +83,7 @@ def tokenize(spec: JobSpec, tokenizer) -> tuple[Dataset, dict]:
     if spec.stage == "pt":
         if not len(rows):
             raise DataError("the text datasets produce no tokens")
-        return rows, {"records": records}
+        return rows, {"records": records, "skipped": skipped}
     dropped = len(mixed) - len(rows)
     if dropped:
         log.warning("%d sample(s) had no answer left within cutoff_len=%d and were dropped",
@@ -92,7 +93,7 @@ def tokenize(spec: JobSpec, tokenizer) -> tuple[Dataset, dict]:
             f"no sample is left after tokenization: every answer starts beyond cutoff_len="
             f"{spec.data.cutoff_len}; raise data.cutoff_len"
         )
-    return rows, {"records": records, "dropped": dropped}
+    return rows, {"records": records, "skipped": skipped, "dropped": dropped}
 
 
 def mix(sources: list[Dataset], spec: JobSpec) -> Dataset:

@@ -54,8 +54,9 @@ def preview(spec_file: str, n: int, color: bool) -> str:
     tokens = sum(train[dataset.LENGTH])
     lines = [f"{spec_file}: {len(train)} training rows, {tokens:,} tokens"
              + (f"; {len(evaluation)} held out for evaluation" if evaluation is not None else "")]  # fmt: skip
-    for ds, count in zip(written.data.datasets, stats.get("records", []), strict=False):
-        lines.append(f"  {ds.path or ds.name}: {count} records")
+    skipped = stats.get("skipped") or [0] * len(stats.get("records", []))
+    for ds, count, bad in zip(written.data.datasets, stats.get("records", []), skipped, strict=False):
+        lines.append(f"  {ds.path or ds.name}: {count} records" + (f", {bad} bad skipped" if bad else ""))
     if spec.stage != "pt":
         lines.append(f"  dropped: {stats.get('dropped', 0)} (no answer left within cutoff_len="
                      f"{spec.data.cutoff_len})")  # fmt: skip

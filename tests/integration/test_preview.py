@@ -49,6 +49,14 @@ def test_preview_golden(kind: str, tmp_path: Path, tiny_model: Path):
 
 def test_the_figures_go_into_results_and_survive_a_cache_hit(tmp_path: Path, tiny_model: Path):
     spec = job(tmp_path, tiny_model, "csv")
+    rows = sum(1 for _ in open(tmp_path / "data" / "faq.csv", encoding="utf-8")) - 1
+    with open(tmp_path / "data" / "faq.csv", "a", encoding="utf-8") as f:
+        f.write("没有回答的问题,,\n")  # a record without an answer, skipped as bad
+    written = json.loads((tmp_path / spec).read_text(encoding="utf-8"))
+    written["data"]["on_bad_record"] = "skip"
+    (tmp_path / spec).write_text(json.dumps(written, ensure_ascii=False), encoding="utf-8")
+    preview = runner_cli("preview", spec, "-n", "0", cwd=tmp_path)
+    assert f"data/faq.csv: {rows} records, 1 bad skipped" in preview.stdout, preview.stderr[-2000:]
     figures = []
     for _ in range(2):  # the second run reads the tokenized data from the cache
         result = runner_cli("submit", spec, "--executor", "local", cwd=tmp_path)
@@ -56,8 +64,7 @@ def test_the_figures_go_into_results_and_survive_a_cache_hit(tmp_path: Path, tin
         run_dir = sorted((tmp_path / "out" / "csv").iterdir())[-1]
         figures.append(json.loads((run_dir / "results.json").read_text())["data"])
     assert "tokenized data from cache" in (run_dir / "train.log").read_text()
-    rows = sum(1 for _ in open(tmp_path / "data" / "faq.csv", encoding="utf-8")) - 1
-    assert figures[0] == figures[1] == {"records": [rows], "dropped": 0}
+    assert figures[0] == figures[1] == {"records": [rows], "skipped": [1], "dropped": 0}
 
 
 def test_a_bad_spec_is_refused_before_anything_loads(tmp_path: Path):
