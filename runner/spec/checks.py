@@ -11,6 +11,7 @@ import contextvars
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -321,12 +322,30 @@ def _read_data(ds: dict, data: dict, base: Path, loc: Loc, found: Found) -> None
         return  # the schema reports it
     settings = DataSpec.model_construct(datasets=[spec], on_bad_record=on_bad, placeholders=placeholders)
     where = ".".join(str(k) for k in loc[:2]) + f"[{loc[2]}]"
-    errors, total = reader.check(spec, settings, where)
+    with _progress(spec, base) as tick:
+        errors, total = reader.check(spec, settings, where, tick=tick)
     for e in errors:
         found.append((loc, e.text(_shown(e.file, base) if e.file else None)))
     if total > len(errors):
         found.append((loc, f"{_shown(spec.path, base)}: {total - len(errors)} more bad record(s) after "
                            "these; fix them, or skip them with data.on_bad_record: skip"))  # fmt: skip
+
+
+@contextlib.contextmanager
+def _progress(spec, base: Path, large: int = 32 << 20):
+    """A records-read counter on a terminal, for data of `large` bytes or more."""
+    from runner.train import data as reader
+
+    size = sum(f.stat().st_size for f in reader.files(spec)) if Path(spec.path).exists() else 0
+    if size < large or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    columns = (SpinnerColumn(), TextColumn("reading {task.description}: {task.completed:,} records"))
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(_shown(spec.path, base), total=None)
+        yield lambda: bar.advance(task)
 
 
 def _shown(path: Any, base: Path) -> str:

@@ -133,9 +133,11 @@ def items_of(
         )  # fmt: skip
 
 
-def check(ds: DatasetSpec, data: DataSpec, where: str, limit: int = 3) -> tuple[list[DataError], int]:
+def check(
+    ds: DatasetSpec, data: DataSpec, where: str, limit: int = 3, tick: Callable[[], None] | None = None
+) -> tuple[list[DataError], int]:
     """Read every record of one dataset as training would: the first `limit` errors that
-    training would stop at, and how many there are in all."""
+    training would stop at, and how many there are in all. tick() follows each record."""
     errors: list[DataError] = []
     total = [0]
 
@@ -146,7 +148,8 @@ def check(ds: DatasetSpec, data: DataSpec, where: str, limit: int = 3) -> tuple[
 
     try:
         for _ in items_of(ds, data, where, [0], report):
-            pass
+            if tick:
+                tick()
     except DataError as e:
         total[0] += 1
         if len(errors) < limit:
