@@ -379,9 +379,6 @@ def _check_named(
     if clash:
         found.append((loc, f"a named dataset takes {', '.join(clash)} from {registry.REGISTRY}; "
                            f"remove {', '.join(clash)} here, or give path instead of name"))  # fmt: skip
-    if "encoding" in ds:
-        found.append((loc, "a named dataset is read as utf-8 (dataset_info.json has no encoding); "
-                           "give its file as path: to set encoding"))  # fmt: skip
     if not isinstance(dataset_dir, str):
         found.append((loc, "a dataset given by name needs data.dataset_dir (the directory of "
                            f"{registry.REGISTRY})"))  # fmt: skip

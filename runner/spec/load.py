@@ -99,6 +99,7 @@ def resolve(spec: JobSpec, base: Path) -> JobSpec:
             fields = registry.expand(ds.name, registry_dir, spec.stage)
             fields["max_samples"] = ds.max_samples or fields.get("max_samples")
             fields["num_samples"] = ds.num_samples or fields.get("num_samples")
+            fields["encoding"] = ds.encoding  # dataset_info.json has no encoding: the spec's
             spec.data.datasets[i] = ds = DatasetSpec(**fields)
         ds.path = str((base / ds.path).resolve())  # type: ignore[operator]
     spec.data.dataset_dir = None  # every dataset is a path now

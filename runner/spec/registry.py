@@ -42,6 +42,12 @@ _NOT_IMPLEMENTED = {
 }
 
 
+def columns_as_registry(formatting: str, columns: dict[str, str]) -> dict[str, str]:
+    """runner's column mapping in dataset_info.json's own key names (prompt, response, ...)."""
+    names = {v: k for k, v in (_ALPACA if formatting == "alpaca" else _SHAREGPT).items()}
+    return {names.get(k, k): v for k, v in columns.items()}
+
+
 class RegistryError(ValueError):
     """A problem with the registry file or one entry; the message says what to fix."""
 

@@ -403,11 +403,20 @@ def _missing(ds: DatasetSpec, have: list[str], where: str) -> tuple[list[str], s
     missing = [f for f in _REQUIRED[ds.format] if ds.columns.get(f, f) not in have]
     used = set(ds.columns.values()) | set(_REQUIRED[ds.format]) | {"input", "system", "history"}
     spare = [c for c in have if c not in used]
-    if len(spare) >= len(missing):
-        mapping = {**ds.columns, **dict(zip(missing, spare[: len(missing)], strict=True))}
-        fix = ", e.g. {" + ", ".join(f"{k}: {v}" for k, v in mapping.items()) + "}"
+    own = [f for f in missing if f in have]  # mapped away from a column that has the field's own name
+    rest = [f for f in missing if f not in own]
+    if len(spare) >= len(rest):
+        mapping = {**ds.columns, **{f: f for f in own}, **dict(zip(rest, spare[: len(rest)], strict=False))}
     else:
-        fix = ", e.g. {" + f"{missing[0]}: <your column>" + "}" if missing else ""
+        mapping = {missing[0]: "<your column>"} if missing else {}
+    if ds.name:  # a registry entry: the fix belongs in dataset_info.json, in its own key names
+        from runner.spec.registry import REGISTRY, columns_as_registry
+
+        entry = json.dumps(columns_as_registry(ds.format, mapping), ensure_ascii=False)
+        return missing, f"fix the columns of '{ds.name}' in {REGISTRY}" + (
+            f", e.g. {entry}" if mapping else ""
+        )
+    fix = ", e.g. {" + ", ".join(f"{k}: {v}" for k, v in mapping.items()) + "}" if mapping else ""
     return missing, f"map it in {where}.columns{fix}"
 
 

@@ -23,6 +23,22 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def llama3_model(tiny_model: Path, tmp_path_factory) -> Path:
+    """The tiny model with Llama 3's control tokens in its tokenizer, as a Llama 3 directory has:
+    the examples use template llama3, which validate refuses on a tokenizer without them."""
+    out = tmp_path_factory.mktemp("models") / "tiny-llama3"
+    shutil.copytree(tiny_model, out)
+    text = (out / "tokenizer.json").read_text(encoding="utf-8")
+    tokenizer = json.loads(text)
+    top = max(t["id"] for t in tokenizer["added_tokens"])
+    for i, token in enumerate(["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], start=top + 1):
+        tokenizer["added_tokens"].append({"id": i, "content": token, "single_word": False, "lstrip": False,
+                                          "rstrip": False, "normalized": False, "special": True})  # fmt: skip
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    return out
+
+
 def converted(workdir: Path, name: str, tiny_model: Path) -> tuple[dict, str]:
     out = workdir / f"{name}.runner.yaml"
     result = runner_cli("convert", f"{name}.yaml", "-o", out.name, cwd=workdir)
@@ -33,8 +49,8 @@ def converted(workdir: Path, name: str, tiny_model: Path) -> tuple[dict, str]:
     return YAML(typ="safe").load(out.read_text(encoding="utf-8")), result.stderr
 
 
-def test_lora_sft(workdir: Path, tiny_model: Path):
-    spec, notes = converted(workdir, "llama3_lora_sft", tiny_model)
+def test_lora_sft(workdir: Path, llama3_model: Path):
+    spec, notes = converted(workdir, "llama3_lora_sft", llama3_model)
     assert spec["name"] == "sft"
     assert spec["model"] == {"path": "${MODEL_DIR}", "trust_remote_code": True, "template": "llama3"}
     assert spec["method"] == {"type": "lora"}  # rank 8 and target all are runner's defaults
@@ -63,8 +79,8 @@ def test_lora_sft(workdir: Path, tiny_model: Path):
     assert unmapped == expected
 
 
-def test_qlora(workdir: Path, tiny_model: Path):
-    spec, notes = converted(workdir, "llama3_lora_sft_otfq", tiny_model)
+def test_qlora(workdir: Path, llama3_model: Path):
+    spec, notes = converted(workdir, "llama3_lora_sft_otfq", llama3_model)
     assert spec["method"] == {
         "type": "qlora", "r": 16, "alpha": 32, "dropout": 0.05, "loraplus_lr_ratio": 16.0, "rslora": True,
         "target": ["q_proj", "v_proj"], "modules_to_save": ["embed_tokens"],
@@ -75,8 +91,8 @@ def test_qlora(workdir: Path, tiny_model: Path):
     assert "eval_strategy" not in notes  # steps with eval_steps is what runner does
 
 
-def test_full_deepspeed_z3(workdir: Path, tiny_model: Path):
-    spec, notes = converted(workdir, "llama3_full_sft", tiny_model)
+def test_full_deepspeed_z3(workdir: Path, llama3_model: Path):
+    spec, notes = converted(workdir, "llama3_full_sft", llama3_model)
     assert spec["method"] == {"type": "full"}
     assert spec["distributed"] == {"deepspeed": {"zero": 3}}
     assert spec["training"]["learning_rate"] == 1e-5
