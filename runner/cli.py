@@ -94,11 +94,12 @@ _image_option = click.option(
 )  # fmt: skip
 
 
-def _load(job: str, image: str | None):
-    """The resolved spec; --image replaces the spec's image."""
+def _load(job: str, image: str | None, files: bool = True):
+    """The resolved spec; --image replaces the spec's image. `files=False`: the schema only, for
+    a job whose files are where it will run (a cluster's volumes), not here."""
     from runner.spec import load_job, resolve
 
-    spec = resolve(load_job(job), Path.cwd())
+    spec = resolve(load_job(job, files=files), Path.cwd())
     if image:
         spec.image = image
     return spec
@@ -255,7 +256,7 @@ def _render_k8s(job: str, api: str, out: str | None, image: str | None) -> None:
 
     from runner.render.k8s import ClusterInputError, check_image, render_k8s, to_text
 
-    spec = _load(job, image)
+    spec = _load(job, image, files=False)  # the model and data are on the cluster; the job checks them there
     try:
         check_image(spec, (Path.cwd() / "images" / f"{spec.image}.yaml").is_file())
         text = to_text(spec, render_k8s(spec, os.getuid(), os.getgid(), _launch_id(), api), api)
@@ -278,7 +279,7 @@ def _render_slurm(job: str, out: str | None, image: str | None) -> None:
     from runner.render.slurm import default_image_note, render_slurm
     from runner.spec import to_yaml
 
-    spec = _load(job, image)
+    spec = _load(job, image, files=False)  # the nodes' storage may not be mounted here; the job checks it
     target = Path(out).resolve() if out else Path(spec.output.dir) / spec.name / "slurm"
     spec_file = target / f"{spec.name}.yaml"
     try:

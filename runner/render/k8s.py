@@ -251,6 +251,7 @@ def to_text(spec: JobSpec, objects: list[dict[str, Any]], api: str) -> str:
     from ruamel.yaml import YAML
     from ruamel.yaml.scalarstring import LiteralScalarString
 
+    objects = json.loads(json.dumps(objects))  # no shared nodes: plain YAML, no anchors
     objects = [{**o, "data": {k: LiteralScalarString(v) for k, v in o["data"].items()}} if o["kind"] == "ConfigMap"
                else o for o in objects]  # fmt: skip
     yaml = YAML()

@@ -143,6 +143,7 @@ def test_k8s_golden_and_valid(job: str, api: str):
     objects = render_k8s(s, uid=1234, gid=100, launch_id="run1", api=api)
     text = to_text(s, objects, api)
     golden(f"k8s-{job}-{api}.yaml", text)
+    assert "&id" not in text  # plain YAML: no anchors and aliases
     docs = list(yaml.safe_load_all(text))
     assert docs == json.loads(json.dumps(objects))  # the text is exactly the objects
     for obj in docs:
@@ -292,3 +293,15 @@ def test_slurm_cli_writes_the_script_and_the_spec(tmp_path: Path):
     script = (tmp_path / "s" / "job.sbatch").read_text()
     assert f"{tmp_path / 's' / 'job.yaml'}:{tmp_path / 's' / 'job.yaml'}:ro" in script
     assert (tmp_path / "s" / "job.yaml").is_file() and "sbatch" in result.stdout
+
+
+def test_k8s_cli_renders_where_the_cluster_files_are_not(tmp_path: Path):
+    """The model and data live on the cluster's volumes: rendering needs none of them here."""
+    job = _job(tmp_path, image="registry.internal/runner/x:1", resources={"gpus": 2},
+               model={"path": "/models/not-here"}, cluster={"volumes": {"/models": "models"}})  # fmt: skip
+    out = tmp_path / "job-k8s.yaml"
+    result = runner_cli("render", str(job), "--target", "k8s", "--api", "v1", "-o", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert [d["kind"] for d in docs] == ["ConfigMap", "PyTorchJob"] and all(errors(d) == [] for d in docs)
+    assert f"kubectl apply -f {out}" in result.stdout
