@@ -94,11 +94,12 @@ _image_option = click.option(
 )  # fmt: skip
 
 
-def _load(job: str, image: str | None):
-    """The resolved spec; --image replaces the spec's image."""
+def _load(job: str, image: str | None, files: bool = True):
+    """The resolved spec; --image replaces the spec's image. `files=False`: the schema only, for
+    a job whose files are where it will run (a cluster's volumes), not here."""
     from runner.spec import load_job, resolve
 
-    spec = resolve(load_job(job), Path.cwd())
+    spec = resolve(load_job(job, files=files), Path.cwd())
     if image:
         spec.image = image
     return spec
@@ -195,25 +196,106 @@ def compose(job: str, out: str | None, image: str | None) -> None:
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("--target", type=click.Choice(["hosts"]), required=True, help="What to render for.")
-@click.option("--hostfile", type=click.Path(dir_okay=False, exists=True), required=True,
-              help="One host per line (node 0 first; `host slots=N` as DeepSpeed writes it is fine).")  # fmt: skip
+@click.option("--target", type=click.Choice(["hosts", "k8s", "slurm"]), required=True,
+              help="hosts: one `docker run` per host; k8s: Kubeflow Trainer manifests; slurm: an sbatch script.")  # fmt: skip
+@click.option("--hostfile", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="hosts: one host per line (node 0 first; `host slots=N` as DeepSpeed writes it is fine).")  # fmt: skip
+@click.option("--api", type=click.Choice(["v2", "v1"]), default="v2", show_default=True,
+              help="k8s: v2 a TrainJob (Kubeflow Trainer), v1 a PyTorchJob (training operator).")  # fmt: skip
+@click.option("-o", "--output", "out", type=click.Path(), default=None,
+              help="k8s: write the manifests to this file [default: print them]; slurm: the directory for "
+              "the script and the resolved spec [default: OUTPUT_DIR/NAME/slurm].")  # fmt: skip
 @_image_option
-def render(job: str, target: str, hostfile: str, image: str | None) -> None:
-    """Create a run directory for JOB and print the `docker run` command each host runs."""
+def render(job: str, target: str, hostfile: str | None, api: str, out: str | None, image: str | None) -> None:
+    """Render JOB for another engine: hosts without runner, Kubernetes or Slurm.
+
+    hosts creates a run directory and prints the `docker run` each host runs; k8s and slurm
+    leave the run directory to the job (each apply or sbatch is a new run)."""
+    if target == "hosts":
+        _render_hosts(job, hostfile, image)
+    elif target == "k8s":
+        _render_k8s(job, api, out, image)
+    else:
+        _render_slurm(job, out, image)
+
+
+def _at(job: str, loc: tuple[str, ...], message: str) -> SpecError:
+    """A problem with a spec's key, located in its file."""
+    from runner.spec.yaml_loader import load_yaml
+
+    return SpecError([load_yaml(job, env={}).problem(loc, message)])
+
+
+def _render_hosts(job: str, hostfile: str | None, image: str | None) -> None:
     import os
 
     from runner.execute.runs import prepare
     from runner.render.container import render_hosts
 
+    if hostfile is None:
+        raise click.UsageError("--target hosts needs --hostfile FILE (one host per line, node 0 first)")
     hosts = _hosts(Path(hostfile))
     nodes = _load(job, image).resources.nodes
     if nodes != len(hosts):
-        raise RunError(f"{job}: resources.nodes is {nodes} but {hostfile} lists {len(hosts)} host(s); "
-                       "make them agree")  # fmt: skip
+        raise _at(job, ("resources", "nodes"), f"is {nodes} but {hostfile} lists {len(hosts)} host(s); "
+                  f"list {nodes} there (node 0 first) or set resources.nodes: {len(hosts)}")  # fmt: skip
     record, spec = prepare(job, image=image)
     record.update(executor="hosts")
     click.echo(render_hosts(spec, Path(record.run_dir), hosts, os.getuid(), os.getgid(), record.id), nl=False)
+
+
+def _launch_id() -> str:
+    import secrets
+    import time
+
+    return f"{time.strftime('%m%d%H%M')}-{secrets.token_hex(2)}"
+
+
+def _render_k8s(job: str, api: str, out: str | None, image: str | None) -> None:
+    import os
+
+    from runner.render.k8s import ClusterInputError, check_image, render_k8s, to_text
+
+    spec = _load(job, image, files=False)  # the model and data are on the cluster; the job checks them there
+    try:
+        check_image(spec, (Path.cwd() / "images" / f"{spec.image}.yaml").is_file())
+        text = to_text(spec, render_k8s(spec, os.getuid(), os.getgid(), _launch_id(), api), api)
+    except ClusterInputError as e:
+        raise _at(job, e.loc, e.message) from None
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(out).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise RunError(f"cannot write {out}: {e.strerror}") from None
+    click.echo(f"{out}\napply it: kubectl apply -f {out}")
+
+
+def _render_slurm(job: str, out: str | None, image: str | None) -> None:
+    import os
+
+    from runner.render.k8s import ClusterInputError
+    from runner.render.slurm import default_image_note, render_slurm
+    from runner.spec import to_yaml
+
+    spec = _load(job, image, files=False)  # the nodes' storage may not be mounted here; the job checks it
+    target = Path(out).resolve() if out else Path(spec.output.dir) / spec.name / "slurm"
+    spec_file = target / f"{spec.name}.yaml"
+    try:
+        script = render_slurm(spec, spec_file, os.getuid(), os.getgid())
+    except ClusterInputError as e:
+        raise _at(job, e.loc, e.message) from None
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        spec_file.write_text(to_yaml(spec), encoding="utf-8")
+        (target / f"{spec.name}.sbatch").write_text(script, encoding="utf-8")
+    except OSError as e:
+        raise RunError(f"cannot write the Slurm files to {target}: {e.strerror}") from None
+    click.echo(f"{target / f'{spec.name}.sbatch'}")
+    if note := default_image_note(spec):
+        click.echo(f"the image file, made once on a node that has the image loaded: {note}")
+    click.echo(f"run it: sbatch {target / f'{spec.name}.sbatch'}")
 
 
 def _warn_if_not_loaded(ref: str) -> None:

@@ -3,7 +3,8 @@
 #
 #   scripts/provision-docker.sh
 #
-# - installs Debian's docker.io (dockerd, containerd, runc), docker-compose and debootstrap when missing;
+# - installs Debian's docker.io (dockerd, containerd, runc), docker-compose, debootstrap and
+#   the shell linter shellcheck (the tests check rendered sbatch scripts) when missing;
 # - starts dockerd directly (there is no systemd here) when no engine answers, logging to
 #   /var/log/dockerd.log, and waits for it;
 # - prints one line: engine version and storage driver.
@@ -45,6 +46,8 @@ missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+# The tests check the sbatch scripts runner renders with it.
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]} from Debian"

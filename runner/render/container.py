@@ -37,16 +37,19 @@ def gpu_request(spec: JobSpec) -> list[dict[str, Any]]:
 
 
 def render_container(
-    spec: JobSpec, run_dir: PurePath, uid: int, gid: int, run_id: str, gpu_names: list[str] | None = None
-) -> dict[str, Any]:
+    spec: JobSpec, run_dir: PurePath | None, uid: int, gid: int, run_id: str,
+    gpu_names: list[str] | None = None, spec_file: PurePath | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Without a run directory (a Slurm job), the entrypoint makes one from `spec_file`."""
     multi_node = spec.resources.nodes > 1
+    run = {"RUNNER_RUN_DIR": str(run_dir)} if run_dir else {}
     return {
         "image": image_ref(spec),
-        "command": render_launch(spec, run_dir, python="python"),
+        "command": render_launch(spec, run_dir, python="python", spec_file=spec_file),
         "name": f"runner-{spec.name}-{run_id}",
         "user": f"{uid}:{gid}",  # outputs belong to whoever submitted the job
-        "environment": {**launch_env(spec, gpu_names), "HOME": "/tmp", "RUNNER_RUN_DIR": str(run_dir)},
-        "volumes": {p: {"bind": p, "mode": mode} for p, mode in mounts(spec, run_dir).items()},
+        "environment": {**launch_env(spec, gpu_names), "HOME": "/tmp", **run},
+        "volumes": {p: {"bind": p, "mode": mode} for p, mode in mounts(spec, run_dir, spec_file).items()},
         # Multi-node rendezvous needs the host's network; a single node needs none at all.
         "network_mode": "host" if multi_node else "none",
         "shm_size": spec.resources.shm,
@@ -58,8 +61,12 @@ def render_container(
         if spec.resources.gpus != 0
         else [],
         "device_requests": gpu_request(spec),
-        "labels": {"runner.job": spec.name, "runner.run-id": run_id, "runner.run-dir": str(run_dir)},
-        "working_dir": str(run_dir),
+        "labels": {
+            "runner.job": spec.name,
+            "runner.run-id": run_id,
+            **({"runner.run-dir": str(run_dir)} if run_dir else {}),
+        },  # fmt: skip
+        "working_dir": str(run_dir or spec.output.dir),
     }
 
 

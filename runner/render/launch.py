@@ -128,3 +128,17 @@ def render_chat(run_dir: PurePath, message: str | None) -> list[str]:
     """Module and arguments of a chat with a run's result (run as `python -m` + these)."""
     argv = ["runner.train.chat", str(run_dir)]
     return argv + (["--message", message] if message is not None else [])
+
+
+def at_rendezvous(spec: JobSpec, node_rank: str, master_addr: str, master_port: str | None = None) -> JobSpec:
+    """The launch of one node of a multi-node job whose scheduler decides, per node, the node rank
+    and the rendezvous address (and port): given here as the references the scheduler fills in
+    (`$(PET_NODE_RANK)` for Kubernetes, a shell variable for Slurm). One node: the spec as is."""
+    if spec.resources.nodes == 1:
+        return spec
+    node = spec.model_copy(deep=True)
+    node.distributed.node_rank = node_rank  # type: ignore[assignment]  (a reference, not a number)
+    node.distributed.master_addr = master_addr
+    if master_port is not None:
+        node.distributed.master_port = master_port  # type: ignore[assignment]
+    return node

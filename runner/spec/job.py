@@ -467,3 +467,59 @@ class JobSpec(_Spec):
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
     image: str = Field("default", description="Image spec in images/ that the job runs in.")
     output: OutputSpec = Field(default_factory=OutputSpec)
+    cluster: ClusterSpec = Field(
+        default_factory=lambda: ClusterSpec(),
+        description="Kubernetes and Slurm (runner render --target k8s|slurm).",
+    )
+
+
+# --- beyond one machine: what `runner render --target k8s|slurm` needs besides the job --------
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?(/[a-z0-9._-]+)*$")
+
+
+class ClusterSpec(_Spec):
+    registry: str | None = Field(
+        None, description="Kubernetes: an in-cluster registry the image was pushed to, e.g. "
+        "registry.internal:5000; the image becomes REGISTRY/runner/NAME:TAG. Unset: the image of "
+        "the offline bundle, loaded on every node, and never pulled.",
+    )  # fmt: skip
+    volumes: dict[str, str] = Field(
+        default_factory=dict, description="Kubernetes: a directory of the spec's paths (model, data, "
+        "output.dir) -> the PersistentVolumeClaim that holds it, e.g. {/models: models}; mounted at "
+        "the same path. Paths under none of these are mounted from the node (hostPath).",
+    )  # fmt: skip
+    container_runtime: Literal["docker", "enroot", "apptainer"] = Field(
+        "docker", description="Slurm: what starts the container on each node: docker, enroot "
+        "(pyxis' srun --container-image) or apptainer.",
+    )  # fmt: skip
+    container_image: str | None = Field(
+        None, description="Slurm with enroot or apptainer: the image file on shared storage "
+        "(a .sqsh from `enroot import dockerd://REF`, a .sif from `apptainer build X.sif "
+        "docker-daemon://REF`); default: OUTPUT_DIR/NAME.sqsh or .sif.",
+    )  # fmt: skip
+    partition: str | None = Field(None, description="Slurm: the partition (#SBATCH --partition).")
+    time_limit: str | None = Field(
+        None, description="Slurm: wall-clock limit, e.g. 24:00:00 (#SBATCH --time)."
+    )
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, v: str | None) -> str | None:
+        if v is not None and not _REGISTRY.match(v):
+            raise ValueError(
+                f"must be a registry host[:port][/path], e.g. registry.internal:5000 (got {v!r})"
+            )
+        return v
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, v: dict[str, str]) -> dict[str, str]:
+        for path, claim in v.items():
+            if not path.startswith("/"):
+                raise ValueError(f"{path!r} must be an absolute directory, e.g. /models")
+            if not _DNS_LABEL.match(claim):
+                raise ValueError(f"{claim!r} is not a claim name: lowercase letters, digits and '-', "
+                                 "e.g. {/models: models}")  # fmt: skip
+        return v

@@ -52,5 +52,5 @@ def test_a_hostfile_that_disagrees_with_the_spec_is_refused(tiny_model: Path, tm
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("a\nb\n")
     result = runner_cli("render", str(spec), "--target", "hosts", "--hostfile", str(hostfile))
-    assert result.returncode != 0 and "resources.nodes is 3 but" in result.stderr
+    assert result.returncode == 2 and "resources.nodes: is 3 but" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
