@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import json
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -168,6 +169,8 @@ def _check_model(model: dict, stage: Any, base: Path, found: Found) -> None:
     model_ok = False
     if isinstance(path, str):
         model_ok = _check_dir(path, base, ("model", "path"), _MODEL_FILES, "a Hugging Face model", found)
+    if model_ok and model.get("trust_remote_code") is True:
+        _check_remote_code(base / path, found)
     adapter = model.get("adapter")
     if isinstance(adapter, str):
         _check_dir(adapter, base, ("model", "adapter"), ("adapter_config.json",), "a PEFT adapter", found)
@@ -192,6 +195,39 @@ def _check_model(model: dict, stage: Any, base: Path, found: Found) -> None:
              f"({', '.join(TEMPLATES[1:])})"))  # fmt: skip
 
 
+def is_hub_id(value: str, base: Path = Path(".")) -> bool:
+    """`org/name` that is no path here: a Hugging Face hub id."""
+    if not value or value.startswith(("/", ".", "~", "$")) or (base / value).exists():
+        return False
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value))
+
+
+def _check_remote_code(model_dir: Path, found: Found) -> None:
+    """The code a model's auto_map names must lie in its directory: code in another hub
+    repository (`repo--module.Class`) or a missing module would be fetched from the hub."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            auto_map = json.loads((model_dir / name).read_text(encoding="utf-8")).get("auto_map") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        for key, refs in auto_map.items() if isinstance(auto_map, dict) else ():
+            for ref in refs if isinstance(refs, list) else [refs]:
+                if not isinstance(ref, str):
+                    continue
+                repo, _, local = ref.rpartition("--")
+                module = local.rsplit(".", 1)[0]
+                where = f"{model_dir.name}/{name} auto_map.{key}"
+                if repo:
+                    found.append((("model", "trust_remote_code"),
+                        f"{where} is code in the hub repository '{repo}' ({ref}), which an offline "
+                        f"machine cannot fetch: copy {module}.py from that repository into the model "
+                        f"directory and change the entry to '{local}'"))  # fmt: skip
+                elif not (model_dir / f"{module.replace('.', '/')}.py").is_file():
+                    found.append((("model", "trust_remote_code"),
+                        f"{where} names {module}.py, which the model directory lacks (it would be "
+                        "fetched from the hub): copy it in from the model's repository"))  # fmt: skip
+
+
 def _check_dir(value: str, base: Path, loc: Loc, must_hold: tuple[str, ...], what: str, found: Found) -> bool:
     path = base / value
     if "${" in value:
@@ -199,7 +235,12 @@ def _check_dir(value: str, base: Path, loc: Loc, must_hold: tuple[str, ...], wha
     if not _reachable(path, value, loc, found, inside=True):
         return False
     if not path.is_dir():
-        found.append((loc, f"no such directory '{value}'; {_holds(path.parent, value)}"))
+        if is_hub_id(value, base):
+            found.append((loc, f"'{value}' is a Hugging Face hub id, and runner never downloads: on the "
+                               f"connected side run `huggingface-cli download {value} --local-dir DIR`, "
+                               "carry DIR in and set this to it"))  # fmt: skip
+        else:
+            found.append((loc, f"no such directory '{value}'; {_holds(path.parent, value)}"))
         return False
     missing = [f for f in must_hold if not (path / f).exists()]
     if missing:
@@ -336,7 +377,10 @@ def _progress(spec, base: Path, large: int = 32 << 20):
     """A records-read counter on a terminal, for data of `large` bytes or more."""
     from runner.train import data as reader
 
-    size = sum(f.stat().st_size for f in reader.files(spec)) if Path(spec.path).exists() else 0
+    try:
+        size = sum(f.stat().st_size for f in reader.files(spec))
+    except (OSError, reader.DataError):
+        size = 0  # reading reports it
     if size < large or not sys.stderr.isatty():
         yield None
         return

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.spec.checks import is_hub_id
 from runner.spec.job import TEMPLATES, TrainingSpec
 
 # Any of these at the top level (and no runner `model:`/`method:` section) marks the file.
@@ -160,7 +161,7 @@ def _split(value: Any) -> list[str]:
 def _model(take, notes: list[Note]) -> dict[str, Any]:
     path = str(take("model_name_or_path", ""))
     model: dict[str, Any] = {"path": path}
-    if _is_hub_id(path):
+    if is_hub_id(path):
         model["path"] = "${MODEL_DIR}"
         notes.append(Note("model_name_or_path", f"{path} is a hub id and runner never downloads: copy "
                           "the model directory onto this machine and set MODEL_DIR to it", ("model", "path")))  # fmt: skip
@@ -197,13 +198,6 @@ def _model(take, notes: list[Note]) -> dict[str, Any]:
             notes.append(Note("adapter_name_or_path", "runner starts from one adapter; merge the others "
                               f"first (kept: {adapters[-1]})", ("model", "adapter")))  # fmt: skip
     return model
-
-
-def _is_hub_id(path: str) -> bool:
-    """`org/name` that is no directory here: a Hugging Face hub id."""
-    if not path or path.startswith(("/", ".", "~", "$")) or Path(path).exists():
-        return False
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path))
 
 
 def _method(take, notes: list[Note]) -> dict[str, Any]:

@@ -39,15 +39,16 @@ def main(argv: list[str] | None = None) -> int:
         _launch_env(spec)
         stage = importlib.import_module(STAGES[spec.stage])
         metrics = stage.run(spec, run_dir)
-    except (SpecError, RunnerError) as e:
+    except BaseException as raised:
+        e = raised if isinstance(raised, (SpecError, RunnerError)) else offline_error(raised)
+        if e is None:
+            if record:
+                record.update(status="failed", exit_code=1, ended=now())
+            raise
         print(e if isinstance(e, SpecError) else f"error: {e}", file=sys.stderr)
         if record:
             record.update(status="failed", exit_code=e.exit_code, ended=now(), message=str(e))
         return e.exit_code
-    except BaseException:
-        if record:
-            record.update(status="failed", exit_code=1, ended=now())
-        raise
     if metrics.get("stopped"):
         if int(os.environ.get("RANK", "0")) == 0:
             (run_dir / STOP_MARK).write_text(f"{metrics['global_step']}\n", encoding="utf-8")
@@ -61,6 +62,28 @@ def main(argv: list[str] | None = None) -> int:
     loss = metrics.get("train_loss")
     print(f"done: {metrics['global_step']} steps, train_loss {loss:.4f}, saved {run_dir / metrics['output']}")
     return 0
+
+
+def offline_error(e: BaseException) -> RunnerError | None:
+    """What to copy in, when a library or a model's own code (trust_remote_code) reached for the
+    Hugging Face hub: this process is offline, so the attempt fails at once, never retries."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    chain, seen = [], e
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if not any(isinstance(x, (OfflineModeIsEnabled, LocalEntryNotFoundError)) for x in chain):
+        return None
+    wanted = next(
+        (str(x) for x in chain if isinstance(x, (OfflineModeIsEnabled, LocalEntryNotFoundError))), ""
+    )
+    return RunnerError(
+        f"the job needs a file from the Hugging Face hub, and this machine is offline ({wanted.strip()[:300]}). "
+        "runner never downloads: on the connected side, download what the model (or its trust_remote_code "
+        "code) loads, e.g. `huggingface-cli download REPO --local-dir DIR`, carry DIR in, and point "
+        "model.path (or the model's config.json auto_map) at local files"
+    )
 
 
 def _tee(path: Path) -> None:

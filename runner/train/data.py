@@ -161,11 +161,32 @@ def files(ds: DatasetSpec) -> list[Path]:
     """The data files of one dataset: the file itself, or a directory's data files by name."""
     path = Path(ds.path or "")
     if path.is_file():
+        if path.suffix not in SUFFIXES:
+            raise DataError(_not_data(path), path, fatal=True)
         return [path]
     files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES)
     if not files:
+        scripts = sorted(p for p in path.iterdir() if p.suffix == ".py")
+        if scripts:
+            raise DataError(_not_data(scripts[0]), scripts[0], fatal=True)
         raise DataError(f"{path} holds no data files ({', '.join(SUFFIXES)})", fatal=True)
     return files
+
+
+def _not_data(path: Path) -> str:
+    if path.suffix == ".py":
+        return (
+            "is a dataset loading script: it builds the data with code, usually from the "
+            "network. runner reads data files only: on the connected side run it (e.g. "
+            "datasets.load_dataset(...)['train'].to_json('data.jsonl', force_ascii=False)) and give "
+            "the file it writes"
+        )
+    hint = (
+        "; save the sheet as CSV UTF-8 (or CSV, with encoding: gbk)"
+        if path.suffix in (".xlsx", ".xls")
+        else ""
+    )
+    return f"runner reads {', '.join(SUFFIXES)} files, not '{path.suffix or 'no suffix'}'{hint}"
 
 
 def _records(ds: DatasetSpec, where: str) -> Iterator[tuple[tuple[Path, int | None, int], Any]]:

@@ -74,3 +74,23 @@ def test_the_nccl_setting_of_the_spec_is_in_the_container(
         assert "NCCL_P2P_DISABLE=1" in env and not any(e.startswith("NCCL_IB_DISABLE") for e in env)
     finally:
         container.remove(force=True)
+
+
+def test_remote_code_that_downloads_fails_fast_in_the_container(cpu_image, tiny_model: Path, tmp_path: Path):
+    """The same model as tests/integration/test_offline.py, in the job's container (no network)."""
+    import time
+
+    from tests.offline_model import reaching_model
+
+    model = reaching_model(tiny_model, tmp_path / "model")
+    spec = write_job(tmp_path / "job.yaml", model, name="net", image="cpu",
+                     model={"path": str(model), "trust_remote_code": True})  # fmt: skip
+    began = time.monotonic()
+    result = runner_cli("submit", str(spec))
+    took = time.monotonic() - began
+    said = result.stdout + result.stderr
+    assert result.returncode == 1, said[-3000:]
+    assert "needs a file from the Hugging Face hub, and this machine is offline" in said
+    assert "Traceback" not in said and took < 90, took
+    (run_dir,) = (tmp_path / "out" / "net").iterdir()
+    assert read_record(run_dir).status == "failed"
