@@ -182,7 +182,7 @@ def _check_model(model: dict, stage: Any, base: Path, found: Found) -> None:
              f"unknown template '{template}'; "
              + (f"did you mean '{close}'? " if close else "")
              + f"known: {', '.join(TEMPLATES)}"))  # fmt: skip
-    elif template in CONTROL_TOKENS and model_ok and stage != "pt":
+    elif isinstance(template, str) and template in CONTROL_TOKENS and model_ok and stage != "pt":
         vocabulary = _vocabulary(base / path)
         added = model.get("add_special_tokens") or []
         missing = [t for t in CONTROL_TOKENS[template] if t not in vocabulary and t not in added]

@@ -16,7 +16,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from runner.errors import Problem
 
@@ -86,12 +86,24 @@ def load_yaml(path: str | Path, env: dict[str, str] | None = None) -> Source:
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         what = " ".join(str(x) for x in (e.context, e.problem) if x)
         return Source(file, None, problems=[Problem(file, line, col, "", f"invalid YAML: {what}")])
+    except YAMLError as e:  # e.g. a control character: no line and column to give
+        line, col = _position(text, getattr(e, "position", None))
+        return Source(
+            file, None, problems=[Problem(file, line, col, "", f"invalid YAML: {e}".split("\n")[0])]
+        )
     source = Source(file, None)
     source.resolved = text.startswith(RESOLVED_HEADER)
     source.data = _plain(doc, (), source, env)
     if source.data is None:
         source.data = {}
     return source
+
+
+def _position(text: str, offset: int | None) -> tuple[int, int]:
+    if offset is None:
+        return 0, 0
+    before = text[:offset]
+    return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
 
 
 def _defaulted(node: CommentedMap, key: Any) -> bool:
@@ -110,11 +122,13 @@ def _plain(node: Any, loc: Loc, src: Source, env: dict[str, str]) -> Any:
         for key, value in node.items():
             if src.resolved and _defaulted(node, key):
                 continue  # left to the schema's default, as when the user wrote the spec
-            key = str(key)
+            try:
+                (line, col), (vline, vcol) = node.lc.key(key), node.lc.value(key)
+            except (KeyError, TypeError):
+                (line, col), (vline, vcol) = (node.lc.line, node.lc.col), (node.lc.line, node.lc.col)
+            key = str(key)  # a key written as `:` or `? [a]` is no name; the schema refuses it
             child = (*loc, key)
-            line, col = node.lc.key(key)
             src.keys[child] = (line + 1, col + 1)
-            vline, vcol = node.lc.value(key)
             src.values[child] = (vline + 1, vcol + 1)
             out[key] = _plain(value, child, src, env)
         return out
