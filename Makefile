@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test test-all lint fmt clean install
+.PHONY: demo test test-all lint fmt clean install reliability
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -27,6 +27,11 @@ demo: $(VENV)/.installed models/tiny/config.json
 
 test: $(VENV)/.installed
 	$(BIN)/pytest -q
+
+# The reliability figures (kills survived, bad inputs refused, fuzzing, tamper and secret cases),
+# measured now, as the README's table. The long fault runs too: tens of minutes on two cores.
+reliability: $(VENV)/.installed
+	$(BIN)/python bench/reliability.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check runner tests bench
