@@ -460,7 +460,9 @@ def chat(run: str, message: str | None, executor: str | None) -> None:
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("-n", "count", default=3, show_default=True, help="Examples to show.")
+@click.option(
+    "-n", "count", default=3, show_default=True, type=click.IntRange(min=0), help="Examples to show."
+)
 def preview(job: str, count: int) -> None:
     """Show what training will see: N examples with their trained tokens marked, and the data's
     figures (rows, tokens, records per dataset, samples dropped by cutoff_len). Runs the job's

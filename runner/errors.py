@@ -40,6 +40,12 @@ class RunError(RunnerError):
     """A run could not be started, or ended badly."""
 
 
+class NoSuchRunError(RunError):
+    """A command named a run that does not exist: a mistake in its arguments."""
+
+    exit_code = 2
+
+
 class UnsupportedError(RunnerError):
     """A valid request this build of runner cannot carry out (e.g. QLoRA without CUDA)."""
 

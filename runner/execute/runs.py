@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.errors import RunError
+from runner.errors import NoSuchRunError, RunError
 from runner.render.deepspeed import render_deepspeed
 from runner.render.launch import cache_path, render_launch
 from runner.spec import JobSpec, load_job, resolve, to_yaml
@@ -93,7 +93,7 @@ def read_record(run_dir: str | Path) -> RunRecord:
     try:
         return RunRecord(**json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
-        raise RunError(f"{run_dir} is not a run directory (no {RECORD})") from None
+        raise NoSuchRunError(f"{run_dir} is not a run directory (no {RECORD})") from None
     except (ValueError, TypeError) as e:
         raise RunError(f"{path} is damaged: {e}") from None
 
@@ -153,9 +153,9 @@ def find_run(ref: str) -> RunRecord:
         return read_record(ref)
     entries = sorted(index_dir().glob(f"{ref}*")) if index_dir().is_dir() else []
     if not entries:
-        raise RunError(f"no run '{ref}'; `runner ls` lists them")
+        raise NoSuchRunError(f"no run '{ref}'; `runner ls` lists them")
     if len(entries) > 1:
-        raise RunError(f"'{ref}' matches several runs: {', '.join(p.name for p in entries[:5])}")
+        raise NoSuchRunError(f"'{ref}' matches several runs: {', '.join(p.name for p in entries[:5])}")
     return read_record(entries[0].read_text(encoding="utf-8").strip())
 
 

@@ -53,7 +53,7 @@ def test_env_reports_versions_without_failing():
 
 def test_chat_refuses_a_directory_that_is_no_run(tmp_path: Path):
     result = CliRunner().invoke(main, ["chat", str(tmp_path), "-m", "hi"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "is not a run directory" in result.stderr
 
 
