@@ -517,5 +517,12 @@ def env() -> None:
         click.echo(f"{key:<14} {value}")
 
 
+# eval, export and serve: runner/commands.py
+from runner import commands  # noqa: E402
+
+for _command in (commands.export,):
+    main.add_command(_command)
+
+
 if __name__ == "__main__":
     main()

@@ -1,5 +1,5 @@
-"""Commands that run a model besides training (chat now; eval, export, serve later) go through
-the same executor as the run: in its image with the network off, or as a local process."""
+"""Commands that run a model besides training (chat, export, serve) go through the same
+executor as the run: in its image with the network off, or as a local process."""
 
 from __future__ import annotations
 
@@ -17,9 +17,15 @@ from runner.render.launch import OFFLINE_ENV, cache_path
 
 
 def run_tool(
-    record: RunRecord, module_args: list[str], executor: str, sink: Callable[[bytes], None], interactive: bool
+    record: RunRecord,
+    module_args: list[str],
+    executor: str,
+    sink: Callable[[bytes], None],
+    interactive: bool,
+    writes: tuple[str, ...] = (),
 ) -> int:
-    """`python -m <module_args>` for a finished run; the run directory is read-only to it."""
+    """`python -m <module_args>` for a finished run; the run directory is read-only to it, the
+    directories in `writes` writable."""
     if executor == "local":
         return subprocess.call([sys.executable, "-m", *module_args], env={**os.environ, **OFFLINE_ENV})
     if interactive:
@@ -39,6 +45,8 @@ def run_tool(
     config.update(command=["python", "-m", *module_args], device_requests=config["device_requests"][:1])
     config["volumes"][record.run_dir]["mode"] = "ro"
     config["volumes"].pop(cache_path(spec) or "", None)  # a tool reads the result, no data
+    for path in writes:
+        config["volumes"][path] = {"bind": path, "mode": "rw"}
     container = docker.start(config)
     try:
         for chunk in container.logs(stream=True, follow=True):
