@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from runner.errors import RunError
+
 _executor = click.option(
     "--executor", type=click.Choice(["docker", "local"]), default=None,
     help="Where the model runs; default: where the run trained.",
@@ -73,3 +75,36 @@ def export(run: str, out: str | None, force: bool, dtype: str, executor: str | N
         record, args, where(record, executor), _sink, interactive=False, writes=(str(target.parent),)
     )
     sys.exit(code)
+
+
+@click.command("eval")
+@click.argument("job")
+@click.option("--data", "data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Test set (a data file as in data.datasets) [default: the run's own data; its "
+              "validation split where data.val_size is set].")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["alpaca", "sharegpt"]), default="alpaca", show_default=True,
+              help="Format of --data.")  # fmt: skip
+@click.option("--max-samples", type=int, default=None, help="Evaluate at most this many records.")
+@click.option("--max-new-tokens", type=int, default=None, help="Longest generated answer.")
+@_executor
+def evaluate(job: str, data: str | None, fmt: str, max_samples: int | None, max_new_tokens: int | None,
+             executor: str | None) -> None:  # fmt: skip
+    """Loss, perplexity, generated answers, BLEU-4 and ROUGE of a run (or of a `stage: eval` spec).
+
+    JOB is a `stage: eval` job spec (submitted as it is), or a run: a run directory, run id, or
+    a training spec (its latest succeeded run). The evaluation is a run of its own, under
+    OUTPUT/NAME-eval/, with generated_predictions.jsonl and eval_results.json."""
+    from runner.cli import _report
+    from runner.execute.submit import submit
+    from runner.train.evalspec import eval_spec_for, is_eval_spec
+
+    if Path(job).is_file() and is_eval_spec(job):
+        if data or max_samples or max_new_tokens:
+            raise RunError("--data, --max-samples and --max-new-tokens apply to a run; a stage: eval spec "
+                           "sets them in its data and eval sections")  # fmt: skip
+        spec_file, base, name = Path(job), None, executor or "docker"
+    else:
+        record = run_of(job)
+        spec_file = eval_spec_for(record, data, fmt, max_samples, max_new_tokens)
+        base, name = Path.cwd(), where(record, executor)
+    _report(submit(spec_file, name, _sink, base=base))

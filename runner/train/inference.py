@@ -58,6 +58,13 @@ def resolve(path: str | Path) -> Target:
                       "or adapter_config.json)")  # fmt: skip
 
 
+def of_spec(spec) -> Target:
+    """What a job spec names: model.path, with model.adapter on top where given."""
+    m = spec.model
+    tokenizer = _tokenizer_dir(Path(m.adapter), m.path) if m.adapter else m.path
+    return Target(m.path, m.adapter, tokenizer, m.template, m.trust_remote_code, spec.name)
+
+
 def _tokenizer_dir(adapter: Path, base: str) -> str:
     return str(adapter) if (adapter / "tokenizer_config.json").exists() else base
 
@@ -86,12 +93,15 @@ def default_dtype():
 
 def load(path: str | Path, dtype=None) -> Loaded:
     """Model and tokenizer ready to generate (eval mode, left padding, the chat template)."""
+    return load_target(resolve(path), dtype)
+
+
+def load_target(target: Target, dtype=None) -> Loaded:
     from transformers import AutoModelForCausalLM
 
     from runner.train.model import load_tokenizer
     from runner.train.templates import apply_template, stop_token_ids
 
-    target = resolve(path)
     tokenizer = load_tokenizer(target.tokenizer, target.trust_remote_code)
     apply_template(tokenizer, target.template)
     tokenizer.padding_side = "left"  # batched generation continues every row from its end
