@@ -520,7 +520,7 @@ def env() -> None:
 # eval, export and serve: runner/commands.py
 from runner import commands  # noqa: E402
 
-for _command in (commands.evaluate, commands.export):
+for _command in (commands.evaluate, commands.export, commands.serve):
     main.add_command(_command)
 
 

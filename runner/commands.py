@@ -108,3 +108,40 @@ def evaluate(job: str, data: str | None, fmt: str, max_samples: int | None, max_
         spec_file = eval_spec_for(record, data, fmt, max_samples, max_new_tokens)
         base, name = Path.cwd(), where(record, executor)
     _report(submit(spec_file, name, _sink, base=base))
+
+
+@click.command("serve")
+@click.argument("target")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 opens it to the network (set an API key).")  # fmt: skip
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--api-key", envvar="RUNNER_API_KEY", default=None,
+              help="Require `Authorization: Bearer KEY` [env: RUNNER_API_KEY].")  # fmt: skip
+@click.option("--name", default=None, help="The model id clients name [default: the run's or directory's].")
+@click.option("--max-tokens", default=512, show_default=True, help="Answer length when a request sets none.")
+def serve(target: str, host: str, port: int, api_key: str | None, name: str | None, max_tokens: int) -> None:
+    """An OpenAI-compatible HTTP server (/v1/models, /v1/chat/completions, streaming or not).
+
+    TARGET is a run (directory, id, or job spec: its latest succeeded run) or an exported model
+    directory. It runs here, as a local process (a container has no network to serve on)."""
+    import os
+
+    from runner.render.launch import OFFLINE_ENV
+    from runner.train.inference import resolve
+
+    path = (
+        target
+        if Path(target, "config.json").exists() or Path(target, "adapter_config.json").exists()
+        else None
+    )
+    path = path or run_of(target).run_dir
+    resolve(path)  # a run without a result, or a directory that is no model: refused before loading
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        click.echo(
+            f"warning: serving on {host} without an API key: anyone who reaches it can use it", err=True
+        )
+    argv = [sys.executable, "-m", "runner.train.serve", str(path), "--host", host, "--port", str(port),
+            "--max-tokens", str(max_tokens), *(["--name", name] if name else [])]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RUNNER_API_KEY"}
+    env.update(OFFLINE_ENV, **({"RUNNER_API_KEY": api_key} if api_key else {}))
+    os.execve(sys.executable, argv, env)  # the server is this process: a signal to it stops it
