@@ -28,8 +28,6 @@ def run_tool(
     directories in `writes` writable."""
     if executor == "local":
         return subprocess.call([sys.executable, "-m", *module_args], env={**os.environ, **OFFLINE_ENV})
-    if interactive:
-        raise RunError("an interactive chat runs with --executor local; in the image, ask with -m MESSAGE")
     from runner.docker_api import Docker
     from runner.execute.docker import DockerExecutor
     from runner.spec import load_job
@@ -47,6 +45,8 @@ def run_tool(
     config["volumes"].pop(cache_path(spec) or "", None)  # a tool reads the result, no data
     for path in writes:
         config["volumes"][path] = {"bind": path, "mode": "rw"}
+    if interactive:
+        return _attached(config)
     container = docker.start(config)
     try:
         for chunk in container.logs(stream=True, follow=True):
@@ -54,3 +54,19 @@ def run_tool(
         return container.wait()["StatusCode"]
     finally:
         container.remove(force=True)
+
+
+def _attached(config: dict) -> int:
+    """The same container, run by the docker command line attached to this terminal (an
+    interactive chat in the image)."""
+    import shutil
+
+    from runner.render.container import docker_run_argv
+
+    docker = shutil.which("docker")
+    if docker is None:
+        raise RunError("an interactive chat in the image needs the docker command line; use --executor "
+                       "local, or ask one question with -m MESSAGE")  # fmt: skip
+    argv = docker_run_argv(config)
+    argv[2:2] = ["--interactive", *(["--tty"] if sys.stdin.isatty() else [])]
+    return subprocess.call([docker, *argv[1:]])

@@ -49,6 +49,10 @@ def test_merged_export_reloads_with_the_same_logits(lora_run: Path, tmp_path: Pa
     assert (adapted - plain).abs().max() > 1e-2  # the adapter matters, so the comparison can fail
     torch.testing.assert_close(merged, adapted, atol=1e-4, rtol=1e-4)
 
+    chat = runner_cli("chat", str(out), "-m", "你是谁？")  # the exported directory, as it is
+    assert chat.returncode == 0, chat.stderr[-3000:]
+    assert "user> 你是谁？\nassistant> " in chat.stdout
+
 
 def test_export_refuses_a_non_empty_directory_and_force_replaces_it(lora_run: Path, tmp_path: Path):  # noqa: F811
     out = tmp_path / "taken"
