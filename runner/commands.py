@@ -119,29 +119,42 @@ def evaluate(job: str, data: str | None, fmt: str, max_samples: int | None, max_
               help="Require `Authorization: Bearer KEY` [env: RUNNER_API_KEY].")  # fmt: skip
 @click.option("--name", default=None, help="The model id clients name [default: the run's or directory's].")
 @click.option("--max-tokens", default=512, show_default=True, help="Answer length when a request sets none.")
-def serve(target: str, host: str, port: int, api_key: str | None, name: str | None, max_tokens: int) -> None:
+@_executor
+def serve(target: str, host: str, port: int, api_key: str | None, name: str | None, max_tokens: int,
+          executor: str | None) -> None:  # fmt: skip
     """An OpenAI-compatible HTTP server (/v1/models, /v1/chat/completions, streaming or not).
 
     TARGET is a run (directory, id, or job spec: its latest succeeded run) or an exported model
-    directory. It runs here, as a local process (a container has no network to serve on)."""
+    directory (served here). In the run's image the container keeps its network off: the server
+    listens on a unix socket and this process forwards HOST:PORT to it."""
     import os
 
     from runner.render.launch import OFFLINE_ENV
     from runner.train.inference import resolve
 
-    path = (
-        target
-        if Path(target, "config.json").exists() or Path(target, "adapter_config.json").exists()
-        else None
-    )
-    path = path or run_of(target).run_dir
+    exported = Path(target, "config.json").exists() or Path(target, "adapter_config.json").exists()
+    record = None if exported else run_of(target)
+    path = str(Path(target).resolve()) if exported else record.run_dir
     resolve(path)  # a run without a result, or a directory that is no model: refused before loading
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        click.echo(
-            f"warning: serving on {host} without an API key: anyone who reaches it can use it", err=True
+        click.echo(f"warning: serving on {host} without an API key: anyone who reaches it can use it",
+                   err=True)  # fmt: skip
+    module_args = [
+        "runner.train.serve",
+        path,
+        "--max-tokens",
+        str(max_tokens),
+        *(["--name", name] if name else []),
+    ]
+    if record is not None and where(record, executor) == "docker":
+        from runner.execute.serving import serve_in_image
+
+        sys.exit(serve_in_image(record, module_args, host, port, api_key, _sink))
+    if executor == "docker":
+        raise RunError(
+            "an exported model directory is served here (--executor local); serve the run to use its image"
         )
-    argv = [sys.executable, "-m", "runner.train.serve", str(path), "--host", host, "--port", str(port),
-            "--max-tokens", str(max_tokens), *(["--name", name] if name else [])]  # fmt: skip
+    argv = [sys.executable, "-m", *module_args, "--host", host, "--port", str(port)]
     env = {k: v for k, v in os.environ.items() if k != "RUNNER_API_KEY"}
     env.update(OFFLINE_ENV, **({"RUNNER_API_KEY": api_key} if api_key else {}))
     os.execve(sys.executable, argv, env)  # the server is this process: a signal to it stops it

@@ -28,6 +28,23 @@ def run_tool(
     directories in `writes` writable."""
     if executor == "local":
         return subprocess.call([sys.executable, "-m", *module_args], env={**os.environ, **OFFLINE_ENV})
+    docker, config = tool_container(record, module_args, sink, writes)
+    if interactive:
+        return _attached(config)
+    container = docker.start(config)
+    try:
+        for chunk in container.logs(stream=True, follow=True):
+            sink(chunk)
+        return container.wait()["StatusCode"]
+    finally:
+        container.remove(force=True)
+
+
+def tool_container(
+    record: RunRecord, module_args: list[str], sink: Callable[[bytes], None], writes: tuple[str, ...] = ()
+):
+    """The engine and the container config of a tool: the run's own container (image, user,
+    mounts, no network), one GPU at most, the run directory read-only, `writes` writable."""
     from runner.docker_api import Docker
     from runner.execute.docker import DockerExecutor
     from runner.spec import load_job
@@ -45,15 +62,7 @@ def run_tool(
     config["volumes"].pop(cache_path(spec) or "", None)  # a tool reads the result, no data
     for path in writes:
         config["volumes"][path] = {"bind": path, "mode": "rw"}
-    if interactive:
-        return _attached(config)
-    container = docker.start(config)
-    try:
-        for chunk in container.logs(stream=True, follow=True):
-            sink(chunk)
-        return container.wait()["StatusCode"]
-    finally:
-        container.remove(force=True)
+    return docker, config
 
 
 def _attached(config: dict) -> int:

@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--name", help="the model id clients name [default: the run's or directory's name]")
     parser.add_argument("--max-tokens", type=int, default=512, help="answer length when a request sets none")
+    parser.add_argument("--uds", help="listen on this unix socket instead (in a container without network)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     import uvicorn
@@ -208,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         loaded.name = args.name
     api_key = os.environ.get("RUNNER_API_KEY") or None
     app = create_app(loaded, api_key, default_max_tokens=args.max_tokens)
-    print(f"serving {loaded.name} on http://{args.host}:{args.port}/v1 "
-          f"({'API key required' if api_key else 'no API key'})", flush=True)  # fmt: skip
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    where = f"unix socket {args.uds}" if args.uds else f"http://{args.host}:{args.port}/v1"
+    print(f"serving {loaded.name} on {where} ({'API key required' if api_key else 'no API key'})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, uds=args.uds, log_level="warning")
     return 0
 
 
