@@ -95,11 +95,13 @@ def _merged(target: Target, work: Path, dtype: str) -> str:
     from runner.train.templates import stop_token_ids
 
     tokenizer = _tokenizer(target)
+    config = json.loads(Path(target.base, "config.json").read_text(encoding="utf-8"))
+    saved_dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
+    saved_dtype = saved_dtype if saved_dtype in DTYPES.values() else "float32"
     model = AutoModelForCausalLM.from_pretrained(
         target.base, local_files_only=True, trust_remote_code=target.trust_remote_code,
         dtype=torch.float32,  # merged in full precision, cast once at the end
     )  # fmt: skip
-    saved_dtype = str(getattr(model.config, "dtype", None) or "float32").removeprefix("torch.")
     if target.adapter:
         from peft import PeftModel
 

@@ -63,9 +63,16 @@ def test_export_refuses_a_non_empty_directory_and_force_replaces_it(lora_run: Pa
     assert "is not empty" in result.stderr and "--force" in result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
-    result = runner_cli("export", str(lora_run), "--out", str(out), "--force", "--executor", "local")
+    result = runner_cli(
+        "export", str(lora_run), "--out", str(out), "--force", "--dtype", "bf16", "--executor", "local"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    from safetensors import safe_open
+
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}  # noqa: SIM118
 
 
 def test_export_of_a_run_without_a_result_says_so(lora_run: Path, tmp_path: Path):  # noqa: F811
