@@ -435,6 +435,9 @@ class EvalSpec(_Spec):
     top_k: int = Field(50, ge=0, description="Sample among the k likeliest tokens (with do_sample).")
     num_beams: int = Field(1, ge=1, description="Beam search width (1: none).")
     repetition_penalty: float = Field(1.0, gt=0, description="Penalty on repeated tokens (1: none).")
+    max_samples: int | None = Field(
+        None, ge=1, description="Evaluate at most this many records (the first of the validation split)."
+    )
 
 
 class OutputSpec(_Spec):

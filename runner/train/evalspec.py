@@ -21,7 +21,7 @@ def eval_spec_for(
     """Write the eval spec of a run's result (beside the evaluation runs) and return its path:
     the run's model, its data (or `data`), its generation defaults."""
     from runner.spec import load_job, to_yaml
-    from runner.spec.job import DatasetSpec, DataSpec
+    from runner.spec.job import DatasetSpec, DataSpec, DistributedSpec
 
     run_dir = Path(record.run_dir)
     spec = load_job(run_dir / "spec.yaml", files=False)
@@ -35,16 +35,22 @@ def eval_spec_for(
     else:
         raise RunError(f"run {record.id} has no result (no adapter/ or model/ in {run_dir}); "
                        "only a run that finished training can be evaluated")  # fmt: skip
+    source = spec.data
     if data:
-        source = spec.data.model_copy(update={
+        source = source.model_copy(update={
             "datasets": [DatasetSpec(path=str(Path(data).resolve()), format=fmt)], "val_size": 0.0,
-            "mix_probs": None, "max_samples": max_samples,
+            "mix_probs": None, "max_samples": None,
         })  # fmt: skip
-    else:
-        source = spec.data.model_copy(update={"max_samples": max_samples or spec.data.max_samples})
+    generation = {"max_new_tokens": max_new_tokens or spec.eval.max_new_tokens,
+                  "max_samples": max_samples or spec.eval.max_samples}  # fmt: skip
+    # One process evaluates, on one GPU at most: training's launcher and DeepSpeed stay behind.
+    gpus = spec.resources.gpus
+    gpus = gpus[:1] if isinstance(gpus, list) else (0 if gpus == 0 else 1)
+    resources = spec.resources.model_copy(update={"gpus": gpus, "nodes": 1, "procs_per_node": None})
     out = spec.model_copy(update={
         "name": f"{spec.name}-eval", "stage": "eval", "model": model, "data": DataSpec(**source.model_dump()),
-        "eval": spec.eval.model_copy(update={"max_new_tokens": max_new_tokens or spec.eval.max_new_tokens}),
+        "eval": spec.eval.model_copy(update=generation), "resources": resources,
+        "distributed": DistributedSpec(),
     })  # fmt: skip
     path = Path(spec.output.dir) / out.name / f"{record.id}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

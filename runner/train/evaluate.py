@@ -53,6 +53,8 @@ def records(spec: JobSpec, tokenizer) -> tuple[list[list[dict]], list[dict]]:
     table = Dataset.from_list(rows)
     if spec.data.val_size:
         _, table = dataset.split(table, spec)
+    if spec.eval.max_samples:
+        table = table.select(range(min(spec.eval.max_samples, len(table))))
     kept = [items[i] for i in table["index"]]
     return kept, [{k: r[k] for k in ("input_ids", "labels")} for r in table]
 
@@ -84,10 +86,14 @@ def loss(loaded, rows: list[dict], batch_size: int) -> tuple[float, int]:
 
 
 def run(spec: JobSpec, run_dir: Path) -> dict:
+    import os
+
     from runner.train import inference, metrics
     from runner.train.loop import seed_everything
     from runner.train.templates import render
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {}  # one process evaluates; others a launcher started have nothing to do
     seed_everything(spec)
     loaded = inference.load_target(inference.of_spec(spec))
     conversations, rows = records(spec, loaded.tokenizer)
