@@ -75,14 +75,15 @@ def test_export_refuses_a_non_empty_directory_and_force_replaces_it(lora_run: Pa
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}  # noqa: SIM118
 
 
-def test_export_of_a_run_without_a_result_says_so(lora_run: Path, tmp_path: Path):  # noqa: F811
+def test_a_run_without_a_result_is_refused_by_export_eval_serve_and_chat(lora_run: Path, tmp_path: Path):  # noqa: F811
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     for name in ("run.json", "spec.yaml"):
         shutil.copy(lora_run / name, unfinished / name)
-    result = runner_cli("export", str(unfinished), "--out", str(tmp_path / "x"), "--executor", "local")
-    assert result.returncode != 0
-    assert "has no result" in result.stderr and "Traceback" not in result.stderr
+    for command in (["export", "--out", str(tmp_path / "x")], ["eval"], ["serve"], ["chat", "-m", "hi"]):
+        result = runner_cli(command[0], str(unfinished), *command[1:], "--executor", "local")
+        assert result.returncode != 0, command
+        assert "has no result" in result.stderr and "Traceback" not in result.stderr, (command, result.stderr)
     assert not (tmp_path / "x").exists()
 
 
