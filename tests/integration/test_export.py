@@ -123,3 +123,22 @@ def test_prefix_adapters_are_exported_unmerged_with_how_to_load_them(tmp_path: P
     loaded = load(out)  # the exported adapter loads on its own: its base is found from its config
     assert type(loaded.model).__name__.startswith("Peft")
     assert len(generate(loaded, [[{"role": "user", "content": "hi"}]], Settings(max_new_tokens=3))) == 1
+
+
+def test_a_fully_trained_model_exports_with_its_tokenizer_and_template(tmp_path: Path, tiny_model: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = train(tmp_path / "full", tiny_model, method={"type": "full"}, model={"template": "default"},
+                training={"max_steps": 2, "learning_rate": 1e-2})  # fmt: skip
+    out = tmp_path / "exported"
+    result = runner_cli("export", str(run), "--out", str(out), "--executor", "local")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert "Human: " in tokenizer.chat_template  # the job's template, not the base's own (chatml)
+    eos = AutoModelForCausalLM.from_pretrained(out).generation_config.eos_token_id
+    assert eos == [tokenizer.eos_token_id]
+    torch.testing.assert_close(
+        logits(AutoModelForCausalLM.from_pretrained(out).eval(), tokenizer),
+        logits(AutoModelForCausalLM.from_pretrained(run / "model").eval(), tokenizer),
+    )

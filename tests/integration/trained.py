@@ -9,10 +9,10 @@ import pytest
 from tests.conftest import runner_cli, write_job
 
 
-def train(directory: Path, model: Path, **sections) -> Path:
+def train(directory: Path, base: Path, **sections) -> Path:
     """A finished run of a small job; its run directory."""
     directory.mkdir(parents=True, exist_ok=True)
-    spec = write_job(directory / "job.yaml", model, **sections)
+    spec = write_job(directory / "job.yaml", base, **sections)
     result = runner_cli("submit", str(spec), "--executor", "local")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run_dir,) = (directory / "out" / "job").iterdir()
