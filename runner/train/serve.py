@@ -30,6 +30,7 @@ from runner.errors import RunnerError
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20  # bytes of one request
+DRAIN_LIMIT = 64 << 20  # bytes read of a request over MAX_BODY before the connection is dropped
 
 
 class Message(BaseModel):
@@ -120,12 +121,18 @@ def create_app(loaded, api_key: str | None = None, max_body: int = MAX_BODY, def
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body:
+        # Read to the end (a client still sending would see a broken connection instead of the
+        # answer), keeping at most max_body bytes; give up on a body past DRAIN_LIMIT.
+        kept, size = [], 0
+        async for part in request.stream():
+            size += len(part)
+            if size <= max_body:
+                kept.append(part)
+            elif size > DRAIN_LIMIT:
+                break
+        if size > max_body:
             raise ApiError(413, f"request body over {max_body} bytes", "request_too_large")
-        raw = await request.body()
-        if len(raw) > max_body:
-            raise ApiError(413, f"request body over {max_body} bytes", "request_too_large")
+        raw = b"".join(kept)
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
