@@ -457,10 +457,6 @@ class JobSpec(_Spec):
     method: Method
     data: DataSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
-    image: str = Field("default", description="Image spec in images/ that the job runs in.")
-    output: OutputSpec = Field(default_factory=OutputSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Generation settings of stage eval.")
 
     @model_validator(mode="before")
@@ -470,3 +466,8 @@ class JobSpec(_Spec):
         if isinstance(data, dict) and data.get("stage") == "eval" and "method" not in data:
             return {**data, "method": {"type": "full"}}
         return data
+
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    image: str = Field("default", description="Image spec in images/ that the job runs in.")
+    output: OutputSpec = Field(default_factory=OutputSpec)
