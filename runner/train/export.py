@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from runner.errors import RunnerError
-from runner.train.inference import PROMPT_PEFT_TYPES, Target, peft_type, resolve
+from runner.train.inference import PROMPT_PEFT_TYPES, Target, fit_vocabulary, peft_type, resolve
 
 log = logging.getLogger(__name__)
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -80,12 +80,9 @@ def export(run_dir: Path, out: Path, dtype: str = "auto", force: bool = False) -
 
 
 def _tokenizer(target: Target):
-    from runner.train.model import load_tokenizer
-    from runner.train.templates import apply_template
+    from runner.train.inference import prepare_tokenizer
 
-    tokenizer = load_tokenizer(target.tokenizer, target.trust_remote_code)
-    apply_template(tokenizer, target.template)  # the template travels in the tokenizer files
-    return tokenizer
+    return prepare_tokenizer(target)  # the template travels in the tokenizer files
 
 
 def _merged(target: Target, work: Path, dtype: str) -> str:
@@ -105,6 +102,7 @@ def _merged(target: Target, work: Path, dtype: str) -> str:
     if target.adapter:
         from peft import PeftModel
 
+        fit_vocabulary(model, tokenizer)
         model = PeftModel.from_pretrained(model, target.adapter).merge_and_unload()
         how = f"adapter {target.adapter} merged into {target.base}"
     else:

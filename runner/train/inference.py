@@ -24,6 +24,10 @@ class Target:
     template: str = "auto"  # the job's model.template, where known
     trust_remote_code: bool = False
     name: str = "model"
+    default_system: str | None = None  # the job's model.default_system, where its spec has one
+    # The tokenizer is one a run or an export saved: it carries the job's chat template (and what
+    # the job added to it) already, and is used as it is.
+    saved_tokenizer: bool = False
 
 
 def resolve(path: str | Path) -> Target:
@@ -35,25 +39,27 @@ def resolve(path: str | Path) -> Target:
         spec = load_job(path / "spec.yaml", files=False)
         m = spec.model
         name = f"{spec.name}/{path.name}"
+        system = getattr(m, "default_system", None)
         if (path / "adapter" / "adapter_config.json").exists():
             adapter = path / "adapter"
-            return Target(m.path, str(adapter), _tokenizer_dir(adapter, m.path), m.template,
-                          m.trust_remote_code, name)  # fmt: skip
+            tokenizer = _tokenizer_dir(adapter, m.path)
+            return Target(m.path, str(adapter), tokenizer, m.template, m.trust_remote_code, name, system,
+                          tokenizer != m.path)  # fmt: skip
         if (path / "model" / "config.json").exists():
-            return Target(
-                str(path / "model"), None, str(path / "model"), m.template, m.trust_remote_code, name
-            )
+            full = str(path / "model")
+            return Target(full, None, full, m.template, m.trust_remote_code, name, system, True)
         raise RunnerError(f"run {path.name} has no result (no adapter/ or model/ in {path}); "
                           "only a run that finished training can be used")  # fmt: skip
     if (path / "config.json").exists():
-        return Target(str(path), None, str(path), name=path.name)
+        return Target(str(path), None, str(path), name=path.name, saved_tokenizer=True)
     if (path / "adapter_config.json").exists():
         base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))[
             "base_model_name_or_path"
         ]
         if not base or not Path(base, "config.json").exists():
             raise RunnerError(f"{path} is an adapter whose base model ({base!r}) is not on this machine")
-        return Target(base, str(path), _tokenizer_dir(path, base), name=path.name)
+        tokenizer = _tokenizer_dir(path, base)
+        return Target(base, str(path), tokenizer, name=path.name, saved_tokenizer=tokenizer != base)
     raise RunnerError(f"{path} is neither a run directory nor a model directory (no run.json, config.json "
                       "or adapter_config.json)")  # fmt: skip
 
@@ -62,7 +68,32 @@ def of_spec(spec) -> Target:
     """What a job spec names: model.path, with model.adapter on top where given."""
     m = spec.model
     tokenizer = _tokenizer_dir(Path(m.adapter), m.path) if m.adapter else m.path
-    return Target(m.path, m.adapter, tokenizer, m.template, m.trust_remote_code, spec.name)
+    # A run's model/ (runner eval of a fully trained run) holds the tokenizer the run saved.
+    saved = tokenizer != m.path or Path(m.path, "..", "run.json").exists()
+    return Target(m.path, m.adapter, tokenizer, m.template, m.trust_remote_code, spec.name,
+                  getattr(m, "default_system", None), saved)  # fmt: skip
+
+
+def prepare_tokenizer(target: Target):
+    """The target's tokenizer with the job's chat template; a saved one is used as it is."""
+    from runner.train.model import load_tokenizer
+    from runner.train.templates import apply_template
+
+    tokenizer = load_tokenizer(target.tokenizer, target.trust_remote_code)
+    if not target.saved_tokenizer:
+        extra = {"default_system": target.default_system} if target.default_system is not None else {}
+        apply_template(tokenizer, target.template, **extra)
+    elif not getattr(tokenizer, "chat_template", None):
+        raise RunnerError(f"the tokenizer in {target.tokenizer} has no chat template")
+    return tokenizer
+
+
+def fit_vocabulary(model, tokenizer) -> None:
+    """Grow the base's embeddings to a tokenizer the run added tokens to; the adapter then brings
+    the trained rows (embeddings and head are trained in full when tokens are added)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
 
 
 def _tokenizer_dir(adapter: Path, base: str) -> str:
@@ -99,11 +130,9 @@ def load(path: str | Path, dtype=None) -> Loaded:
 def load_target(target: Target, dtype=None) -> Loaded:
     from transformers import AutoModelForCausalLM
 
-    from runner.train.model import load_tokenizer
-    from runner.train.templates import apply_template, stop_token_ids
+    from runner.train.templates import stop_token_ids
 
-    tokenizer = load_tokenizer(target.tokenizer, target.trust_remote_code)
-    apply_template(tokenizer, target.template)
+    tokenizer = prepare_tokenizer(target)
     tokenizer.padding_side = "left"  # batched generation continues every row from its end
     model = AutoModelForCausalLM.from_pretrained(
         target.base, local_files_only=True, trust_remote_code=target.trust_remote_code,
@@ -112,6 +141,7 @@ def load_target(target: Target, dtype=None) -> Loaded:
     if target.adapter:
         from peft import PeftModel
 
+        fit_vocabulary(model, tokenizer)
         model = PeftModel.from_pretrained(model, target.adapter)
     import torch
 
