@@ -437,14 +437,25 @@ def resume(run_id: str, detach: bool) -> None:
 @main.command()
 @click.argument("run", type=click.Path(exists=True))
 @click.option("-m", "--message", help="Ask one question and exit; omit for an interactive chat.")
+@click.option("--system", help="System prompt.")
 @click.option("--executor", type=click.Choice(["docker", "local"]), default=None,
               help="Where the model runs; default: where the run trained.")  # fmt: skip
-def chat(run: str, message: str | None, executor: str | None) -> None:
-    """Talk to what a run trained. RUN is a run directory, or a job spec for its latest run."""
+def chat(run: str, message: str | None, system: str | None, executor: str | None) -> None:
+    """Talk to what a run trained. RUN is a run directory, a job spec for its latest run, or an
+    exported model directory. Interactive: answers stream, the conversation is kept, /reset
+    forgets it."""
     from runner.execute.runs import latest_run, read_record
     from runner.execute.tools import run_tool
     from runner.render.launch import render_chat
 
+    if Path(run, "config.json").exists() or Path(run, "adapter_config.json").exists():  # an exported model
+        import os
+        import subprocess
+
+        from runner.render.launch import OFFLINE_ENV
+
+        argv = [sys.executable, "-m", *render_chat(Path(run).resolve(), message, system)]
+        sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
     if Path(run).is_file():
         from runner.spec import load_job
 
@@ -454,7 +465,7 @@ def chat(run: str, message: str | None, executor: str | None) -> None:
         record = read_record(run)  # refuses anything that is not a run directory
         record.run_dir = str(Path(run).resolve())
     executor = executor or ("docker" if record.executor == "docker" else "local")
-    module_args = render_chat(Path(record.run_dir), message)
+    module_args = render_chat(Path(record.run_dir), message, system)
     sys.exit(run_tool(record, module_args, executor, _sink, interactive=message is None))
 
 
@@ -599,6 +610,13 @@ def env() -> None:
 
     for key, value in report():
         click.echo(f"{key:<14} {value}")
+
+
+# eval, export and serve: runner/commands.py
+from runner import commands  # noqa: E402
+
+for _command in (commands.evaluate, commands.export, commands.serve):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Commands that run a model besides training (chat now; eval, export, serve later) go through
-the same executor as the run: in its image with the network off, or as a local process."""
+"""Commands that run a model besides training (chat, export, serve) go through the same
+executor as the run: in its image with the network off, or as a local process."""
 
 from __future__ import annotations
 
@@ -17,13 +17,34 @@ from runner.render.launch import OFFLINE_ENV, cache_path
 
 
 def run_tool(
-    record: RunRecord, module_args: list[str], executor: str, sink: Callable[[bytes], None], interactive: bool
+    record: RunRecord,
+    module_args: list[str],
+    executor: str,
+    sink: Callable[[bytes], None],
+    interactive: bool,
+    writes: tuple[str, ...] = (),
 ) -> int:
-    """`python -m <module_args>` for a finished run; the run directory is read-only to it."""
+    """`python -m <module_args>` for a finished run; the run directory is read-only to it, the
+    directories in `writes` writable."""
     if executor == "local":
         return subprocess.call([sys.executable, "-m", *module_args], env={**os.environ, **OFFLINE_ENV})
+    docker, config = tool_container(record, module_args, sink, writes)
     if interactive:
-        raise RunError("an interactive chat runs with --executor local; in the image, ask with -m MESSAGE")
+        return _attached(config)
+    container = docker.start(config)
+    try:
+        for chunk in container.logs(stream=True, follow=True):
+            sink(chunk)
+        return container.wait()["StatusCode"]
+    finally:
+        container.remove(force=True)
+
+
+def tool_container(
+    record: RunRecord, module_args: list[str], sink: Callable[[bytes], None], writes: tuple[str, ...] = ()
+):
+    """The engine and the container config of a tool: the run's own container (image, user,
+    mounts, no network), one GPU at most, the run directory read-only, `writes` writable."""
     from runner.docker_api import Docker
     from runner.execute.docker import DockerExecutor
     from runner.spec import load_job
@@ -39,10 +60,22 @@ def run_tool(
     config.update(command=["python", "-m", *module_args], device_requests=config["device_requests"][:1])
     config["volumes"][record.run_dir]["mode"] = "ro"
     config["volumes"].pop(cache_path(spec) or "", None)  # a tool reads the result, no data
-    container = docker.start(config)
-    try:
-        for chunk in container.logs(stream=True, follow=True):
-            sink(chunk)
-        return container.wait()["StatusCode"]
-    finally:
-        container.remove(force=True)
+    for path in writes:
+        config["volumes"][path] = {"bind": path, "mode": "rw"}
+    return docker, config
+
+
+def _attached(config: dict) -> int:
+    """The same container, run by the docker command line attached to this terminal (an
+    interactive chat in the image)."""
+    import shutil
+
+    from runner.render.container import docker_run_argv
+
+    docker = shutil.which("docker")
+    if docker is None:
+        raise RunError("an interactive chat in the image needs the docker command line; use --executor "
+                       "local, or ask one question with -m MESSAGE")  # fmt: skip
+    argv = docker_run_argv(config)
+    argv[2:2] = ["--interactive", *(["--tty"] if sys.stdin.isatty() else [])]
+    return subprocess.call([docker, *argv[1:]])

@@ -124,9 +124,10 @@ def mounts(spec: JobSpec, run_dir: PurePath | None, spec_file: PurePath | None =
     return paths
 
 
-def render_chat(run_dir: PurePath, message: str | None) -> list[str]:
+def render_chat(run_dir: PurePath, message: str | None, system: str | None = None) -> list[str]:
     """Module and arguments of a chat with a run's result (run as `python -m` + these)."""
     argv = ["runner.train.chat", str(run_dir)]
+    argv += ["--system", system] if system is not None else []
     return argv + (["--message", message] if message is not None else [])
 
 

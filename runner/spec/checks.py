@@ -21,7 +21,7 @@ from runner.spec.job import CONTROL_TOKENS, DATA_FORMATS, PROMPT_LEARNING, TEMPL
 from runner.spec.yaml_loader import Loc
 
 # What this build of runner can execute; the schema already covers the whole product.
-AVAILABLE_STAGES = ("pt", "sft")
+AVAILABLE_STAGES = ("pt", "sft", "eval")
 _MODEL_FILES = ("config.json",)
 Found = list[tuple[Loc, str]]
 # Whether the checks read every record of the data (`runner validate --no-data` turns it off).
@@ -336,7 +336,7 @@ def _check_data(data: Any, stage: Any, base: Path, found: Found, read: bool = Tr
             found.append(
                 (("data", "datasets", i, "format"),
                  f"stage 'pt' trains on plain text; use format: text (got '{fmt}')"))  # fmt: skip
-        if stage in ("sft", "rm", "dpo", "kto", "ppo") and fmt == "text":
+        if stage in ("sft", "rm", "dpo", "kto", "ppo", "eval") and fmt == "text":
             found.append(
                 (("data", "datasets", i, "format"),
                  f"stage '{stage}' needs conversations; use format: alpaca or sharegpt "

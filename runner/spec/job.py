@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
-Stage = Literal["pt", "sft", "rm", "dpo", "kto", "ppo"]
+STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo", "eval")
+Stage = Literal["pt", "sft", "rm", "dpo", "kto", "ppo", "eval"]
 DATA_FORMATS = ("alpaca", "sharegpt", "text")
 # Built-in chat templates; "auto" means the tokenizer's own chat_template.
 TEMPLATES = ("auto", "default", "alpaca", "chatml", "qwen", "llama3", "chatglm3", "mistral", "baichuan2")
@@ -449,6 +449,21 @@ class DistributedSpec(_Spec):
     )
 
 
+class EvalSpec(_Spec):
+    """Generation settings of stage eval (names as in transformers' GenerationConfig)."""
+
+    max_new_tokens: int = Field(128, ge=1, description="Longest generated answer, in tokens.")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(0.95, gt=0, description="Sampling temperature (with do_sample).")
+    top_p: float = Field(0.7, gt=0, le=1, description="Nucleus sampling share (with do_sample).")
+    top_k: int = Field(50, ge=0, description="Sample among the k likeliest tokens (with do_sample).")
+    num_beams: int = Field(1, ge=1, description="Beam search width (1: none).")
+    repetition_penalty: float = Field(1.0, gt=0, description="Penalty on repeated tokens (1: none).")
+    max_samples: int | None = Field(
+        None, ge=1, description="Evaluate at most this many records (the first of the validation split)."
+    )
+
+
 class OutputSpec(_Spec):
     dir: str = Field("outputs", description="Runs are written to DIR/<name>/<run-id>/.")
 
@@ -458,11 +473,24 @@ class JobSpec(_Spec):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="Job name; letters, digits, '.', '_' and '-'.",
     )
-    stage: Stage = Field("sft", description="pt, sft, rm, dpo, kto or ppo.")
+    stage: Stage = Field(
+        "sft", description="pt, sft, rm, dpo, kto or ppo; eval: loss, generated answers and BLEU/ROUGE "
+        "of model.path (+ model.adapter) on the data, as `runner eval` runs it.",
+    )  # fmt: skip
     model: ModelSpec
     method: Method
     data: DataSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="Generation settings of stage eval.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _eval_needs_no_method(cls, data: Any) -> Any:
+        """An evaluation trains nothing: its spec may leave out the method."""
+        if isinstance(data, dict) and data.get("stage") == "eval" and "method" not in data:
+            return {**data, "method": {"type": "full"}}
+        return data
+
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
     image: str = Field("default", description="Image spec in images/ that the job runs in.")

@@ -16,7 +16,7 @@ from pathlib import Path
 from runner.errors import RunError, RunnerError, SpecError
 from runner.execute.runs import STOP_MARK, STOPPED, RunRecord, now
 
-STAGES = {"sft": "runner.train.sft", "pt": "runner.train.pt"}
+STAGES = {"sft": "runner.train.sft", "pt": "runner.train.pt", "eval": "runner.train.evaluate"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return STOPPED
     if record:
         record.update(status="succeeded", exit_code=0, ended=now())
-    if not metrics:  # not the main process of a distributed run
+    if not metrics or spec.stage == "eval":  # not the main process; an evaluation printed its table
         return 0
     loss = metrics.get("train_loss")
     print(f"done: {metrics['global_step']} steps, train_loss {loss:.4f}, saved {run_dir / metrics['output']}")

@@ -1,4 +1,9 @@
-"""Talk to a run's result: `python -m runner.train.chat RUN_DIR [--message TEXT]`."""
+"""Talk to a run's result or an exported model:
+`python -m runner.train.chat TARGET [--message TEXT] [--system TEXT]`.
+
+Without --message it is an interactive chat: answers stream in as they are generated, the
+conversation is kept (the system prompt first), `/reset` forgets it, `/exit` or Ctrl-D ends.
+"""
 
 from __future__ import annotations
 
@@ -53,22 +58,13 @@ def reply(spec, model, tokenizer, messages: list[dict], max_new_tokens: int = 12
     return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runner.train.chat")
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--message", "-m", help="one question; omit for an interactive chat")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    args = parser.parse_args(argv)
-    try:
-        spec, model, tokenizer = load(args.run_dir)
-    except RunnerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    if args.message is not None:
-        print(
-            f"user> {args.message}\nassistant> {reply(spec, model, tokenizer, [{'role': 'user', 'content': args.message}], args.max_new_tokens)}"
-        )
-        return 0
+HELP = "/reset forgets the conversation, /system TEXT sets the system prompt, /exit ends (or Ctrl-D)"
+
+
+def interactive(loaded, system: str | None, settings) -> int:
+    from runner.train.inference import stream
+
+    print(f"chatting with {loaded.name}; {HELP}", flush=True)
     history: list[dict] = []
     while True:
         try:
@@ -76,15 +72,59 @@ def main(argv: list[str] | None = None) -> int:
         except (EOFError, KeyboardInterrupt):
             print()
             return 0
-        if text in ("exit", "quit"):
+        if not text:
+            continue
+        if text in ("/exit", "/quit", "exit", "quit"):
             return 0
-        if text == "clear":
+        if text in ("/reset", "clear"):
             history = []
+            print("(conversation reset)", flush=True)
+            continue
+        if text.startswith("/system"):
+            system = text[len("/system") :].strip() or None
+            history = []
+            print(f"(system prompt {'set' if system else 'cleared'}; conversation reset)", flush=True)
+            continue
+        if text.startswith("/"):
+            print(f"unknown command {text.split()[0]}; {HELP}", flush=True)
             continue
         history.append({"role": "user", "content": text})
-        answer = reply(spec, model, tokenizer, history, args.max_new_tokens)
-        history.append({"role": "assistant", "content": answer})
-        print(f"assistant> {answer}")
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        print("assistant> ", end="", flush=True)
+        answer = ""
+        try:
+            for piece in stream(loaded, messages, settings):
+                answer += piece
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
+            print(" [stopped]", end="")
+        print(flush=True)
+        history.append({"role": "assistant", "content": answer.strip()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runner.train.chat")
+    parser.add_argument("target", type=Path, help="a run directory or an exported model directory")
+    parser.add_argument("--message", "-m", help="one question; omit for an interactive chat")
+    parser.add_argument("--system", help="system prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    args = parser.parse_args(argv)
+    from runner.train.inference import Settings, generate
+    from runner.train.inference import load as load_target
+
+    try:
+        loaded = load_target(args.target)
+    except RunnerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    settings = Settings(max_new_tokens=args.max_new_tokens)
+    if args.message is None:
+        return interactive(loaded, args.system, settings)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.message}
+    ]
+    print(f"user> {args.message}\nassistant> {generate(loaded, [messages], settings)[0]}")
+    return 0
 
 
 if __name__ == "__main__":

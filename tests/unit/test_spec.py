@@ -78,7 +78,7 @@ def test_resolved_yaml_round_trips(tmp_path):
 
 def test_schema_covers_the_whole_product():
     stages = JobSpec.model_fields["stage"].annotation.__args__
-    assert set(stages) == {"pt", "sft", "rm", "dpo", "kto", "ppo"}
+    assert set(stages) == {"pt", "sft", "rm", "dpo", "kto", "ppo", "eval"}
     from runner.spec.job import METHODS
 
     assert set(METHODS) == {"full", "freeze", "lora", "qlora", "prefix", "ptuning", "prompt", "ia3"}
