@@ -67,11 +67,7 @@ class DockerExecutor:
         """Start the job's container and return it; with `tee` it writes its own train.log."""
         if self.docker is None:
             self.check(spec)
-        uid, gid = job_user(os.getuid(), os.getgid())
-        if (uid, gid) != (os.getuid(), os.getgid()):  # root submitted: the job's user writes these
-            for path in (Path(record.run_dir), *([Path(c)] if (c := cache_path(spec)) else [])):
-                if path.stat().st_uid == 0:  # root's own: made for this run (another user's stays)
-                    os.chown(path, uid, gid)
+        hand_over(record, spec)
         config = render_container(
             spec,
             Path(record.run_dir),
@@ -139,6 +135,17 @@ def stop(record: RunRecord, docker: Docker, timeout: int = 300) -> RunRecord:
         raise RunError(f"run {record.id} is not running (status: {record.status})")
     container.stop(timeout=timeout)
     return refresh(record, docker)
+
+
+def hand_over(record: RunRecord, spec: JobSpec) -> None:
+    """Give the run directory and the data cache to the job's user where root submitted (the
+    job runs as nobody); another user's cache stays theirs."""
+    uid, gid = job_user(os.getuid(), os.getgid())
+    if (uid, gid) == (os.getuid(), os.getgid()):
+        return
+    for path in (Path(record.run_dir), *([Path(c)] if (c := cache_path(spec)) else [])):
+        if path.stat().st_uid == 0:
+            os.chown(path, uid, gid)
 
 
 def unreachable_as(path: Path, uid: int, gid: int) -> Path | None:
