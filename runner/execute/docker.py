@@ -45,7 +45,8 @@ class DockerExecutor:
             raise RunError(f"not on this host, so it cannot be mounted: {', '.join(missing)}")
         uid, gid = job_user(os.getuid(), os.getgid())
         who = f"{uid}:{gid}" + (" (root's jobs run unprivileged)" if os.getuid() == 0 else "")
-        # The container runs as uid:gid, without this shell's other groups.
+        # The container runs as uid:gid, without this shell's other groups. Each input is mounted
+        # at its own path: its own modes count there, not those of the directories above it.
         bad = [p for path in read_only_paths(spec) for p in unreadable_as(Path(path), uid, gid)]
         if bad:
             raise RunError(
@@ -53,12 +54,6 @@ class DockerExecutor:
                 f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; make them readable "
                 "(e.g. chmod -R a+rX DIR) or owned by you"
             )  # fmt: skip
-        if closed := unreachable_as(Path(spec.output.dir), uid, gid):
-            raise RunError(
-                f"the container runs as {who} and could not reach its run directory under "
-                f"{spec.output.dir}: {closed} is closed to it; open it (chmod a+x {closed}) or set "
-                "output.dir elsewhere"
-            )
         self.gpu_names = self.docker.gpu_names() if spec.resources.gpus != 0 else []
         if spec.resources.gpus != 0:
             require_gpus(spec, self.gpu_names, "this machine")
@@ -146,19 +141,6 @@ def hand_over(record: RunRecord, spec: JobSpec) -> None:
     for path in (Path(record.run_dir), *([Path(c)] if (c := cache_path(spec)) else [])):
         if path.stat().st_uid == 0:
             os.chown(path, uid, gid)
-
-
-def unreachable_as(path: Path, uid: int, gid: int) -> Path | None:
-    """The first directory on the way to `path` (as far as it exists) that uid:gid, with no other
-    groups, cannot search; None when it reaches the end."""
-    for directory in [*reversed(path.absolute().parents), path.absolute()]:
-        if not directory.is_dir():
-            return None
-        st = directory.stat()
-        shift = 6 if st.st_uid == uid else 3 if st.st_gid == gid else 0
-        if not (st.st_mode >> shift) & 1:
-            return directory
-    return None
 
 
 def unreadable_as(path: Path, uid: int, gid: int, limit: int = 10000) -> list[Path]:
