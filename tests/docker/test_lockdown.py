@@ -148,3 +148,38 @@ def test_a_job_root_submits_is_refused_what_nobody_cannot_read(cpu_image, tiny_m
         in result.stderr
     )
     assert "Traceback" not in result.stderr and not (shared / "out").exists()
+
+
+def test_a_gpu_job_container_keeps_the_lockdown_where_memlock_cannot_be_raised(docker, cpu_image, shared):
+    """A GPU job's container as rendered (raised memlock and stack limits), its device request
+    left out: this engine has no NVIDIA runtime, and, nested, may not raise memlock. Started the
+    way the executor starts it, the container runs all the same, locked down."""
+    from runner.render.container import render_container
+    from runner.spec import JobSpec
+
+    spec = JobSpec.model_validate({
+        "name": "gpu", "image": "cpu", "model": {"path": str(shared)}, "method": {"type": "lora"},
+        "data": {"datasets": [{"path": str(shared)}]}, "output": {"dir": str(shared / "out")},
+        "resources": {"gpus": 1},
+    })  # fmt: skip
+    run_dir = shared / "out" / "gpu" / "run"
+    run_dir.mkdir(parents=True)
+    config = render_container(spec, run_dir, 0, 0, f"lockdown-{secrets.token_hex(4)}")
+    assert config["device_requests"] and {u["Name"] for u in config["ulimits"]} == {"memlock", "stack"}
+    config.update(
+        device_requests=[],
+        volumes={},
+        working_dir="/",
+        command=["sh", "-c", "id -u; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status"],
+    )
+    container = docker.start(config)
+    try:
+        assert container.wait(timeout=60)["StatusCode"] == 0
+        out = container.logs().decode()
+        container.reload()
+        host = container.attrs["HostConfig"]
+    finally:
+        container.remove(force=True)
+    assert out.split()[0] == "65534" and "CapEff:\t0000000000000000" in out and "NoNewPrivs:\t1" in out, out
+    assert host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"]
+    assert host["ReadonlyRootfs"] is True and host["PidsLimit"] == lockdown.PIDS_LIMIT
