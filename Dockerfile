@@ -35,9 +35,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib \
     PIP_NO_INDEX=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# No setuid or setgid binary stays (su, passwd, mount, ...): nothing in a job's container can
+# gain privileges, whatever the engine's options.
 RUN (getent group 1000 || groupadd --gid 1000 runner) \
  && (getent passwd 1000 || useradd --uid 1000 --gid 1000 --create-home --shell /bin/bash runner) \
- && mkdir -p /workspace && chmod 1777 /workspace
+ && mkdir -p /workspace && chmod 1777 /workspace \
+ && find / -xdev -perm /6000 -type f -exec chmod ug-s {} + \
+ && test -z "$(find / -xdev -perm /6000 -type f)"
 COPY --from=deps /opt/venv /opt/venv
 COPY dist/ /tmp/runner/
 RUN /opt/venv/bin/python -m pip install --no-index --no-deps /tmp/runner/*.whl \

@@ -191,7 +191,20 @@ def compose(job: str, out: str | None, image: str | None) -> None:
     for line in nccl.explain(spec, None):
         click.echo(f"  {line}")
     _warn_if_not_loaded(image_ref(spec))
+    _note_root(spec)
     click.echo(f"run it: cd {target} && docker compose up --exit-code-from {spec.name}")
+
+
+def _note_root(spec) -> None:
+    """Rendered by root, a job runs as nobody (runner.render.lockdown): it must write output.dir."""
+    import os
+
+    from runner.render.lockdown import job_user
+
+    if os.getuid() == 0:
+        uid, gid = job_user(0, 0)
+        click.echo(f"note: rendered by root, the job runs as {uid}:{gid}, which must be able to create its "
+                   f"run directory under {spec.output.dir} (e.g. chown {uid}:{gid} it)", err=True)  # fmt: skip
 
 
 @main.command()
@@ -229,6 +242,7 @@ def _at(job: str, loc: tuple[str, ...], message: str) -> SpecError:
 def _render_hosts(job: str, hostfile: str | None, image: str | None) -> None:
     import os
 
+    from runner.execute.docker import hand_over
     from runner.execute.runs import prepare
     from runner.render.container import render_hosts
 
@@ -241,6 +255,7 @@ def _render_hosts(job: str, hostfile: str | None, image: str | None) -> None:
                   f"list {nodes} there (node 0 first) or set resources.nodes: {len(hosts)}")  # fmt: skip
     record, spec = prepare(job, image=image)
     record.update(executor="hosts")
+    hand_over(record, spec)
     click.echo(render_hosts(spec, Path(record.run_dir), hosts, os.getuid(), os.getgid(), record.id), nl=False)
 
 
@@ -262,6 +277,7 @@ def _render_k8s(job: str, api: str, out: str | None, image: str | None) -> None:
         text = to_text(spec, render_k8s(spec, os.getuid(), os.getgid(), _launch_id(), api), api)
     except ClusterInputError as e:
         raise _at(job, e.loc, e.message) from None
+    _note_root(spec)
     if out is None:
         click.echo(text, nl=False)
         return
@@ -295,6 +311,7 @@ def _render_slurm(job: str, out: str | None, image: str | None) -> None:
     click.echo(f"{target / f'{spec.name}.sbatch'}")
     if note := default_image_note(spec):
         click.echo(f"the image file, made once on a node that has the image loaded: {note}")
+    _note_root(spec)
     click.echo(f"run it: sbatch {target / f'{spec.name}.sbatch'}")
 
 

@@ -91,10 +91,35 @@ def lock(spec: ImageSpec, images_dir: Path, find_links: list[str] | None = None)
     header = (f"# lock of image '{spec.name}' (spec {spec_hash(spec)}), for python {spec.python} on "
               f"{spec.platform}; written by `runner lock {spec.name}`\n")  # fmt: skip
     try:
-        path.write_text(header + text, encoding="utf-8")
+        path.write_text(seal(header + text), encoding="utf-8")
     except OSError as e:
         raise LockError(f"cannot write {path}: {e.strerror}") from None
     return path
+
+
+_SEAL = "# sha256 of this lock without this line: "
+_SEAL_LINE = re.compile(rf"^{re.escape(_SEAL)}([0-9a-f]{{64}})\n", re.M)
+
+
+def seal(text: str) -> str:
+    """The lock with its own digest as its second line: an edit by hand breaks it."""
+    first, _, rest = text.partition("\n")
+    digest = hashlib.sha256((first + "\n" + rest).encode()).hexdigest()
+    return f"{first}\n{_SEAL}{digest}\n{rest}"
+
+
+def check_seal(path: Path, name: str) -> str | None:
+    """What is wrong with a lock's seal (edited by hand, or written before locks were sealed);
+    None when the lock is as `runner lock` wrote it."""
+    text = path.read_text(encoding="utf-8")
+    m = _SEAL_LINE.search(text)
+    again = f"run `runner lock {name}` again (and `runner wheels {name}`) instead of editing it"
+    if m is None:
+        return f"{path} carries no sha256 of its own, so an edit by hand could not be told; {again}"
+    rest = text[: m.start()] + text[m.end() :]
+    if hashlib.sha256(rest.encode()).hexdigest() != m[1]:
+        return f"{path} was edited by hand: it no longer matches the sha256 in its header; {again}"
+    return None
 
 
 def torch_hint(spec: ImageSpec, stderr: str) -> str | None:

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from runner.build.lock import lock_path, normalize, parse_lock
+from runner.build.lock import check_seal, lock_path, normalize, parse_lock
 from runner.errors import RunnerError
 from runner.spec.image import ImageSpec
 
@@ -49,6 +49,8 @@ def fill(spec: ImageSpec, images_dir: Path, root: Path, find_links: list[str] | 
     lock_file = lock_path(images_dir, spec)
     if not lock_file.exists():
         raise WheelhouseError(f"{lock_file} does not exist; run `runner lock {spec.name}` first")
+    if broken := check_seal(lock_file, spec.name):
+        raise WheelhouseError(broken)
     out = wheel_dir(root, spec)
     out.mkdir(parents=True, exist_ok=True)
     entries = parse_lock(lock_file.read_text(encoding="utf-8"))
@@ -193,6 +195,8 @@ def verify(spec: ImageSpec, images_dir: Path, root: Path) -> list[str]:
         return [f"{lock_file} does not exist; run `runner lock {spec.name}`"]
     if not (out / MANIFEST).exists():
         return [f"{out / MANIFEST} does not exist; run `runner wheels {spec.name}`"]
+    if broken := check_seal(lock_file, spec.name):
+        return [broken]  # nothing it says can be trusted
     manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     problems = []
     if manifest.get("lock_sha256") != sha256(lock_file):

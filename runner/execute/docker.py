@@ -13,7 +13,8 @@ from runner.execute.gpus import require_gpus, visible_names
 from runner.execute.local import LOG
 from runner.execute.runs import STOP_MARK, RunRecord, ended, now
 from runner.render.container import image_ref, missing_on_host, render_container
-from runner.render.launch import read_only_paths
+from runner.render.launch import cache_path, read_only_paths
+from runner.render.lockdown import job_user
 from runner.spec.job import JobSpec
 
 
@@ -42,15 +43,17 @@ class DockerExecutor:
         missing = missing_on_host(spec)
         if missing:
             raise RunError(f"not on this host, so it cannot be mounted: {', '.join(missing)}")
-        uid, gid = os.getuid(), os.getgid()
-        if uid != 0:  # the container runs as uid:gid, without this shell's other groups
-            bad = [p for path in read_only_paths(spec) for p in unreadable_as(Path(path), uid, gid)]
-            if bad:
-                raise RunError(
-                    f"the container runs as {uid}:{gid} and could not read {', '.join(map(str, bad[:3]))}"
-                    f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; make them readable "
-                    "(e.g. chmod -R a+rX DIR) or owned by you"
-                )  # fmt: skip
+        uid, gid = job_user(os.getuid(), os.getgid())
+        who = f"{uid}:{gid}" + (" (root's jobs run unprivileged)" if os.getuid() == 0 else "")
+        # The container runs as uid:gid, without this shell's other groups. Each input is mounted
+        # at its own path: its own modes count there, not those of the directories above it.
+        bad = [p for path in read_only_paths(spec) for p in unreadable_as(Path(path), uid, gid)]
+        if bad:
+            raise RunError(
+                f"the container runs as {who} and could not read {', '.join(map(str, bad[:3]))}"
+                f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; make them readable "
+                "(e.g. chmod -R a+rX DIR) or owned by you"
+            )  # fmt: skip
         self.gpu_names = self.docker.gpu_names() if spec.resources.gpus != 0 else []
         if spec.resources.gpus != 0:
             require_gpus(spec, self.gpu_names, "this machine")
@@ -59,6 +62,7 @@ class DockerExecutor:
         """Start the job's container and return it; with `tee` it writes its own train.log."""
         if self.docker is None:
             self.check(spec)
+        hand_over(record, spec)
         config = render_container(
             spec,
             Path(record.run_dir),
@@ -126,6 +130,17 @@ def stop(record: RunRecord, docker: Docker, timeout: int = 300) -> RunRecord:
         raise RunError(f"run {record.id} is not running (status: {record.status})")
     container.stop(timeout=timeout)
     return refresh(record, docker)
+
+
+def hand_over(record: RunRecord, spec: JobSpec) -> None:
+    """Give the run directory and the data cache to the job's user where root submitted (the
+    job runs as nobody); another user's cache stays theirs."""
+    uid, gid = job_user(os.getuid(), os.getgid())
+    if (uid, gid) == (os.getuid(), os.getgid()):
+        return
+    for path in (Path(record.run_dir), *([Path(c)] if (c := cache_path(spec)) else [])):
+        if path.stat().st_uid == 0:
+            os.chown(path, uid, gid)
 
 
 def unreadable_as(path: Path, uid: int, gid: int, limit: int = 10000) -> list[Path]:

@@ -13,12 +13,14 @@ import io
 from pathlib import PurePath
 from typing import Any
 
+from runner.render import lockdown
 from runner.render.container import STACK, gpu_request, image_ref
 from runner.render.launch import launch_env, mounts, render_launch
 from runner.spec.job import JobSpec
 
 
 def compose_service(spec: JobSpec, spec_file: PurePath, uid: int, gid: int) -> dict[str, Any]:
+    uid, gid = lockdown.job_user(uid, gid)
     service: dict[str, Any] = {
         "image": image_ref(spec),
         "pull_policy": "never",
@@ -30,6 +32,7 @@ def compose_service(spec: JobSpec, spec_file: PurePath, uid: int, gid: int) -> d
         "environment": {**launch_env(spec, None), "HOME": "/tmp"},
         "volumes": [f"{p}:{p}:{mode}" for p, mode in mounts(spec, None, spec_file).items()],
         "labels": {"runner.job": spec.name},
+        **lockdown.compose_keys(),
     }
     for request in gpu_request(spec):
         device: dict[str, Any] = {"driver": "nvidia", "capabilities": ["gpu"]}
@@ -50,6 +53,7 @@ def render_compose(spec: JobSpec, spec_file: PurePath, uid: int, gid: int) -> st
     service["user"] = Quoted(service["user"])
     service["environment"] = {k: Quoted(v) for k, v in service["environment"].items()}
     service["volumes"] = [Quoted(v) for v in service["volumes"]]
+    service["tmpfs"] = [Quoted(v) for v in service["tmpfs"]]
     yaml = YAML()
     yaml.default_flow_style = False
     yaml.indent(mapping=2, sequence=4, offset=2)

@@ -2,7 +2,8 @@
 and its projection as `docker run` flags for hosts that have no runner.
 
 The launch (runner.render.launch) gives command, environment and mounts; this adds what a
-container needs around them: image, user, GPUs, shared memory, limits and network.
+container needs around them: image, user, GPUs, shared memory, limits and network, and the
+lockdown (runner.render.lockdown) every job container runs under.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import shlex
 from pathlib import Path, PurePath
 from typing import Any
 
+from runner.render import lockdown
 from runner.render.launch import launch_env, mounts, read_only_paths, render_launch
 from runner.spec.image import image_ref as _named_image
 from runner.spec.job import JobSpec
@@ -43,11 +45,12 @@ def render_container(
     """Without a run directory (a Slurm job), the entrypoint makes one from `spec_file`."""
     multi_node = spec.resources.nodes > 1
     run = {"RUNNER_RUN_DIR": str(run_dir)} if run_dir else {}
+    uid, gid = lockdown.job_user(uid, gid)
     return {
         "image": image_ref(spec),
         "command": render_launch(spec, run_dir, python="python", spec_file=spec_file),
         "name": f"runner-{spec.name}-{run_id}",
-        "user": f"{uid}:{gid}",  # outputs belong to whoever submitted the job
+        "user": f"{uid}:{gid}",  # outputs belong to whoever submitted the job (root: nobody)
         "environment": {**launch_env(spec, gpu_names), "HOME": "/tmp", **run},
         "volumes": {p: {"bind": p, "mode": mode} for p, mode in mounts(spec, run_dir, spec_file).items()},
         # Multi-node rendezvous needs the host's network; a single node needs none at all.
@@ -67,6 +70,7 @@ def render_container(
             **({"runner.run-dir": str(run_dir)} if run_dir else {}),
         },  # fmt: skip
         "working_dir": str(run_dir or spec.output.dir),
+        **lockdown.docker_kwargs(),
     }
 
 
@@ -74,7 +78,7 @@ def docker_run_argv(config: dict[str, Any]) -> list[str]:
     """The same container as a `docker run` command line (render_container's kwargs as flags)."""
     argv = ["docker", "run", "--rm", "--name", config["name"], "--user", config["user"],
             "--network", config["network_mode"], "--shm-size", config["shm_size"],
-            "--workdir", config["working_dir"]]  # fmt: skip
+            "--workdir", config["working_dir"], *lockdown.docker_flags(config)]  # fmt: skip
     for u in config["ulimits"]:
         argv += ["--ulimit", f"{u['Name']}={u['Soft']}:{u['Hard']}"]
     for request in config["device_requests"]:

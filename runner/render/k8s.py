@@ -18,6 +18,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
+from runner.render import lockdown
 from runner.render.container import image_ref
 from runner.render.deepspeed import render_deepspeed
 from runner.render.launch import at_rendezvous, launch_env, mounts, procs_per_node, render_launch
@@ -128,13 +129,16 @@ def _claim(path: str, volumes: dict[str, str]) -> tuple[str, str] | None:
 
 def pod_volumes(spec: JobSpec, config: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, volumeMounts): the job's paths at the same paths, the spec, a memory /dev/shm."""
+    tmp, tmp_mount = lockdown.k8s_tmp_volume()
     volumes: list[dict[str, Any]] = [
         {"name": "runner-config", "configMap": {"name": config}},
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": quantity(spec.resources.shm)}},
+        tmp,
     ]
     mounted = [
         {"name": "runner-config", "mountPath": str(CONFIG_DIR), "readOnly": True},
         {"name": "shm", "mountPath": "/dev/shm"},
+        tmp_mount,
     ]
     claims: dict[str, tuple[str, bool]] = {}  # directory -> (claim, read-only)
     for n, (path, mode) in enumerate(mounts(spec, None).items()):
@@ -176,7 +180,7 @@ def _command(spec: JobSpec, api: str) -> list[str]:
 
 
 def _security(uid: int, gid: int) -> dict[str, Any]:
-    return {"runAsUser": uid, "runAsGroup": gid}  # outputs belong to whoever renders the job
+    return lockdown.k8s_pod_security(uid, gid)  # outputs belong to whoever renders the job (root: nobody)
 
 
 def render_k8s(spec: JobSpec, uid: int, gid: int, launch_id: str, api: str = "v2") -> list[dict[str, Any]]:
@@ -194,7 +198,8 @@ def render_k8s(spec: JobSpec, uid: int, gid: int, launch_id: str, api: str = "v2
                      "command": _command(spec, "v1"), "env": _env(spec, launch_id),
                      "ports": [{"name": "pytorchjob-port", "containerPort": spec.distributed.master_port}],
                      "resources": _resources(spec), "volumeMounts": volume_mounts,
-                     "workingDir": spec.output.dir}  # fmt: skip
+                     "workingDir": spec.output.dir,
+                     "securityContext": lockdown.k8s_container_security()}  # fmt: skip
         template = {"metadata": {"labels": labels},
                     "spec": {"containers": [container], "volumes": volumes,
                              "securityContext": _security(uid, gid)}}  # fmt: skip
@@ -220,7 +225,8 @@ def render_k8s(spec: JobSpec, uid: int, gid: int, launch_id: str, api: str = "v2
              "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
                  "name": "node", "template": {"spec": {"template": {
                      "metadata": {"labels": labels},
-                     "spec": {"containers": [{"name": "node", "volumeMounts": volume_mounts}],
+                     "spec": {"containers": [{"name": "node", "volumeMounts": volume_mounts,
+                                              "securityContext": lockdown.k8s_container_security()}],
                               "volumes": volumes, "securityContext": _security(uid, gid)}}}}}]}}}}  # fmt: skip
     job = {"apiVersion": TRAINER_API, "kind": "TrainJob", "metadata": {"name": name, "labels": labels},
            "spec": {"runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shlex
 from pathlib import PurePath
 
+from runner.render import lockdown
 from runner.render.container import docker_run_argv, image_ref, render_container
 from runner.render.k8s import gpus_per_node
 from runner.render.launch import at_rendezvous, launch_env, mounts, render_launch
@@ -60,7 +61,8 @@ def node_command(spec: JobSpec, spec_file: PurePath, uid: int, gid: int) -> list
     if runtime == "enroot":
         return argv  # pyxis starts the container; the environment passes through srun
     binds = [f"{p}:{p}:{mode}" for p, mode in mounts(spec, None, spec_file).items()]
-    flags = ["apptainer", "exec", "--cleanenv", "--containall", "--pwd", spec.output.dir]
+    flags = ["apptainer", "exec", "--cleanenv", "--containall", *lockdown.apptainer_flags(), "--pwd",
+             spec.output.dir]  # fmt: skip
     if gpus_per_node(spec):
         flags.append("--nv")
     for bind in binds:

@@ -57,6 +57,14 @@ def test_the_rendered_golden_with_gid_50_is_valid_for_compose_v1(compose_bin, tm
     assert "user: 1234:50" in result.stdout.replace("'", "").replace('"', "")
 
 
+def give_to_the_job(out: Path) -> None:
+    """What the note of a render by root asks: the output directory is the job's user's."""
+    from runner.render.lockdown import job_user
+
+    for path in (out, *out.rglob("*")):
+        os.chown(path, *job_user(os.getuid(), os.getgid()))
+
+
 def up(compose_bin: str, project: list[str], service: str, cwd: Path, env: dict | None = None):
     """The documented command: `up` exits with the job's own exit code."""
     try:
@@ -88,6 +96,7 @@ def test_rendered_compose_runs_its_job_in_two_processes(compose_bin, cpu_image, 
                      distributed={"nccl": {"p2p_disable": True}})  # fmt: skip
     rendered = runner_cli("compose", str(spec), "-o", str(tmp_path / "c"))
     assert rendered.returncode == 0, rendered.stderr
+    give_to_the_job(tmp_path / "out")
     text = (tmp_path / "c" / "docker-compose.yml").read_text()
     assert "--nproc-per-node=2" in text and 'NCCL_P2P_DISABLE: "1"' in text
     project = ["-p", f"runnercomposed{os.getpid()}"]

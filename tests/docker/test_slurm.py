@@ -14,6 +14,7 @@ import pytest
 
 from runner.execute.runs import read_record
 from tests.conftest import runner_cli, write_job
+from tests.docker.test_compose import give_to_the_job
 
 pytestmark = pytest.mark.docker
 
@@ -37,6 +38,7 @@ def test_the_sbatch_script_trains_on_one_node(docker, cpu_image, tiny_model: Pat
     assert rendered.returncode == 0, rendered.stderr
     script = tmp_path / "out" / "slurmjob" / "slurm" / "slurmjob.sbatch"
     assert f"sbatch {script}" in rendered.stdout
+    give_to_the_job(tmp_path / "out")  # rendered by root, the job runs as nobody: the outputs are its own
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in (("srun", SRUN), ("scontrol", SCONTROL)):
