@@ -74,7 +74,9 @@ def load(
         bad = [0]
         if ds.num_samples:  # as LLaMA-Factory: draw from every record, then cut to max_samples
             every = list(
-                items_of(ds.model_copy(update={"max_samples": None}), data, f"data.datasets[{i}]", bad, stage=stage)
+                items_of(
+                    ds.model_copy(update={"max_samples": None}), data, f"data.datasets[{i}]", bad, stage=stage
+                )
             )
             items = draw(every, ds.num_samples, seed)[: ds.max_samples]
         else:
@@ -197,7 +199,9 @@ def _not_data(path: Path) -> str:
     return f"runner reads {', '.join(SUFFIXES)} files, not '{path.suffix or 'no suffix'}'{hint}"
 
 
-def _records(ds: DatasetSpec, where: str, stage: str = "sft") -> Iterator[tuple[tuple[Path, int | None, int], Any]]:
+def _records(
+    ds: DatasetSpec, where: str, stage: str = "sft"
+) -> Iterator[tuple[tuple[Path, int | None, int], Any]]:
     """(origin, record) of every file; origin is (file, line or None, record number). A record
     that does not parse comes as a DataError in place of the record; a file that cannot be
     read on raises one (fatal)."""
@@ -476,7 +480,13 @@ def _error(origin: tuple, message: str) -> DataError:
 
 
 def _field(
-    record: Any, ds: DatasetSpec, name: str, origin: tuple, where: str, required: bool = True, stage: str = "sft"
+    record: Any,
+    ds: DatasetSpec,
+    name: str,
+    origin: tuple,
+    where: str,
+    required: bool = True,
+    stage: str = "sft",
 ) -> Any:
     column = ds.columns.get(name, name)
     if not isinstance(record, dict):
@@ -492,7 +502,13 @@ def _field(
 
 
 def _text(
-    record: Any, ds: DatasetSpec, origin: tuple, where: str, name: str, required: bool = True, stage: str = "sft"
+    record: Any,
+    ds: DatasetSpec,
+    origin: tuple,
+    where: str,
+    name: str,
+    required: bool = True,
+    stage: str = "sft",
 ) -> str:
     """A text field: a string or number; required ones must not be blank."""
     value = _field(record, ds, name, origin, where, required, stage)
@@ -512,7 +528,9 @@ def _alpaca(record: Any, ds: DatasetSpec, origin: tuple, where: str) -> list[dic
     return prompt + [{"role": "assistant", "content": _text(record, ds, origin, where, "output")}]
 
 
-def alpaca_prompt(record: Any, ds: DatasetSpec, origin: tuple, where: str, stage: str = "sft") -> list[dict[str, str]]:
+def alpaca_prompt(
+    record: Any, ds: DatasetSpec, origin: tuple, where: str, stage: str = "sft"
+) -> list[dict[str, str]]:
     """An alpaca record's messages up to and including the user's question."""
     instruction = _text(record, ds, origin, where, "instruction", stage=stage)
     query = _text(record, ds, origin, where, "input", required=False)

@@ -29,7 +29,9 @@ def run(spec: JobSpec, run_dir: Path) -> dict:
         model = load_model(spec)
         model = apply_method(model, spec, train_embeddings=fit_vocab(model, tokenizer))
         ref = tuning.reference_model(spec, tokenizer)
-    metrics = loop.train(spec, run_dir, model, tokenizer, train_ds, eval_ds, None, make=partial(_make, ref=ref))
+    metrics = loop.train(
+        spec, run_dir, model, tokenizer, train_ds, eval_ds, None, make=partial(_make, ref=ref)
+    )
     return tuning.record_peak_memory(run_dir, metrics)
 
 

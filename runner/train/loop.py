@@ -25,8 +25,12 @@ log = logging.getLogger(__name__)
 
 
 def training_arguments(
-    spec: JobSpec, run_dir: Path, has_eval: bool, checkpointing: memory.Checkpointing | None = None,
-    args_class: type[TrainingArguments] = TrainingArguments, **extra,
+    spec: JobSpec,
+    run_dir: Path,
+    has_eval: bool,
+    checkpointing: memory.Checkpointing | None = None,
+    args_class: type[TrainingArguments] = TrainingArguments,
+    **extra,
 ) -> TrainingArguments:
     """`checkpointing`: what memory.plan chose under training.memory_cap_gib; else the spec's.
     `args_class` and `extra`: a subclass's own settings (TRL's configs for the preference stages)."""  # fmt: skip

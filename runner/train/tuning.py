@@ -25,7 +25,9 @@ from runner.train.model import fit_vocab, load_model
 log = logging.getLogger(__name__)
 
 
-def make(trainer_cls, config_cls, spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, **kwargs):
+def make(
+    trainer_cls, config_cls, spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, **kwargs
+):
     """A TRL trainer: `config` (the TRL config's own settings) and the trainer's other arguments
     (ref_model) in kwargs."""
     config = kwargs.pop("config", {})
@@ -69,7 +71,9 @@ def drop_fresh_reference_adapter(trainer, spec: JobSpec) -> None:
     if "ref" in configs and not spec.model.adapter:
         peft_model.delete_adapter("ref")
     if spec.method.type in PEFT_METHODS and trainer.ref_model is None:
-        kept = "a frozen copy of the starting adapter" if "ref" in configs else "the base, adapter switched off"
+        kept = (
+            "a frozen copy of the starting adapter" if "ref" in configs else "the base, adapter switched off"
+        )
         log.info("reference: %s (no copy of the model)", kept if spec.preference.reference == "auto" else
                  "log-probs precomputed before training")  # fmt: skip
 
