@@ -21,7 +21,7 @@ from runner.spec.job import CONTROL_TOKENS, DATA_FORMATS, PROMPT_LEARNING, TEMPL
 from runner.spec.yaml_loader import Loc
 
 # What this build of runner can execute; the schema already covers the whole product.
-AVAILABLE_STAGES = ("pt", "sft", "dpo", "rm")
+AVAILABLE_STAGES = ("pt", "sft", "dpo", "rm", "kto")
 _MODEL_FILES = ("config.json",)
 Found = list[tuple[Loc, str]]
 # Whether the checks read every record of the data (`runner validate --no-data` turns it off).

@@ -413,9 +413,7 @@ class PreferenceSpec(_Spec):
         "the model; precomputed: the reference's log-probs computed once before training, no copy kept.",
     )  # fmt: skip
     desirable_weight: float = Field(1.0, gt=0, description="kto: weight of the desirable examples' loss.")
-    undesirable_weight: float = Field(
-        1.0, gt=0, description="kto: weight of the undesirable examples' loss."
-    )
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of the undesirable examples' loss.")
 
 
 # --- where and how it runs ------------------------------------------------------------------

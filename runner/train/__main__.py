@@ -17,7 +17,7 @@ from runner.errors import RunError, RunnerError, SpecError
 from runner.execute.runs import STOP_MARK, STOPPED, RunRecord, now
 
 STAGES = {"sft": "runner.train.sft", "pt": "runner.train.pt", "dpo": "runner.train.dpo",
-          "rm": "runner.train.rm"}  # fmt: skip
+          "rm": "runner.train.rm", "kto": "runner.train.kto"}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
