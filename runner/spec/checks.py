@@ -187,7 +187,12 @@ def _check_preference(data: dict, stage: Any, found: Found) -> None:
         value = _get(data, section, key)
         if value not in (None, False):
             found.append(((section, key), f"does not apply to stage '{stage}' ({why}); remove it"))
-    if _get(data, "training", "train_sampling_strategy") == "batch_rebalance":
+    strategy = _get(data, "training", "train_sampling_strategy")
+    if stage == "kto" and strategy == "group_by_length":
+        found.append((("training", "train_sampling_strategy"),
+                      "stage kto pairs each answer with its neighbour in a batch for its KL term, so "
+                      "batches keep one order; use random (shuffled once) or sequential"))  # fmt: skip
+    if strategy == "batch_rebalance":
         found.append((("training", "train_sampling_strategy"),
                       f"batch_rebalance is for sft and pt; stage '{stage}' takes random, sequential or "
                       "group_by_length"))  # fmt: skip
