@@ -21,7 +21,7 @@ from runner.spec.job import CONTROL_TOKENS, DATA_FORMATS, PROMPT_LEARNING, TEMPL
 from runner.spec.yaml_loader import Loc
 
 # What this build of runner can execute; the schema already covers the whole product.
-AVAILABLE_STAGES = ("pt", "sft", "eval")
+AVAILABLE_STAGES = ("pt", "sft", "dpo", "rm", "kto", "eval")
 _MODEL_FILES = ("config.json",)
 Found = list[tuple[Loc, str]]
 # Whether the checks read every record of the data (`runner validate --no-data` turns it off).
@@ -47,6 +47,7 @@ def check(data: Any, base: Path, writes: Path | None = None) -> Found:
     method = _get(data, "method", "type")
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
     _check_stage_method(stage, method, found)
+    _check_preference(data, stage, found)
     _check_model(model, stage, base, found)
     # A run's own re-check (`writes`) leaves reading the data to the training that follows.
     _check_data(data.get("data"), stage, base, found, read=writes is None and _READ_DATA.get())
@@ -162,6 +163,39 @@ def _check_stage_method(stage: Any, method: Any, found: Found) -> None:
             (("stage",),
              f"stage '{stage}' is not available in this version of runner yet; "
              f"available: {', '.join(AVAILABLE_STAGES)}"))  # fmt: skip
+
+
+# Loss variants this build trains; the schema names every one.
+AVAILABLE_LOSSES = ("sigmoid", "ipo", "hinge")
+
+
+def _check_preference(data: dict, stage: Any, found: Found) -> None:
+    """What the preference stages (TRL's trainers) cannot combine with."""
+    if stage not in ("rm", "dpo", "kto"):
+        return
+    loss = _get(data, "preference", "loss")
+    if stage == "dpo" and isinstance(loss, str) and loss not in AVAILABLE_LOSSES and loss in (
+        "orpo", "simpo"
+    ):  # fmt: skip
+        found.append((("preference", "loss"), f"loss '{loss}' is not available in this version of runner "
+                                              f"yet; available: {', '.join(AVAILABLE_LOSSES)}"))  # fmt: skip
+    for section, key, why in (
+        ("data", "packing", "pairs are batched chosen beside rejected, never packed"),
+        ("training", "micro_batch_tokens", "the preference trainers batch pairs themselves"),
+        ("training", "memory_cap_gib", "its probe measures sft's forward pass, not a preference step"),
+    ):
+        value = _get(data, section, key)
+        if value not in (None, False):
+            found.append(((section, key), f"does not apply to stage '{stage}' ({why}); remove it"))
+    strategy = _get(data, "training", "train_sampling_strategy")
+    if stage == "kto" and strategy == "group_by_length":
+        found.append((("training", "train_sampling_strategy"),
+                      "stage kto pairs each answer with its neighbour in a batch for its KL term, so "
+                      "batches keep one order; use random (shuffled once) or sequential"))  # fmt: skip
+    if strategy == "batch_rebalance":
+        found.append((("training", "train_sampling_strategy"),
+                      f"batch_rebalance is for sft and pt; stage '{stage}' takes random, sequential or "
+                      "group_by_length"))  # fmt: skip
 
 
 def _check_model(model: dict, stage: Any, base: Path, found: Found) -> None:
@@ -320,7 +354,7 @@ def _check_data(data: Any, stage: Any, base: Path, found: Found, read: bool = Tr
             fields = _check_named(ds, i, dataset_dir, stage, base, found)
             if read and fields and len(found) == before:
                 fields["max_samples"] = ds.get("max_samples") or fields.get("max_samples")
-                _read_data({**ds, **fields}, data, base, ("data", "datasets", i, "name"), found)
+                _read_data({**ds, **fields}, data, base, ("data", "datasets", i, "name"), found, stage)
             continue
         path, fmt = ds.get("path"), ds.get("format", "alpaca")
         where = ("data", "datasets", i, "path")
@@ -342,10 +376,10 @@ def _check_data(data: Any, stage: Any, base: Path, found: Found, read: bool = Tr
                  f"stage '{stage}' needs conversations; use format: alpaca or sharegpt "
                  "(format: text is for stage pt)"))  # fmt: skip
         if read and known and len(found) == before and (base / path).exists():
-            _read_data(ds, data, base, where, found)
+            _read_data(ds, data, base, where, found, stage)
 
 
-def _read_data(ds: dict, data: dict, base: Path, loc: Loc, found: Found) -> None:
+def _read_data(ds: dict, data: dict, base: Path, loc: Loc, found: Found, stage: Any = "sft") -> None:
     """Every record of one dataset, read by the code training reads it with; what training would
     stop at is reported here, before anything starts."""
     from pydantic import ValidationError
@@ -364,7 +398,9 @@ def _read_data(ds: dict, data: dict, base: Path, loc: Loc, found: Found) -> None
     settings = DataSpec.model_construct(datasets=[spec], on_bad_record=on_bad, placeholders=placeholders)
     where = ".".join(str(k) for k in loc[:2]) + f"[{loc[2]}]"
     with _progress(spec, base) as tick:
-        errors, total = reader.check(spec, settings, where, tick=tick)
+        errors, total = reader.check(
+            spec, settings, where, tick=tick, stage=stage if isinstance(stage, str) else "sft"
+        )
     for e in errors:
         found.append((loc, e.text(_shown(e.file, base) if e.file else None)))
     if total > len(errors):

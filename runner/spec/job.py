@@ -197,9 +197,10 @@ PROMPT_LEARNING = ("prefix", "ptuning", "prompt")
 
 
 # The fields of each format, which `columns` maps to a file's columns.
+# chosen/rejected (stages rm, dpo) and kto_tag (stage kto) are the preference fields.
 FORMAT_FIELDS = {
-    "alpaca": ("instruction", "input", "output", "system", "history"),
-    "sharegpt": ("conversations", "system"),
+    "alpaca": ("instruction", "input", "output", "system", "history", "chosen", "rejected", "kto_tag"),
+    "sharegpt": ("conversations", "system", "chosen", "rejected", "kto_tag"),
     "text": ("text",),
 }
 SHAREGPT_TAGS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag")
@@ -392,6 +393,29 @@ class TrainingSpec(_Spec):
     )
 
 
+# --- preference stages (rm, dpo, kto) ----------------------------------------------------
+
+PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge", "orpo", "simpo")
+
+
+class PreferenceSpec(_Spec):
+    loss: Literal["sigmoid", "ipo", "hinge", "orpo", "simpo"] = Field(
+        "sigmoid", description="dpo: sigmoid (DPO), ipo or hinge against a reference model; orpo and "
+        "simpo need no reference.",
+    )  # fmt: skip
+    beta: float = Field(
+        0.1, gt=0, description="dpo, kto: how far the policy may move from the reference (larger: less far)."
+    )
+    reference: Literal["auto", "copy", "precomputed"] = Field(
+        "auto", description="dpo, kto: auto: with an adapter method the model with the adapter switched "
+        "off (a new adapter: the base; a continued model.adapter: a frozen copy of that adapter, never "
+        "of the model), with full or freeze a frozen copy of the model; copy: always a frozen copy of "
+        "the model; precomputed: the reference's log-probs computed once before training, no copy kept.",
+    )  # fmt: skip
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of the desirable examples' loss.")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of the undesirable examples' loss.")
+
+
 # --- where and how it runs ------------------------------------------------------------------
 
 _SHM = re.compile(r"^\d+(\.\d+)?[kmgKMG]?[bB]?$")
@@ -481,6 +505,9 @@ class JobSpec(_Spec):
     method: Method
     data: DataSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    preference: PreferenceSpec = Field(
+        default_factory=PreferenceSpec, description="Settings of the preference stages rm, dpo and kto."
+    )
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Generation settings of stage eval.")
 
     @model_validator(mode="before")

@@ -24,15 +24,13 @@ from runner.spec.job import SHAREGPT_TAGS
 REGISTRY = "dataset_info.json"
 _ONLINE = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 # LLaMA-Factory column names -> the fields of runner's formats.
+_PREFERENCE = {"chosen": "chosen", "rejected": "rejected", "kto_tag": "kto_tag"}
 _ALPACA = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
-           "history": "history"}  # fmt: skip
-_SHAREGPT = {"messages": "conversations", "system": "system"}
+           "history": "history", **_PREFERENCE}  # fmt: skip
+_SHAREGPT = {"messages": "conversations", "system": "system", **_PREFERENCE}
 # What LLaMA-Factory's columns and tags mean that runner does not implement: such an entry is
 # refused, never trained with that meaning dropped.
 _NOT_IMPLEMENTED = {
-    "kto_tag": "KTO's desirable/undesirable labels (stage kto)",
-    "chosen": "preference pairs (stages rm/dpo)",
-    "rejected": "preference pairs (stages rm/dpo)",
     "images": "images for a multimodal model",
     "videos": "videos for a multimodal model",
     "audios": "audio for a multimodal model",
@@ -88,10 +86,26 @@ def expand(name: str, dataset_dir: Path, stage: str, shown: str | None = None) -
         )
     if not entry.get("file_name"):
         raise RegistryError(f"{where}: '{name}' has no file_name")
-    if entry.get("ranking"):
+    ranking, columns_given = bool(entry.get("ranking")), entry.get("columns") or {}
+    if ranking and stage not in ("rm", "dpo"):
         raise RegistryError(
             f"{where}: '{name}' is a ranking (preference) dataset, for stages rm/dpo; "
             f"stage '{stage}' needs plain samples"
+        )
+    if stage in ("rm", "dpo") and not ranking:
+        raise RegistryError(
+            f"{where}: stage '{stage}' trains on preference pairs, and '{name}' is no ranking dataset; "
+            'choose one with "ranking": true and chosen/rejected columns, or add them to this entry'
+        )
+    if isinstance(columns_given, dict) and "kto_tag" in columns_given and stage != "kto":
+        raise RegistryError(
+            f"{where}: '{name}' labels its answers desirable or not (columns.kto_tag), for stage kto; "
+            f"stage '{stage}' would train on the undesirable ones too; choose another dataset"
+        )
+    if stage == "kto" and not (isinstance(columns_given, dict) and "kto_tag" in columns_given):
+        raise RegistryError(
+            f"{where}: stage kto needs answers labelled desirable or not, and '{name}' has no "
+            "columns.kto_tag; add it to the entry, or choose a dataset that has one"
         )
     path = dataset_dir / entry["file_name"]
     if not path.exists():

@@ -59,8 +59,11 @@ class DataError(RunnerError):
         return f"{where}: {self.message}"
 
 
-def load(data: DataSpec, seed: int = 42, skipped_per_dataset: list[int] | None = None) -> list[list[Any]]:
-    """Each dataset's items in file order: conversations (lists of messages) or texts.
+def load(
+    data: DataSpec, seed: int = 42, skipped_per_dataset: list[int] | None = None, stage: str = "sft"
+) -> list[list[Any]]:
+    """Each dataset's items in file order: conversations (lists of messages) or texts; for the
+    preference stages, pairs or labelled answers (runner/train/preference.py).
 
     Placeholders are filled and each dataset's max_samples and num_samples applied; mixing and
     the overall max_samples happen later, on the Dataset objects. skipped_per_dataset, when
@@ -71,11 +74,13 @@ def load(data: DataSpec, seed: int = 42, skipped_per_dataset: list[int] | None =
         bad = [0]
         if ds.num_samples:  # as LLaMA-Factory: draw from every record, then cut to max_samples
             every = list(
-                items_of(ds.model_copy(update={"max_samples": None}), data, f"data.datasets[{i}]", bad)
+                items_of(
+                    ds.model_copy(update={"max_samples": None}), data, f"data.datasets[{i}]", bad, stage=stage
+                )
             )
             items = draw(every, ds.num_samples, seed)[: ds.max_samples]
         else:
-            items = list(items_of(ds, data, f"data.datasets[{i}]", bad))
+            items = list(items_of(ds, data, f"data.datasets[{i}]", bad, stage=stage))
         skipped += bad[0]
         sources.append(items)
         if skipped_per_dataset is not None:
@@ -98,13 +103,18 @@ def draw(items: list[Any], n: int, seed: int) -> list[Any]:
 
 def items_of(
     ds: DatasetSpec, data: DataSpec, where: str, bad: list[int],
-    report: Callable[[DataError], None] | None = None,
+    report: Callable[[DataError], None] | None = None, stage: str = "sft",
 ) -> Iterator[Any]:  # fmt: skip
     """One dataset's items. A bad record raises DataError (on_bad_record: error) or is counted
     in bad[0] (skip); with `report`, it is passed there instead and reading goes on, so a check
     sees every bad record. A dataset with no usable record raises DataError."""
     n = 0
-    for origin, record in _records(ds, where):
+    convert = _alpaca if ds.format == "alpaca" else _sharegpt
+    if stage in PREFERENCE_STAGES:
+        from runner.train import preference
+
+        convert = preference.converter(ds.format, stage)
+    for origin, record in _records(ds, where, stage):
         if ds.max_samples and n >= ds.max_samples:
             break
         try:
@@ -114,7 +124,6 @@ def items_of(
             if ds.format == "text":
                 item: Any = _text(record, ds, origin, where, "text")
             else:
-                convert = _alpaca if ds.format == "alpaca" else _sharegpt
                 item = convert(record, ds, origin, where)
         except DataError as e:
             if report and data.on_bad_record == "error":
@@ -134,8 +143,9 @@ def items_of(
 
 
 def check(
-    ds: DatasetSpec, data: DataSpec, where: str, limit: int = 3, tick: Callable[[], None] | None = None
-) -> tuple[list[DataError], int]:
+    ds: DatasetSpec, data: DataSpec, where: str, limit: int = 3, tick: Callable[[], None] | None = None,
+    stage: str = "sft",
+) -> tuple[list[DataError], int]:  # fmt: skip
     """Read every record of one dataset as training would: the first `limit` errors that
     training would stop at, and how many there are in all. tick() follows each record."""
     errors: list[DataError] = []
@@ -147,7 +157,7 @@ def check(
             errors.append(e)
 
     try:
-        for _ in items_of(ds, data, where, [0], report):
+        for _ in items_of(ds, data, where, [0], report, stage=stage):
             if tick:
                 tick()
     except DataError as e:
@@ -189,7 +199,9 @@ def _not_data(path: Path) -> str:
     return f"runner reads {', '.join(SUFFIXES)} files, not '{path.suffix or 'no suffix'}'{hint}"
 
 
-def _records(ds: DatasetSpec, where: str) -> Iterator[tuple[tuple[Path, int | None, int], Any]]:
+def _records(
+    ds: DatasetSpec, where: str, stage: str = "sft"
+) -> Iterator[tuple[tuple[Path, int | None, int], Any]]:
     """(origin, record) of every file; origin is (file, line or None, record number). A record
     that does not parse comes as a DataError in place of the record; a file that cannot be
     read on raises one (fatal)."""
@@ -217,7 +229,7 @@ def _records(ds: DatasetSpec, where: str) -> Iterator[tuple[tuple[Path, int | No
         elif suffix == ".jsonl":
             yield from _json_lines(path, text)
         else:
-            yield from _csv(path, text, ds, where)
+            yield from _csv(path, text, ds, where, stage)
 
 
 def _decode(path: Path, encoding: str) -> str:
@@ -346,7 +358,7 @@ def _json_lines(path: Path, text: str) -> Iterator[tuple[tuple[Path, int | None,
 
 
 def _csv(
-    path: Path, text: str, ds: DatasetSpec, where: str
+    path: Path, text: str, ds: DatasetSpec, where: str, stage: str = "sft"
 ) -> Iterator[tuple[tuple[Path, int | None, int], Any]]:
     delimiter = "\t" if path.suffix == ".tsv" else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -364,7 +376,7 @@ def _csv(
             continue
         if header is None:
             header = row
-            _check_header(header, ds, (path, first, 0), where)
+            _check_header(header, ds, (path, first, 0), where, stage)
             continue
         n += 1
         if len(row) != len(header) and any("\n" in cell or "\r" in cell for cell in row):
@@ -412,6 +424,18 @@ def _fill(value: Any, placeholders: dict[str, str]) -> Any:
 # --- records -> conversations -------------------------------------------------------------
 
 _REQUIRED = {"alpaca": ("instruction", "output"), "sharegpt": ("conversations",), "text": ("text",)}
+PREFERENCE_STAGES = ("rm", "dpo", "kto")
+# What the preference stages need besides a prompt: a pair, or an answer with its label.
+_PREFERENCE = {"rm": ("chosen", "rejected"), "dpo": ("chosen", "rejected"), "kto": ("kto_tag",)}
+
+
+def required(fmt: str, stage: str = "sft") -> tuple[str, ...]:
+    """The fields a record of format `fmt` must have for `stage`."""
+    if stage not in _PREFERENCE or fmt == "text":
+        return _REQUIRED[fmt]
+    prompt = ("instruction",) if fmt == "alpaca" else ("conversations",)
+    answer = ("output",) if fmt == "alpaca" and stage == "kto" else ()
+    return prompt + answer + _PREFERENCE[stage]
 
 
 def _kind(value: Any) -> str:
@@ -419,10 +443,11 @@ def _kind(value: Any) -> str:
                                           bool: "true/false"}.get(type(value), type(value).__name__)  # fmt: skip
 
 
-def _missing(ds: DatasetSpec, have: list[str], where: str) -> tuple[list[str], str]:
+def _missing(ds: DatasetSpec, have: list[str], where: str, stage: str = "sft") -> tuple[list[str], str]:
     """The format's required fields whose column is missing, and the fix."""
-    missing = [f for f in _REQUIRED[ds.format] if ds.columns.get(f, f) not in have]
-    used = set(ds.columns.values()) | set(_REQUIRED[ds.format]) | {"input", "system", "history"}
+    fields = required(ds.format, stage)
+    missing = [f for f in fields if ds.columns.get(f, f) not in have]
+    used = set(ds.columns.values()) | set(fields) | {"input", "system", "history"}
     spare = [c for c in have if c not in used]
     own = [f for f in missing if f in have]  # mapped away from a column that has the field's own name
     rest = [f for f in missing if f not in own]
@@ -441,8 +466,8 @@ def _missing(ds: DatasetSpec, have: list[str], where: str) -> tuple[list[str], s
     return missing, f"map it in {where}.columns{fix}"
 
 
-def _check_header(header: list[str], ds: DatasetSpec, origin: tuple, where: str) -> None:
-    missing, fix = _missing(ds, header, where)
+def _check_header(header: list[str], ds: DatasetSpec, origin: tuple, where: str, stage: str = "sft") -> None:
+    missing, fix = _missing(ds, header, where, stage)
     if missing:
         column = ds.columns.get(missing[0], missing[0])
         raise DataError(
@@ -454,23 +479,39 @@ def _error(origin: tuple, message: str) -> DataError:
     return DataError(message, origin[0], origin[1], origin[2])
 
 
-def _field(record: Any, ds: DatasetSpec, name: str, origin: tuple, where: str, required: bool = True) -> Any:
+def _field(
+    record: Any,
+    ds: DatasetSpec,
+    name: str,
+    origin: tuple,
+    where: str,
+    required: bool = True,
+    stage: str = "sft",
+) -> Any:
     column = ds.columns.get(name, name)
     if not isinstance(record, dict):
         raise _error(origin, f"expected an object with keys, got {_kind(record)}")
     if column not in record:
         if not required:
             return None
-        _, fix = _missing(ds, [str(k) for k in record], where)
+        _, fix = _missing(ds, [str(k) for k in record], where, stage)
         raise _error(origin, f"no column '{column}' (it has: {', '.join(map(str, record))}); {fix}")
     if record[column] is None and required:
         raise _error(origin, f"'{column}' is null; give it a value, or drop the record")
     return record[column]
 
 
-def _text(record: Any, ds: DatasetSpec, origin: tuple, where: str, name: str, required: bool = True) -> str:
+def _text(
+    record: Any,
+    ds: DatasetSpec,
+    origin: tuple,
+    where: str,
+    name: str,
+    required: bool = True,
+    stage: str = "sft",
+) -> str:
     """A text field: a string or number; required ones must not be blank."""
-    value = _field(record, ds, name, origin, where, required)
+    value = _field(record, ds, name, origin, where, required, stage)
     if value is None:
         return ""
     column = ds.columns.get(name, name)
@@ -483,9 +524,16 @@ def _text(record: Any, ds: DatasetSpec, origin: tuple, where: str, name: str, re
 
 
 def _alpaca(record: Any, ds: DatasetSpec, origin: tuple, where: str) -> list[dict[str, str]]:
-    instruction = _text(record, ds, origin, where, "instruction")
+    prompt = alpaca_prompt(record, ds, origin, where)
+    return prompt + [{"role": "assistant", "content": _text(record, ds, origin, where, "output")}]
+
+
+def alpaca_prompt(
+    record: Any, ds: DatasetSpec, origin: tuple, where: str, stage: str = "sft"
+) -> list[dict[str, str]]:
+    """An alpaca record's messages up to and including the user's question."""
+    instruction = _text(record, ds, origin, where, "instruction", stage=stage)
     query = _text(record, ds, origin, where, "input", required=False)
-    output = _text(record, ds, origin, where, "output")
     system = _text(record, ds, origin, where, "system", required=False)
     history = _field(record, ds, "history", origin, where, required=False) or []
     messages = [{"role": "system", "content": system}] if system else []
@@ -499,22 +547,24 @@ def _alpaca(record: Any, ds: DatasetSpec, origin: tuple, where: str) -> list[dic
             {"role": "assistant", "content": str(turn[1])},
         ]
     prompt = f"{instruction}\n{query}" if query else instruction
-    return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    return messages + [{"role": "user", "content": prompt}]
 
 
 def _sharegpt(record: Any, ds: DatasetSpec, origin: tuple, where: str) -> list[dict[str, str]]:
-    turns = _field(record, ds, "conversations", origin, where)
+    return sharegpt_messages(record, ds, origin, where)
+
+
+def sharegpt_messages(
+    record: Any, ds: DatasetSpec, origin: tuple, where: str, stage: str = "sft", ends_with: str = "assistant"
+) -> list[dict[str, str]]:
+    """A sharegpt record's messages, checked to alternate and to end with `ends_with`'s turn."""
+    turns = _field(record, ds, "conversations", origin, where, stage=stage)
     system = _text(record, ds, origin, where, "system", required=False)
     messages = [{"role": "system", "content": system}] if system else []
     if not isinstance(turns, list) or not turns:
         raise _error(origin, f"conversations must be a non-empty list of turns, got {_kind(turns)}")
-    tags = ds.tags
-    roles = dict(_ROLES)
-    for tag, role in (("user_tag", "user"), ("assistant_tag", "assistant"), ("system_tag", "system")):
-        if tag in tags:
-            roles[tags[tag]] = role
-    role_keys = (tags["role_tag"],) if "role_tag" in tags else ("from", "role")
-    content_keys = (tags["content_tag"],) if "content_tag" in tags else ("value", "content")
+    roles = role_names(ds)
+    role_keys, content_keys = turn_keys(ds)
     for n, turn in enumerate(turns, 1):
         role = next((turn[k] for k in role_keys if k in turn), None) if isinstance(turn, dict) else None
         content = next((turn[k] for k in content_keys if k in turn), None) if isinstance(turn, dict) else None
@@ -533,11 +583,27 @@ def _sharegpt(record: Any, ds: DatasetSpec, origin: tuple, where: str) -> list[d
         elif not str(content).strip():
             raise _error(origin, f"turn {n} ({role}) is empty; give it text, or drop the record")
         messages.append({"role": role, "content": str(content)})
-    _check_order([(n, m["role"]) for n, m in enumerate(messages[1 if system else 0 :], 1)], origin)
+    _check_order([(n, m["role"]) for n, m in enumerate(messages[1 if system else 0 :], 1)], origin, ends_with)
     return messages
 
 
-def _check_order(numbered: list[tuple[int, str]], origin: tuple) -> None:
+def turn_keys(ds: DatasetSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The keys a sharegpt turn may name its role and its content with."""
+    tags = ds.tags
+    role_keys = (tags["role_tag"],) if "role_tag" in tags else ("from", "role")
+    return role_keys, (tags["content_tag"],) if "content_tag" in tags else ("value", "content")
+
+
+def role_names(ds: DatasetSpec) -> dict[str, str]:
+    """The role names of a sharegpt dataset (its tags included) -> user, assistant, system."""
+    roles = dict(_ROLES)
+    for tag, role in (("user_tag", "user"), ("assistant_tag", "assistant"), ("system_tag", "system")):
+        if tag in ds.tags:
+            roles[ds.tags[tag]] = role
+    return roles
+
+
+def _check_order(numbered: list[tuple[int, str]], origin: tuple, ends_with: str = "assistant") -> None:
     """user, assistant, user, assistant, ... after an optional system turn: what every chat
     template renders and what sft learns from."""
     turns = [(n, role) for n, role in numbered if role != "system"]
@@ -548,6 +614,10 @@ def _check_order(numbered: list[tuple[int, str]], origin: tuple) -> None:
                                      "(after an optional system turn)")  # fmt: skip
             raise _error(origin, f"turns {turns[k - 1][0]} and {n} are both from the {role}; user and "
                                  "assistant turns must alternate")  # fmt: skip
-    if turns and turns[-1][1] == "user":
+    if turns and turns[-1][1] == "user" and ends_with == "assistant":
         raise _error(origin, f"ends on a user turn (turn {turns[-1][0]}) that nothing answers; end with "
                              "the assistant's answer, or drop that turn")  # fmt: skip
+    if turns and turns[-1][1] == "assistant" and ends_with == "user":
+        raise _error(origin, f"ends on an assistant turn (turn {turns[-1][0]}); in a preference pair the "
+                             "conversation ends with the user's question, and chosen and rejected are the "
+                             "two answers to it")  # fmt: skip

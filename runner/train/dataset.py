@@ -26,7 +26,12 @@ from runner.train.data import DataError
 from runner.train.templates import BUILTIN, IGNORE, encode
 
 log = logging.getLogger(__name__)
-CODE = ("data.py", "dataset.py", "templates.py")  # the preprocessing code, hashed into the key
+CODE = (
+    "data.py",
+    "dataset.py",
+    "templates.py",
+    "preference.py",
+)  # the preprocessing code, hashed into the key
 _TOKENIZER_FILES = ("tokenizer", "vocab", "merges", "special_tokens_map", "added_tokens", "chat_template")
 LENGTH = "length"  # tokens per row, kept for length-aware samplers; collators drop it
 STATS = "runner-stats.json"  # the figures of a tokenized set, kept beside it in the cache
@@ -62,7 +67,7 @@ def tokenize(spec: JobSpec, tokenizer) -> tuple[Dataset, dict]:
     """Tokenized rows and their figures: records read from each dataset, bad records skipped in
     each, samples dropped by cutoff_len."""
     skipped: list[int] = []
-    loaded = data.load(spec.data, spec.training.seed, skipped)
+    loaded = data.load(spec.data, spec.training.seed, skipped, spec.stage)
     records = [len(items) for items in loaded]  # per dataset, in the spec's order
     sources = [Dataset.from_list([{"item": item} for item in items]) for items in loaded]
     mixed = mix(sources, spec)
@@ -77,6 +82,10 @@ def tokenize(spec: JobSpec, tokenizer) -> tuple[Dataset, dict]:
             {"cutoff_len": spec.data.cutoff_len, "efficient_eos": efficient_eos(spec)},
         )
     )
+    if spec.stage in data.PREFERENCE_STAGES:
+        from runner.train.preference import encode_batch
+
+        encode_fn, kwargs = encode_batch, {**kwargs, "stage": spec.stage}
     rows = mixed.map(encode_fn, batched=True, num_proc=workers, remove_columns=["item"],
                      fn_kwargs={"tokenizer": tokenizer, **kwargs}, new_fingerprint=uuid.uuid4().hex,
                      desc="tokenizing")  # fmt: skip

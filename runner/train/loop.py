@@ -25,9 +25,15 @@ log = logging.getLogger(__name__)
 
 
 def training_arguments(
-    spec: JobSpec, run_dir: Path, has_eval: bool, checkpointing: memory.Checkpointing | None = None
+    spec: JobSpec,
+    run_dir: Path,
+    has_eval: bool,
+    checkpointing: memory.Checkpointing | None = None,
+    args_class: type[TrainingArguments] = TrainingArguments,
+    **extra,
 ) -> TrainingArguments:
-    """`checkpointing`: what memory.plan chose under training.memory_cap_gib; else the spec's."""
+    """`checkpointing`: what memory.plan chose under training.memory_cap_gib; else the spec's.
+    `args_class` and `extra`: a subclass's own settings (TRL's configs for the preference stages)."""  # fmt: skip
     t = spec.training
     cpu = device_type() == "cpu"
     if cpu and spec.distributed.deepspeed and os.environ.get("DS_ACCELERATOR") != "cpu":
@@ -48,7 +54,7 @@ def training_arguments(
     batch, accumulation = t.per_device_train_batch_size, t.gradient_accumulation_steps
     if t.micro_batch_tokens:  # the Trainer takes whole steps; RunnerTrainer splits them by tokens
         batch, accumulation = batch * accumulation, 1
-    return TrainingArguments(
+    return args_class(
         output_dir=str(run_dir / "checkpoints"),
         learning_rate=t.learning_rate,
         num_train_epochs=t.num_train_epochs,
@@ -88,6 +94,7 @@ def training_arguments(
         disable_tqdm=not (sys.stderr.isatty() or os.environ.get("RUNNER_TTY") == "1"),
         remove_unused_columns=False,
         save_only_model=False,
+        **extra,
     )
 
 
@@ -211,12 +218,13 @@ def make_trainer(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_
     return trainer
 
 
-def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, collator) -> dict:
+def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, collator, make=None) -> dict:
     """Train (continuing from the newest complete checkpoint when RUNNER_RESUME=1), save the
-    result and return the final metrics (also written to results.json)."""
+    result and return the final metrics (also written to results.json). `make`: builds the
+    Trainer in place of make_trainer (the preference stages' TRL trainers)."""
     trainable, total = count_parameters(model)
     log.info("trainable params: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    trainer = make_trainer(spec, run_dir, model, tokenizer, train_ds, eval_ds, collator)
+    trainer = (make or make_trainer)(spec, run_dir, model, tokenizer, train_ds, eval_ds, collator)
     trainer.add_callback(stop := StopOnSignal())
     resume = latest_checkpoint(run_dir / "checkpoints") if os.environ.get("RUNNER_RESUME") == "1" else None
     if resume:

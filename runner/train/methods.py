@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 PEFT_METHODS = ("lora", "qlora", "prefix", "ptuning", "prompt", "ia3")
 
 
-def apply_method(model, spec: JobSpec, *, train_embeddings: bool = False):
+def apply_method(model, spec: JobSpec, *, train_embeddings: bool = False, task: str = "CAUSAL_LM"):
     """Returns the model to train: the same object (full, freeze) or a PeftModel.
 
     train_embeddings: the vocabulary grew, so its new rows must train whatever the method
@@ -37,6 +37,7 @@ def apply_method(model, spec: JobSpec, *, train_embeddings: bool = False):
         )
     tied = bool(embeddings) and model.get_input_embeddings().weight is model.get_output_embeddings().weight
     config = peft_config(spec, embeddings, tied=tied)
+    config.task_type = task  # SEQ_CLS (stage rm): PEFT trains and saves the value head too
     return _upcast_trained(_lora_forward(get_peft_model(model, config), spec))
 
 
