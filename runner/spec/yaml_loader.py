@@ -150,9 +150,19 @@ def _plain(node: Any, loc: Loc, src: Source, env: dict[str, str]) -> Any:
     return node
 
 
+# Variables that hold credentials: a spec is copied into every run directory and its records,
+# so it may never carry one.
+_SECRET = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I)
+
+
 def _interpolate(text: str, loc: Loc, src: Source, env: dict[str, str]) -> str:
     def sub(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
+        if _SECRET.search(name):
+            src.problems.append(src.problem(loc, f"${{{name}}} would write a secret into the run's spec.yaml "
+                                                 "and records; a job spec never carries credentials (an offline "
+                                                 "job needs none)"))  # fmt: skip
+            return m.group(0)
         if name in env and env[name] != "":
             return env[name]
         if default is not None:
