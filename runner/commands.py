@@ -71,10 +71,37 @@ def export(run: str, out: str | None, force: bool, dtype: str, executor: str | N
         *(["--force"] if force else []),
     ]
     target.parent.mkdir(parents=True, exist_ok=True)
-    code = run_tool(
-        record, args, where(record, executor), _sink, interactive=False, writes=(str(target.parent),)
-    )
-    sys.exit(code)
+    if where(record, executor) == "local":
+        sys.exit(run_tool(record, args, "local", _sink, interactive=False))
+    sys.exit(_export_in_image(record, args, target))
+
+
+def _export_in_image(record, args: list[str], target: Path) -> int:
+    """The container writes into a staging directory of the job's user beside OUT (nothing else
+    of the host is writable to it); the result then takes OUT's place."""
+    import os
+    import shutil
+    import tempfile
+
+    from runner.execute.tools import run_tool
+    from runner.render.lockdown import job_user
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    try:
+        uid, gid = job_user(os.getuid(), os.getgid())
+        if (uid, gid) != (os.getuid(), os.getgid()):
+            os.chown(staging, uid, gid)  # root submitted: the tool runs unprivileged
+        args = [*args[:2], str(staging / target.name), *args[3:]]
+        staged, shown = str(staging / target.name).encode(), str(target).encode()
+        code = run_tool(record, args, "docker", lambda chunk: _sink(chunk.replace(staged, shown)),
+                        interactive=False, writes=(str(staging),))  # fmt: skip
+        if code == 0:
+            if target.exists():
+                shutil.rmtree(target)  # --force, checked before anything started
+            os.replace(staging / target.name, target)
+        return code
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @click.command("eval")

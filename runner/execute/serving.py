@@ -5,6 +5,7 @@ chosen) TCP port to it."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import tempfile
@@ -15,6 +16,7 @@ from pathlib import Path
 from runner.errors import RunError
 from runner.execute.runs import RunRecord
 from runner.execute.tools import tool_container
+from runner.render.lockdown import job_user
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -47,6 +49,9 @@ def serve_in_image(
     sink: Callable[[bytes], None],
 ) -> int:  # fmt: skip
     directory = Path(tempfile.mkdtemp(prefix="runner-serve-"))
+    uid, gid = job_user(os.getuid(), os.getgid())
+    if (uid, gid) != (os.getuid(), os.getgid()):
+        os.chown(directory, uid, gid)  # root submitted: the server runs unprivileged
     sock = directory / "api.sock"
     try:
         return asyncio.run(_serve(record, [*module_args, "--uds", str(sock)], directory, sock, host, port,

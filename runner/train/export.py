@@ -176,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     except RunnerError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except PermissionError as e:
+        print(f"error: cannot write the export: {e.strerror}: {e.filename}; choose an --out this user "
+              f"(uid {os.getuid()}) can write", file=sys.stderr)  # fmt: skip
+        return 2
     print(f"exported to {args.out}: {what}")
     return 0
 

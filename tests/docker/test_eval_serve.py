@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from runner.execute.runs import read_record
+from runner.render.lockdown import job_user  # root's jobs run as an unprivileged user
 from tests.conftest import ROOT, runner_cli, write_job
 from tests.integration.test_chat import Terminal
 from tests.integration.test_serve import free_port
@@ -44,7 +45,7 @@ def test_eval_runs_in_the_image(dock_run: Path):
     assert len((run / "generated_predictions.jsonl").read_text().splitlines()) == 2
     summary = json.loads((run / "eval_results.json").read_text())
     assert summary["eval_loss"] > 0 and "rouge-l" in summary and "bleu-4" in summary
-    assert (run / "eval_results.json").stat().st_uid == os.getuid()
+    assert (run / "eval_results.json").stat().st_uid == job_user(os.getuid(), os.getgid())[0]
 
 
 def test_export_runs_in_the_image(dock_run: Path, tmp_path: Path):
@@ -54,7 +55,7 @@ def test_export_runs_in_the_image(dock_run: Path, tmp_path: Path):
     result = runner_cli("export", str(dock_run), "--out", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "merged" in result.stdout
-    assert (out / "model.safetensors").stat().st_uid == os.getuid()
+    assert (out / "model.safetensors").stat().st_uid == job_user(os.getuid(), os.getgid())[0]
     AutoModelForCausalLM.from_pretrained(out)
 
 
