@@ -62,7 +62,9 @@ class ModelSpec(_Spec):
         "and the output head in full).",
     )
     adapter: str | None = Field(
-        None, description="Directory of a PEFT adapter to start from (continue an earlier run)."
+        None,
+        description="PEFT adapter to start from: its directory, or an earlier run (its run "
+        "directory or run id, as `runner ls` lists it) whose adapter/ is taken, e.g. sft before dpo or rm.",
     )
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped inside the model directory (ChatGLM3 needs it)."
