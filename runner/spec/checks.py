@@ -151,13 +151,15 @@ def _check_stage_method(stage: Any, method: Any, found: Found) -> None:
             (("method", "type"),
              f"'{method}' cannot train stage '{stage}' (it needs a value head or reference model "
              "that prompt-learning adapters do not support); use lora, qlora, freeze or full"))  # fmt: skip
-    if stage == "ppo" and method in ("full", "freeze"):
+    if stage == "ppo":
         found.append(
-            (("method", "type"),
-             f"stage 'ppo' keeps policy, reference, reward and value models in memory; "
-             f"'{method}' is not supported for it, use lora or qlora"))  # fmt: skip
-    if isinstance(stage, str) and stage not in AVAILABLE_STAGES and stage in (
-        "rm", "dpo", "kto", "ppo"
+            (("stage",),
+             "stage 'ppo' is not available: TRL 1.16, which runner trains the preference stages with, "
+             "ships no PPO trainer (not even under trl.experimental). Train on preference pairs "
+             "without a reward model instead: stage dpo (preference.loss sigmoid, ipo, hinge, orpo or "
+             "simpo), or stage kto on answers tagged good or bad"))  # fmt: skip
+    elif isinstance(stage, str) and stage not in AVAILABLE_STAGES and stage in (
+        "rm", "dpo", "kto"
     ):  # fmt: skip
         found.append(
             (("stage",),
@@ -165,20 +167,18 @@ def _check_stage_method(stage: Any, method: Any, found: Found) -> None:
              f"available: {', '.join(AVAILABLE_STAGES)}"))  # fmt: skip
 
 
-# Loss variants this build trains; the schema names every one.
-AVAILABLE_LOSSES = ("sigmoid", "ipo", "hinge")
+# dpo's losses that need no reference model (TRL's experimental ORPO and CPO trainers).
+REFERENCE_FREE = ("orpo", "simpo")
 
 
 def _check_preference(data: dict, stage: Any, found: Found) -> None:
     """What the preference stages (TRL's trainers) cannot combine with."""
     if stage not in ("rm", "dpo", "kto"):
         return
-    loss = _get(data, "preference", "loss")
-    if stage == "dpo" and isinstance(loss, str) and loss not in AVAILABLE_LOSSES and loss in (
-        "orpo", "simpo"
-    ):  # fmt: skip
-        found.append((("preference", "loss"), f"loss '{loss}' is not available in this version of runner "
-                                              f"yet; available: {', '.join(AVAILABLE_LOSSES)}"))  # fmt: skip
+    loss, reference = _get(data, "preference", "loss"), _get(data, "preference", "reference")
+    if stage == "dpo" and loss in REFERENCE_FREE and reference in ("copy", "precomputed"):
+        found.append((("preference", "reference"), f"loss '{loss}' compares chosen with rejected answers "
+                      "and keeps no reference model; remove preference.reference"))  # fmt: skip
     for section, key, why in (
         ("data", "packing", "pairs are batched chosen beside rejected, never packed"),
         ("training", "micro_batch_tokens", "the preference trainers batch pairs themselves"),

@@ -406,7 +406,10 @@ class PreferenceSpec(_Spec):
         "simpo need no reference.",
     )  # fmt: skip
     beta: float = Field(
-        0.1, gt=0, description="dpo, kto: how far the policy may move from the reference (larger: less far)."
+        0.1,
+        gt=0,
+        description="dpo, kto: how far the policy may move from the reference (larger: less "
+        "far); orpo: the weight of the odds-ratio term; simpo: the scale of the reward.",
     )
     reference: Literal["auto", "copy", "precomputed"] = Field(
         "auto", description="dpo, kto: auto: with an adapter method the model with the adapter switched "
@@ -500,7 +503,7 @@ class JobSpec(_Spec):
         description="Job name; letters, digits, '.', '_' and '-'.",
     )
     stage: Stage = Field(
-        "sft", description="pt, sft, rm, dpo, kto or ppo; eval: loss, generated answers and BLEU/ROUGE "
+        "sft", description="pt, sft, rm, dpo or kto (ppo is refused: TRL has no PPO trainer); eval: loss, generated answers and BLEU/ROUGE "
         "of model.path (+ model.adapter) on the data, as `runner eval` runs it.",
     )  # fmt: skip
     model: ModelSpec
