@@ -234,3 +234,25 @@ def test_reference_free_losses_raise_chosen_over_rejected(loss, tmp_path, tiny_m
     for name, weight in before.items():
         key = name.replace(".weight", ".base_layer.weight")
         assert torch.equal(merged.get(key, merged.get(name)), weight), name
+
+
+def test_dpo_under_zero2_on_two_processes_reaches_the_weights_of_one(tmp_path, tiny_model):
+    """dpo under DeepSpeed ZeRO-2, two CPU processes (gloo), ends with the adapter a one-process run
+    of the same global batch reaches (plain SGD: float32 rounding only, see test_multicard.py)."""
+    from tests.integration.test_multicard import TOL, adapter, train
+
+    data = {"datasets": [{"path": str(PAIRS)}], "cutoff_len": 64}
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    one = train(tmp_path / "one", tiny_model, "dpo1", 1, None, stage="dpo", data=data)
+    two = train(tmp_path / "two", tiny_model, "dpo2", 2, {"zero": 2}, stage="dpo", data=data)
+    results = json.loads((two / "results.json").read_text())
+    assert results["world_size"] == 2 and results["global_step"] == 4
+    assert json.loads((two / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 2
+    assert "DeepSpeed" in (two / "train.log").read_text()
+    assert [m["step"] for m in _metrics(two) if "rewards/margins" in m]
+    ref, got = adapter(one), adapter(two)
+    assert ref.keys() == got.keys()
+    moved = max(ref[k].abs().max().item() for k in ref if "lora_B" in k)
+    worst = max((ref[k] - got[k]).abs().max().item() for k in ref)
+    print(f"dpo zero2: max |w_2proc - w_1proc| = {worst:.2e} (moved {moved:.2e})")
+    assert moved > 100 * TOL and worst < TOL
