@@ -151,13 +151,15 @@ def _check_stage_method(stage: Any, method: Any, found: Found) -> None:
             (("method", "type"),
              f"'{method}' cannot train stage '{stage}' (it needs a value head or reference model "
              "that prompt-learning adapters do not support); use lora, qlora, freeze or full"))  # fmt: skip
-    if stage == "ppo" and method in ("full", "freeze"):
+    if stage == "ppo":
         found.append(
-            (("method", "type"),
-             f"stage 'ppo' keeps policy, reference, reward and value models in memory; "
-             f"'{method}' is not supported for it, use lora or qlora"))  # fmt: skip
-    if isinstance(stage, str) and stage not in AVAILABLE_STAGES and stage in (
-        "rm", "dpo", "kto", "ppo"
+            (("stage",),
+             "stage 'ppo' is not available: TRL 1.16, which runner trains the preference stages with, "
+             "ships no PPO trainer (not even under trl.experimental). Train on preference pairs "
+             "without a reward model instead: stage dpo (preference.loss sigmoid, ipo, hinge, orpo or "
+             "simpo), or stage kto on answers tagged good or bad"))  # fmt: skip
+    elif isinstance(stage, str) and stage not in AVAILABLE_STAGES and stage in (
+        "rm", "dpo", "kto"
     ):  # fmt: skip
         found.append(
             (("stage",),
@@ -165,20 +167,18 @@ def _check_stage_method(stage: Any, method: Any, found: Found) -> None:
              f"available: {', '.join(AVAILABLE_STAGES)}"))  # fmt: skip
 
 
-# Loss variants this build trains; the schema names every one.
-AVAILABLE_LOSSES = ("sigmoid", "ipo", "hinge")
+# dpo's losses that need no reference model (TRL's experimental ORPO and CPO trainers).
+REFERENCE_FREE = ("orpo", "simpo")
 
 
 def _check_preference(data: dict, stage: Any, found: Found) -> None:
     """What the preference stages (TRL's trainers) cannot combine with."""
     if stage not in ("rm", "dpo", "kto"):
         return
-    loss = _get(data, "preference", "loss")
-    if stage == "dpo" and isinstance(loss, str) and loss not in AVAILABLE_LOSSES and loss in (
-        "orpo", "simpo"
-    ):  # fmt: skip
-        found.append((("preference", "loss"), f"loss '{loss}' is not available in this version of runner "
-                                              f"yet; available: {', '.join(AVAILABLE_LOSSES)}"))  # fmt: skip
+    loss, reference = _get(data, "preference", "loss"), _get(data, "preference", "reference")
+    if stage == "dpo" and loss in REFERENCE_FREE and reference in ("copy", "precomputed"):
+        found.append((("preference", "reference"), f"loss '{loss}' compares chosen with rejected answers "
+                      "and keeps no reference model; remove preference.reference"))  # fmt: skip
     for section, key, why in (
         ("data", "packing", "pairs are batched chosen beside rejected, never packed"),
         ("training", "micro_batch_tokens", "the preference trainers batch pairs themselves"),
@@ -206,8 +206,12 @@ def _check_model(model: dict, stage: Any, base: Path, found: Found) -> None:
     if model_ok and model.get("trust_remote_code") is True:
         _check_remote_code(base / path, found)
     adapter = model.get("adapter")
-    if isinstance(adapter, str):
-        _check_dir(adapter, base, ("model", "adapter"), ("adapter_config.json",), "a PEFT adapter", found)
+    if isinstance(adapter, str) and "${" not in adapter:
+        run = earlier_run(adapter, base)
+        if run is not None:
+            _check_run_adapter(run, ("model", "adapter"), found)
+        else:
+            _check_dir(adapter, base, ("model", "adapter"), ("adapter_config.json",), "a PEFT adapter", found)
     template = model.get("template", "auto")
     if isinstance(template, str) and template not in TEMPLATES:
         close = _closest(template, TEMPLATES)
@@ -227,6 +231,45 @@ def _check_model(model: dict, stage: Any, base: Path, found: Found) -> None:
             (("model", "template"),
              f"the tokenizer in '{path}' has no chat_template; name a built-in template "
              f"({', '.join(TEMPLATES[1:])})"))  # fmt: skip
+
+
+def earlier_run(value: str, base: Path):
+    """The run that model.adapter names, by its run directory or a run id `runner ls` knows; None
+    where the value is no run (an adapter directory, or nothing at all)."""
+    from runner.errors import RunnerError
+    from runner.execute.runs import RECORD, find_run, read_record
+
+    path = base / value
+    try:
+        if (path / RECORD).is_file() and not (path / "adapter_config.json").exists():
+            return read_record(path)
+        if not path.exists() and re.fullmatch(r"\d{8}-\d{6}(-[0-9a-f]{0,4})?", value):
+            return find_run(value)
+    except RunnerError:
+        return None
+    return None
+
+
+def _check_run_adapter(run, loc: Loc, found: Found) -> None:
+    """An earlier run to continue: it must have succeeded and saved an adapter."""
+    where = f"run {run.id} of job '{run.name}' ({run.run_dir})"
+    if run.status != "succeeded":
+        found.append((loc, f"{where} {run.status if run.status != 'created' else 'never started'}"
+                           f"{', see its train.log' if run.status == 'failed' else ''}; name a run that "
+                           "succeeded (`runner ls`), or an adapter directory"))  # fmt: skip
+        return
+    saved = Path(run.run_dir) / "adapter"
+    if not (saved / "adapter_config.json").is_file():
+        model = Path(run.run_dir) / "model"
+        fix = (f"it saved a whole model: set model.path to {model} and leave out model.adapter"
+               if (model / "config.json").is_file() else f"it holds: {_listing(Path(run.run_dir))}")  # fmt: skip
+        found.append((loc, f"{where} saved no adapter ({saved} is missing); {fix}"))
+
+
+def run_adapter(value: str, base: Path) -> Path:
+    """model.adapter as a directory: an earlier run's adapter/, or the adapter directory itself."""
+    run = earlier_run(value, base)
+    return Path(run.run_dir) / "adapter" if run is not None else base / value
 
 
 def is_hub_id(value: str, base: Path = Path(".")) -> bool:

@@ -62,7 +62,9 @@ class ModelSpec(_Spec):
         "and the output head in full).",
     )
     adapter: str | None = Field(
-        None, description="Directory of a PEFT adapter to start from (continue an earlier run)."
+        None,
+        description="PEFT adapter to start from: its directory, or an earlier run (its run "
+        "directory or run id, as `runner ls` lists it) whose adapter/ is taken, e.g. sft before dpo or rm.",
     )
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped inside the model directory (ChatGLM3 needs it)."
@@ -404,7 +406,10 @@ class PreferenceSpec(_Spec):
         "simpo need no reference.",
     )  # fmt: skip
     beta: float = Field(
-        0.1, gt=0, description="dpo, kto: how far the policy may move from the reference (larger: less far)."
+        0.1,
+        gt=0,
+        description="dpo, kto: how far the policy may move from the reference (larger: less "
+        "far); orpo: the weight of the odds-ratio term; simpo: the scale of the reward.",
     )
     reference: Literal["auto", "copy", "precomputed"] = Field(
         "auto", description="dpo, kto: auto: with an adapter method the model with the adapter switched "
@@ -498,7 +503,7 @@ class JobSpec(_Spec):
         description="Job name; letters, digits, '.', '_' and '-'.",
     )
     stage: Stage = Field(
-        "sft", description="pt, sft, rm, dpo, kto or ppo; eval: loss, generated answers and BLEU/ROUGE "
+        "sft", description="pt, sft, rm, dpo or kto (ppo is refused: TRL has no PPO trainer); eval: loss, generated answers and BLEU/ROUGE "
         "of model.path (+ model.adapter) on the data, as `runner eval` runs it.",
     )  # fmt: skip
     model: ModelSpec

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from runner.errors import Problem, SpecError
 from runner.spec import registry
-from runner.spec.checks import check
+from runner.spec.checks import check, run_adapter
 from runner.spec.convert import MARKERS, is_llamafactory
 from runner.spec.image import ImageSpec
 from runner.spec.job import METHODS, DatasetSpec, JobSpec
@@ -92,7 +92,7 @@ def resolve(spec: JobSpec, base: Path) -> JobSpec:
     spec = spec.model_copy(deep=True)
     spec.model.path = str((base / spec.model.path).resolve())
     if spec.model.adapter:
-        spec.model.adapter = str((base / spec.model.adapter).resolve())
+        spec.model.adapter = str(run_adapter(spec.model.adapter, base).resolve())
     registry_dir = base / (spec.data.dataset_dir or ".")
     for i, ds in enumerate(spec.data.datasets):
         if ds.name and not ds.path:  # a registry entry becomes an explicit file, format and columns

@@ -38,10 +38,14 @@ def load_reward_model(spec: JobSpec, tokenizer):
     )  # fmt: skip
     model.config.use_cache = False
     if spec.model.adapter:
-        from peft import PeftModel
+        from peft import PeftConfig, PeftModel
 
         log.info("merging adapter %s into the base; a new adapter and value head train", spec.model.adapter)
-        model = PeftModel.from_pretrained(model, spec.model.adapter).merge_and_unload()
+        # An sft adapter is a causal LM's (task_type CAUSAL_LM): loaded as a plain adapter, as PEFT's
+        # causal-LM wrapper needs generation methods a model with a value head does not have.
+        config = PeftConfig.from_pretrained(spec.model.adapter)
+        config.task_type = None
+        model = PeftModel.from_pretrained(model, spec.model.adapter, config=config).merge_and_unload()
     return model
 
 

@@ -195,3 +195,64 @@ def test_pairs_without_chosen_are_refused_before_training(tmp_path, tiny_model):
     assert "pairs.json:2: record 1: stage dpo needs preference pairs: columns 'chosen'" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "out").exists()  # nothing started
+
+
+@pytest.mark.parametrize("loss", ["orpo", "simpo"])
+def test_reference_free_losses_raise_chosen_over_rejected(loss, tmp_path, tiny_model):
+    """orpo and simpo (TRL's experimental ORPO and CPO trainers) on the same pairs and glue: no
+    reference model, the margins grow, chosen log-probs rise relative to rejected, and only the
+    adapter changes."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = _submit(
+        tmp_path, tiny_model, loss, stage="dpo", preference={"loss": loss},
+        data={"datasets": [{"path": str(PAIRS)}], "cutoff_len": 64},
+        training={"max_steps": 8, "logging_steps": 1, "per_device_train_batch_size": 4,
+                  "learning_rate": 2e-3, "lr_scheduler_type": "constant"},
+    )  # fmt: skip
+    log = (run_dir / "train.log").read_text()
+    assert "reference:" not in log  # none is built or kept
+    margins = [m["rewards/margins"] for m in _metrics(run_dir)]
+    print(f"{loss} reward margins by step: {[round(x, 3) for x in margins]}")
+    assert len(margins) == 8 and sum(margins[-3:]) / 3 > sum(margins[:3]) / 3 and margins[-1] > 0
+
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    before, pairs = _weights(base), _pairs()
+    gap_before = [c - r for c, r in _answer_logps(base, tokenizer, pairs)]
+    tuned = PeftModel.from_pretrained(base, run_dir / "adapter")
+    gap_after = [c - r for c, r in _answer_logps(tuned, tokenizer, pairs)]
+    rose = sum(a > b for a, b in zip(gap_after, gap_before, strict=True))
+    print(f"{loss}: chosen - rejected log-prob, mean: base {sum(gap_before) / len(pairs):.2f} -> "
+          f"{sum(gap_after) / len(pairs):.2f}; rose on {rose}/{len(pairs)} pairs")  # fmt: skip
+    assert rose == len(pairs)
+    lora_b = {k: v for k, v in tuned.state_dict().items() if "lora_B" in k}
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())
+    merged = tuned.get_base_model().state_dict()
+    for name, weight in before.items():
+        key = name.replace(".weight", ".base_layer.weight")
+        assert torch.equal(merged.get(key, merged.get(name)), weight), name
+
+
+def test_dpo_under_zero2_on_two_processes_reaches_the_weights_of_one(tmp_path, tiny_model):
+    """dpo under DeepSpeed ZeRO-2, two CPU processes (gloo), ends with the adapter a one-process run
+    of the same global batch reaches (plain SGD: float32 rounding only, see test_multicard.py)."""
+    from tests.integration.test_multicard import TOL, adapter, train
+
+    data = {"datasets": [{"path": str(PAIRS)}], "cutoff_len": 64}
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    one = train(tmp_path / "one", tiny_model, "dpo1", 1, None, stage="dpo", data=data)
+    two = train(tmp_path / "two", tiny_model, "dpo2", 2, {"zero": 2}, stage="dpo", data=data)
+    results = json.loads((two / "results.json").read_text())
+    assert results["world_size"] == 2 and results["global_step"] == 4
+    assert json.loads((two / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 2
+    assert "DeepSpeed" in (two / "train.log").read_text()
+    assert [m["step"] for m in _metrics(two) if "rewards/margins" in m]
+    ref, got = adapter(one), adapter(two)
+    assert ref.keys() == got.keys()
+    moved = max(ref[k].abs().max().item() for k in ref if "lora_B" in k)
+    worst = max((ref[k] - got[k]).abs().max().item() for k in ref)
+    print(f"dpo zero2: max |w_2proc - w_1proc| = {worst:.2e} (moved {moved:.2e})")
+    assert moved > 100 * TOL and worst < TOL
