@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner import atomic
 from runner.errors import RunError
 from runner.render.deepspeed import render_deepspeed
 from runner.render.launch import cache_path, render_launch
@@ -47,10 +48,11 @@ class RunRecord:
     container: str | None = None
 
     def save(self) -> None:
-        path = Path(self.run_dir) / RECORD
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)  # a reader never sees half a record
+        # A reader never sees half a record, and a crash (even of the machine) leaves the old
+        # one or the new one: temporary file, fsync, rename.
+        atomic.write_text(
+            Path(self.run_dir) / RECORD, json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+        )
 
     def update(self, **changes: Any) -> None:
         for key, value in changes.items():

@@ -1,0 +1,178 @@
+"""Checkpoints that a crash cannot leave half-written where `runner resume` would look.
+
+The Trainer writes a checkpoint into checkpoints/.partial/checkpoint-N. When every process has
+finished writing its part (ZeRO partitions, per-rank RNG states), the main process flushes every
+file to the disk, writes the COMPLETE marker (the list of files and their sizes, itself fsync'd)
+and renames the directory to checkpoints/checkpoint-N. Resuming takes the newest checkpoint
+whose marker is there and whose files still have the sizes it lists; it says which it skipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from runner import atomic
+from runner.errors import RunError
+
+log = logging.getLogger(__name__)
+PREFIX = "checkpoint-"
+STAGING = ".partial"
+MARKER = "COMPLETE"
+# What the Trainer writes last; a checkpoint with it but without a marker was written before
+# markers were kept (runner's own checkpoints from an older version).
+LEGACY_LAST = "trainer_state.json"
+
+
+def step_of(path: Path) -> int:
+    try:
+        return int(path.name.removeprefix(PREFIX))
+    except ValueError:
+        return -1
+
+
+def commit(staged: Path, final: Path, world_size: int) -> None:
+    """Make `staged` durable, mark it complete and move it into place (main process only,
+    after every process finished writing into it)."""
+    atomic.fsync_tree(staged)
+    files = {str(p.relative_to(staged)): p.stat().st_size for p in sorted(staged.rglob("*")) if p.is_file()}
+    marker = {"step": step_of(final), "world_size": world_size, "files": files,
+              "bytes": sum(files.values()), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+    atomic.write_text(staged / MARKER, json.dumps(marker, indent=1) + "\n")
+    if final.exists():  # a damaged checkpoint of the same step, skipped when resuming: replace it
+        old = staged.parent / f"{final.name}.replaced"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(staged, final)
+    atomic.fsync_dir(final.parent)
+    atomic.fsync_dir(staged.parent)
+
+
+def why_incomplete(path: Path) -> str | None:
+    """None for a complete checkpoint; else what is wrong with it, in words."""
+    marker = path / MARKER
+    if not marker.exists():
+        if path.parent.name == STAGING:
+            return "its save was interrupted (no COMPLETE marker)"
+        if (path / LEGACY_LAST).exists():
+            return None  # an older runner's checkpoint, complete by that version's rule
+        return "no COMPLETE marker: its save did not finish"
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"its COMPLETE marker is unreadable ({e})"
+    for name, size in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != size:
+            return f"{name} has {f.stat().st_size} bytes, its marker says {size}"
+    return None
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint. Every newer or unfinished one passed over is logged
+    with the reason."""
+    found = list(checkpoints.glob(f"{PREFIX}*")) + list((checkpoints / STAGING).glob(f"{PREFIX}*"))
+    found = [p for p in found if p.is_dir() and step_of(p) >= 0]
+    found.sort(key=lambda p: (step_of(p), p.parent.name != STAGING), reverse=True)
+    for path in found:
+        reason = why_incomplete(path)
+        if reason is None:
+            return path
+        log.warning("skipping %s: %s", path.relative_to(checkpoints.parent), reason)
+    return None
+
+
+def rotate(checkpoints: Path, limit: int | None) -> None:
+    """Keep the newest `limit` complete checkpoints; older ones go, incomplete ones too."""
+    if not limit or limit <= 0:
+        return
+    done = sorted((p for p in checkpoints.glob(f"{PREFIX}*") if p.is_dir() and step_of(p) >= 0), key=step_of)
+    complete = [p for p in done if why_incomplete(p) is None]
+    if not complete:
+        return
+    newest = complete[-1]
+    keep = set(complete[-limit:])
+    for p in done:
+        if p not in keep and step_of(p) < step_of(newest):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def clear_staging(checkpoints: Path) -> None:
+    shutil.rmtree(checkpoints / STAGING, ignore_errors=True)
+
+
+# --- a full disk -----------------------------------------------------------------------------
+
+
+def is_disk_full(error: BaseException, where: Path) -> bool:
+    """Whether a failed save failed for want of space: ENOSPC anywhere in the chain (torch and
+    safetensors wrap it in their own errors), or a write that failed with the disk full now."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen)
+        if "No space left on device" in text or "StorageFull" in text or "Disk quota exceeded" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if "write" in str(error).lower():
+        try:
+            return shutil.disk_usage(where).free < 1 << 20
+        except OSError:
+            return False
+    return False
+
+
+def disk_full_error(checkpoints: Path, staged: Path, run_id: str) -> RunError:
+    """One message that names the disk, the bytes and the fix; the unfinished save is removed
+    first (it holds the space another attempt needs)."""
+    written = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file()) if staged.exists() else 0
+    shutil.rmtree(staged, ignore_errors=True)
+    previous = latest_checkpoint(checkpoints)
+    needed = written
+    if previous is not None and (previous / MARKER).exists():
+        needed = max(needed, json.loads((previous / MARKER).read_text(encoding="utf-8")).get("bytes", 0))
+    usage = shutil.disk_usage(checkpoints)
+    mount, device = mount_of(checkpoints)
+    kept = (f"{previous.name} is intact and `runner resume {run_id}` continues from it"
+            if previous is not None else "no earlier checkpoint exists; `runner resume` starts over")  # fmt: skip
+    return RunError(
+        f"the disk holding {checkpoints} is full ({device} mounted on {mount}: {_size(usage.free)} "
+        f"free of {_size(usage.total)}): saving {staged.name} needs about {_size(needed)} "
+        f"({needed:,} bytes) "
+        f"({_size(written)} were written before it failed; that partial save was removed). "
+        f"{kept[0].upper()}{kept[1:]} once there is room: free space on {mount}, lower "
+        f"training.save_total_limit, or set output.dir to a larger disk."
+    )
+
+
+def mount_of(path: Path) -> tuple[str, str]:
+    """The mount point holding `path` and its device (or filesystem type)."""
+    path = Path(os.path.realpath(path))
+    best, device = "/", "?"
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            for line in f:
+                dev, point, fstype = line.split()[:3]
+                point = point.replace("\\040", " ")
+                if (path == Path(point) or Path(point) in path.parents) and len(point) >= len(best):
+                    best, device = point, dev if dev not in ("none", fstype) else fstype
+    except OSError:
+        pass
+    return best, device
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
