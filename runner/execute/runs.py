@@ -6,6 +6,7 @@ CLI) sees the same truth. A run directory is created exactly once and never reus
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -50,9 +51,12 @@ class RunRecord:
     def save(self) -> None:
         # A reader never sees half a record, and a crash (even of the machine) leaves the old
         # one or the new one: temporary file, fsync, rename.
-        atomic.write_text(
-            Path(self.run_dir) / RECORD, json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
-        )
+        path = Path(self.run_dir) / RECORD
+        try:
+            atomic.write_text(path, json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
+        except OSError as e:
+            full = " (the disk is full: free space there)" if e.errno == errno.ENOSPC else ""
+            raise RunError(f"cannot write the run record {path}: {e.strerror}{full}") from None
 
     def update(self, **changes: Any) -> None:
         for key, value in changes.items():

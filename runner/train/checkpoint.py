@@ -76,9 +76,9 @@ def why_incomplete(path: Path) -> str | None:
     return None
 
 
-def latest_checkpoint(checkpoints: Path) -> Path | None:
+def latest_checkpoint(checkpoints: Path, quiet: bool = False) -> Path | None:
     """The newest complete checkpoint. Every newer or unfinished one passed over is logged
-    with the reason."""
+    with the reason (unless `quiet`: the other ranks of a distributed run)."""
     found = list(checkpoints.glob(f"{PREFIX}*")) + list((checkpoints / STAGING).glob(f"{PREFIX}*"))
     found = [p for p in found if p.is_dir() and step_of(p) >= 0]
     found.sort(key=lambda p: (step_of(p), p.parent.name != STAGING), reverse=True)
@@ -86,7 +86,8 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
         reason = why_incomplete(path)
         if reason is None:
             return path
-        log.warning("skipping %s: %s", path.relative_to(checkpoints.parent), reason)
+        if not quiet:
+            log.warning("skipping %s: %s", path.relative_to(checkpoints.parent), reason)
     return None
 
 
@@ -112,23 +113,28 @@ def clear_staging(checkpoints: Path) -> None:
 # --- a full disk -----------------------------------------------------------------------------
 
 
-def is_disk_full(error: BaseException, where: Path) -> bool:
-    """Whether a failed save failed for want of space: ENOSPC anywhere in the chain (torch and
-    safetensors wrap it in their own errors), or a write that failed with the disk full now."""
+def is_disk_full(error: BaseException, checkpoints: Path) -> bool:
+    """Whether a failed save failed for want of space: ENOSPC anywhere in the chain, or less
+    room left than a checkpoint takes (torch reports a short write as "unexpected pos")."""
     seen = error
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        text = str(seen)
-        if "No space left on device" in text or "StorageFull" in text or "Disk quota exceeded" in text:
+        if any(s in str(seen) for s in ("No space left on device", "StorageFull", "Disk quota exceeded")):
             return True
         seen = seen.__cause__ or seen.__context__
-    if "write" in str(error).lower():
-        try:
-            return shutil.disk_usage(where).free < 1 << 20
-        except OSError:
-            return False
-    return False
+    try:
+        free = shutil.disk_usage(checkpoints).free
+    except OSError:
+        return False
+    return free < max(1 << 20, _bytes_of(latest_checkpoint(checkpoints, quiet=True)))
+
+
+def _bytes_of(checkpoint: Path | None) -> int:
+    try:
+        return json.loads((checkpoint / MARKER).read_text(encoding="utf-8"))["bytes"]
+    except (TypeError, OSError, ValueError, KeyError):
+        return 0
 
 
 def disk_full_error(checkpoints: Path, staged: Path, run_id: str) -> RunError:
@@ -137,20 +143,17 @@ def disk_full_error(checkpoints: Path, staged: Path, run_id: str) -> RunError:
     written = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file()) if staged.exists() else 0
     shutil.rmtree(staged, ignore_errors=True)
     previous = latest_checkpoint(checkpoints)
-    needed = written
-    if previous is not None and (previous / MARKER).exists():
-        needed = max(needed, json.loads((previous / MARKER).read_text(encoding="utf-8")).get("bytes", 0))
+    needed = max(written, _bytes_of(previous))
     usage = shutil.disk_usage(checkpoints)
     mount, device = mount_of(checkpoints)
-    kept = (f"{previous.name} is intact and `runner resume {run_id}` continues from it"
-            if previous is not None else "no earlier checkpoint exists; `runner resume` starts over")  # fmt: skip
+    then = (f"continues from {previous.name}, which is intact" if previous is not None
+            else "starts over: no checkpoint was completed")  # fmt: skip
     return RunError(
         f"the disk holding {checkpoints} is full ({device} mounted on {mount}: {_size(usage.free)} "
         f"free of {_size(usage.total)}): saving {staged.name} needs about {_size(needed)} "
-        f"({needed:,} bytes) "
-        f"({_size(written)} were written before it failed; that partial save was removed). "
-        f"{kept[0].upper()}{kept[1:]} once there is room: free space on {mount}, lower "
-        f"training.save_total_limit, or set output.dir to a larger disk."
+        f"({needed:,} bytes; the {_size(written)} written before it failed were removed). Make room "
+        f"(free space on {mount}, lower training.save_total_limit, or set output.dir to a larger "
+        f"disk), then `runner resume {run_id}` {then}."
     )
 
 

@@ -154,7 +154,7 @@ class RunnerTrainer(Trainer):
             if main:
                 checkpoint.commit(staged, root / name, self.args.world_size)
         except Exception as e:
-            if main and checkpoint.is_disk_full(e, staged.parent):
+            if main and checkpoint.is_disk_full(e, root):
                 raise checkpoint.disk_full_error(root, staged, Path(root).parent.name) from None
             raise
         finally:
@@ -262,7 +262,11 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
     trainer.add_callback(stop := StopOnSignal())
     resume = None
     if os.environ.get("RUNNER_RESUME") == "1":
-        resume = checkpoint.latest_checkpoint(run_dir / "checkpoints")
+        main = trainer.is_world_process_zero()
+        resume = checkpoint.latest_checkpoint(run_dir / "checkpoints", quiet=not main)
+        trainer.accelerator.wait_for_everyone()  # every rank chose before the unfinished saves go
+        if main:
+            checkpoint.clear_staging(run_dir / "checkpoints")
         if resume:
             log.info("resuming from %s", resume)
         else:
