@@ -165,6 +165,14 @@ class RunnerTrainer(Trainer):
             checkpoint.rotate(root, limit)
         self._barrier()  # no rank goes on before the checkpoint is in place
 
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed from the checkpoint of the last step (a kill after that save, before the
+        # model was written): the Trainer would train one step beyond max_steps.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _barrier(self) -> None:
         if self.args.world_size > 1:
             import torch.distributed as dist

@@ -210,7 +210,7 @@ class Attempt:
 
 @dataclass
 class Kill:
-    kind: str  # tokenize | save | step
+    kind: str  # tokenize | save | step | final
     target: int = 0  # save: the first checkpoint step to catch; step: the step to pass
     delay: float = 0.0  # step: seconds after it
     landed: str = ""  # where it really struck
@@ -223,14 +223,13 @@ class Report:
     skipped: list[str] = field(default_factory=list)
 
 
-def plan(rng: random.Random, kills: int, steps: int) -> list[Kill]:
-    """The first kill while tokenizing, one in a save, the rest drawn: saves and steps."""
-    drawn = [Kill("tokenize"), Kill("save")]
-    for _ in range(kills - 2):
-        drawn.append(Kill(rng.choice(["save", "step"])))
-    first, rest = drawn[0], drawn[1:]
+def plan(rng: random.Random, kills: int) -> list[Kill]:
+    """The first kill while tokenizing, one in a save, the rest drawn (saves and steps); of
+    three kills or more the last strikes after the last step's checkpoint, before the model."""
+    last = [Kill("final")] if kills >= 3 else []
+    rest = [Kill("save")] + [Kill(rng.choice(["save", "step"])) for _ in range(kills - 2 - len(last))]
     rng.shuffle(rest)
-    return [first, *rest]
+    return [Kill("tokenize"), *rest, *last]
 
 
 def newest_complete(run_dir: Path) -> int:
@@ -267,7 +266,7 @@ def strike(attempt: Attempt, kill: Kill, run_dir: Path | None, out: Path, name: 
             return False
         run_dir = run_dir or only_run(out, name)
         staging = run_dir / "checkpoints" / ".partial"
-        kill.target = min(steps, resumed + SAVE_STEPS * rng.randint(2, 3))
+        kill.target = min(steps, max(2 * SAVE_STEPS, resumed + SAVE_STEPS * rng.randint(1, 2)))
         written = rng.randint(1, 8)  # files of the checkpoint on disk when it strikes
         pids = attempt.trainers(procs)
         while True:
@@ -275,7 +274,8 @@ def strike(attempt: Attempt, kill: Kill, run_dir: Path | None, out: Path, name: 
             if caught and _count(caught[0]) >= written:
                 signal_all(pids.values(), signal.SIGSTOP)
                 if caught[0].exists():  # still being written: not in place yet
-                    kill.landed = f"saving {caught[0].name} ({_count(caught[0])} files written)"
+                    n = _count(caught[0])
+                    kill.landed = f"saving {caught[0].name} ({n} file{'s' if n != 1 else ''} written)"
                     break
                 signal_all(pids.values(), signal.SIGCONT)  # too late: catch the next one
             done = [
@@ -286,9 +286,20 @@ def strike(attempt: Attempt, kill: Kill, run_dir: Path | None, out: Path, name: 
             if attempt.proc.poll() is not None or kill.target > steps:
                 return False
             time.sleep(0.0005)
+    elif kill.kind == "final":
+        run_dir = run_dir or only_run(out, name)
+        done = run_dir / "checkpoints" / f"checkpoint-{steps}" / "COMPLETE"
+        pids = attempt.trainers(procs)
+        while not done.exists():
+            if attempt.proc.poll() is not None:
+                return False
+            time.sleep(0.0005)
+        signal_all(pids.values(), signal.SIGSTOP)
+        assert not (run_dir / "results.json").exists()
+        kill.landed = f"after checkpoint-{steps}, the last step's, before the model was saved"
     else:
-        kill.target = rng.randint(resumed + 1, max(resumed + 1, steps - 1))
-        kill.delay = round(rng.uniform(0, 0.5), 3)
+        kill.target = rng.randint(resumed + 1, max(resumed + 1, min(steps - 1, resumed + 4)))
+        kill.delay = round(rng.uniform(0, 0.3), 3)
         if not attempt.wait_for(rf"^(\[rank\d\]:)?step {kill.target}/{steps} "):
             return False
         time.sleep(kill.delay)
@@ -309,7 +320,7 @@ def run_with_kills(tmp_path: Path, model: Path, data: Path, ref: Path, steps: in
     rng = random.Random(seed)
     spec = job(tmp_path, model, data, "faulty", steps, procs)
     out = tmp_path / "out"
-    report = Report(kills=plan(rng, kills, steps))
+    report = Report(kills=plan(rng, kills))
     attempt, run_dir, resumed = Attempt("submit", str(spec), "--executor", "local"), None, 0
     for kill in report.kills:
         struck = strike(
@@ -371,7 +382,7 @@ def check_and_print(report: Report, run_dir: Path, ref: Path, procs: int, model:
 
 # --- the tests -------------------------------------------------------------------------------
 
-SHORT, LONG = 8, 16  # steps
+SHORT, LONG = 8, 24  # steps
 
 
 @pytest.fixture(scope="module")
