@@ -51,7 +51,7 @@ def conversations(tmp_path_factory) -> Path:
 
 
 def job(directory: Path, model: Path, data: Path, name: str, steps: int, procs: int = 1,
-        keep: int | None = 2, out: Path | None = None, cache: bool = True) -> Path:  # fmt: skip
+        keep: int | None = 2, out: Path | None = None, cache: bool = True, **sections) -> Path:  # fmt: skip
     """Full fine-tuning with AdamW (its state must survive too), no dropout, a fixed data
     order, a checkpoint every SAVE_STEPS steps of which `keep` are kept."""
     return write_job(
@@ -62,7 +62,7 @@ def job(directory: Path, model: Path, data: Path, name: str, steps: int, procs: 
                   "logging_steps": 1, "per_device_train_batch_size": 4 // procs, "optim": "adamw_torch",
                   "learning_rate": 1e-3, "lr_scheduler_type": "linear", "seed": 7},
         resources={"gpus": 0, "procs_per_node": procs},
-        output={"dir": str(out or directory / "out")},
+        output={"dir": str(out or directory / "out")}, **sections,
     )  # fmt: skip
 
 
@@ -91,11 +91,12 @@ def only_run(out: Path, name: str) -> Path:
     return run_dir
 
 
-def reference(tmp_path_factory, model: Path, data: Path, steps: int, procs: int) -> Path:
+def reference(tmp_path_factory, model: Path, data: Path, steps: int, procs: int, executor: str = "local",
+              **sections) -> Path:  # fmt: skip
     """The same job, never interrupted, every checkpoint kept."""
     directory = tmp_path_factory.mktemp(f"reference{procs}")
-    spec = job(directory, model, data, "ref", steps, procs, keep=None)
-    proc = cli("submit", str(spec), "--executor", "local")
+    spec = job(directory, model, data, "ref", steps, procs, keep=None, **sections)
+    proc = cli("submit", str(spec), "--executor", executor)
     out = proc.communicate(timeout=900)[0].decode(errors="replace")
     assert proc.returncode == 0, out[-4000:]
     return only_run(directory / "out", "ref")
@@ -359,18 +360,19 @@ def run_with_kills(tmp_path: Path, model: Path, data: Path, ref: Path, steps: in
     return report
 
 
-def check_and_print(report: Report, run_dir: Path, ref: Path, procs: int, model: Path) -> None:
+def check_and_print(
+    report: Report, run_dir: Path, ref: Path, procs: int, model: Path, where: str = ""
+) -> None:
     final = weights(run_dir / "model")
     expected = weights(ref / "model")
     worst = max_diff(final, expected)
     moved = max_diff(expected, weights(model))
     equal = sum(1 for _, d in report.resumes if d == 0)
-    print(
-        f"\nkills ({procs} process{'es' if procs > 1 else ''}): " + "; ".join(k.landed for k in report.kills)
-    )
+    what = where or f"{procs} process{'es' if procs > 1 else ''}"
+    print(f"\nkills ({what}): " + "; ".join(k.landed for k in report.kills))
     print("skipped on resume: " + "; ".join(report.skipped))
     print(
-        f"RELIABILITY kills: {len(report.kills)} survived ({procs} process{'es' if procs > 1 else ''}), "
+        f"RELIABILITY kills: {len(report.kills)} survived ({what}), "
         f"resumes with equal weights: {equal}/{len(report.resumes)} "
         f"(max |Δw| {max((d for _, d in report.resumes), default=0):.1e}; final weights max |Δw| "
         f"{worst:.1e}, training moved them by up to {moved:.1e})"
