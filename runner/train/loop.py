@@ -142,7 +142,8 @@ class RunnerTrainer(Trainer):
         root = Path(super()._get_output_dir(trial))
         name = f"{checkpoint.PREFIX}{self.state.global_step}"
         staged, main = root / checkpoint.STAGING / name, self.args.should_save
-        if main:
+        local_main = self.args.local_process_index == 0
+        if local_main:
             shutil.rmtree(staged, ignore_errors=True)  # left by an interrupted save of this step
             staged.parent.mkdir(parents=True, exist_ok=True)
         self._barrier()
@@ -163,6 +164,13 @@ class RunnerTrainer(Trainer):
         if main:
             log.info("checkpoint %s saved", name)
             checkpoint.rotate(root, limit)
+        if self.args.world_size > 1:
+            self._barrier()
+            # Another machine whose disk is its own (no shared storage): its ranks' part of the
+            # checkpoint is still staged there; its first process commits it the same way.
+            if local_main and not main and staged.exists():
+                checkpoint.commit(staged, root / name, self.args.world_size)
+                checkpoint.rotate(root, limit)
         self._barrier()  # no rank goes on before the checkpoint is in place
 
     def _run_epoch(self, *args, **kwargs):

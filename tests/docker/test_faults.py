@@ -1,8 +1,8 @@
 """Fault injection, docker tier: the training container is killed (`docker kill`, SIGKILL) at
 seeded random points (while it tokenizes, in the middle of a checkpoint's save, between steps),
 `runner resume` starts a new container after each kill, and the run ends with exactly the
-weights of an uninterrupted containerized run. The short version runs with the suite;
-`pytest -m slow` kills more often. Each prints a `RELIABILITY ...` line."""
+weights of an uninterrupted containerized run. Both run with `pytest -m slow` (the short one
+kills twice); each prints a `RELIABILITY ...` line."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ from tests.integration.test_faults import (
     weights,
 )
 
-pytestmark = pytest.mark.docker
+# Slow: a container starts for every attempt. The integration tier's short version runs by default.
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
 STEPS = 8
 
 
@@ -36,7 +37,7 @@ def container_of(run_dir: Path, attempt: Attempt, timeout: float = 120) -> str:
     """The id of the attempt's container, once the record names it."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        record = json.loads((run_dir / "run.json").read_text())
+        record = json.loads(path.read_text()) if (path := run_dir / "run.json").exists() else {}
         if record.get("container") and record["status"] == "running":
             return record["container"]
         assert attempt.proc.poll() is None, attempt.text[-3000:]
@@ -151,7 +152,6 @@ def test_container_killed_while_tokenizing_and_saving_resumes_to_the_same_weight
                     where="containers")  # fmt: skip
 
 
-@pytest.mark.slow
 def test_container_killed_five_times_resumes_to_the_same_weights(
     docker,
     reference_in_container: Path,

@@ -316,10 +316,10 @@ def strike(attempt: Attempt, kill: Kill, run_dir: Path | None, out: Path, name: 
 
 
 def run_with_kills(tmp_path: Path, model: Path, data: Path, ref: Path, steps: int, procs: int,
-                   kills: int, seed: int) -> Report:  # fmt: skip
+                   kills: int, seed: int, **sections) -> Report:  # fmt: skip
     """Submit, kill and resume until the run succeeds; every check along the way."""
     rng = random.Random(seed)
-    spec = job(tmp_path, model, data, "faulty", steps, procs)
+    spec = job(tmp_path, model, data, "faulty", steps, procs, **sections)
     out = tmp_path / "out"
     report = Report(kills=plan(rng, kills))
     attempt, run_dir, resumed = Attempt("submit", str(spec), "--executor", "local"), None, 0
@@ -400,13 +400,20 @@ def test_two_kills_tokenizing_and_saving_then_resume_to_the_same_weights(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("procs", [1, 2], ids=["1proc", "2proc"])
+@pytest.mark.parametrize(
+    ("procs", "zero"), [(1, None), (2, None), (2, 2)], ids=["1proc", "2proc", "2proc-zero2"]
+)
 def test_six_kills_at_random_points_then_resume_to_the_same_weights(
-    procs: int, tmp_path: Path, tmp_path_factory, tiny_model: Path, conversations: Path
+    procs: int, zero: int | None, tmp_path: Path, tmp_path_factory, tiny_model: Path, conversations: Path
 ):
-    ref = reference(tmp_path_factory, tiny_model, conversations, LONG, procs)
-    report = run_with_kills(tmp_path, tiny_model, conversations, ref, LONG, procs, kills=6, seed=100 + procs)
-    check_and_print(report, only_run(tmp_path / "out", "faulty"), ref, procs, tiny_model)
+    """With ZeRO-2 each rank writes its own optimizer partition into the checkpoint: it is
+    marked complete only once both have."""
+    distributed = {"distributed": {"deepspeed": {"zero": zero}}} if zero else {}
+    ref = reference(tmp_path_factory, tiny_model, conversations, LONG, procs, **distributed)
+    report = run_with_kills(tmp_path, tiny_model, conversations, ref, LONG, procs, kills=6,
+                            seed=100 + procs + (zero or 0), **distributed)  # fmt: skip
+    where = f"{procs} processes, ZeRO-{zero}" if zero else ""
+    check_and_print(report, only_run(tmp_path / "out", "faulty"), ref, procs, tiny_model, where=where)
 
 
 def test_a_full_disk_fails_the_save_with_one_message_and_the_run_resumes_once_there_is_room(
