@@ -78,10 +78,12 @@ def strike(docker, attempt: Attempt, kill: Kill, run_dir: Path, out: Path, resum
     return True
 
 
-def run_with_container_kills(docker, tmp_path: Path, model: Path, data: Path, ref: Path, kills: list[Kill],
-                             seed: int) -> Report:  # fmt: skip
+def run_with_container_kills(docker, image: str, tmp_path: Path, model: Path, data: Path, ref: Path,
+                             kills: list[Kill], seed: int) -> Report:  # fmt: skip
+    """`image`: the image this suite built, by its content tag (the `cpu` name's `latest` tag
+    may be moved by another build meanwhile)."""
     rng = random.Random(seed)
-    spec = job(tmp_path, model, data, "faulty", STEPS, image="cpu")
+    spec = job(tmp_path, model, data, "faulty", STEPS, image=image)
     out = tmp_path / "out"
     report = Report(kills=kills)
     attempt, resumed, retries = Attempt("submit", str(spec)), 0, 3
@@ -135,25 +137,29 @@ def run_with_container_kills(docker, tmp_path: Path, model: Path, data: Path, re
 
 @pytest.fixture(scope="module")
 def reference_in_container(cpu_image, tmp_path_factory, tiny_model: Path, conversations: Path) -> Path:  # noqa: F811
-    return reference(tmp_path_factory, tiny_model, conversations, STEPS, 1, executor="docker", image="cpu")
+    return reference(
+        tmp_path_factory, tiny_model, conversations, STEPS, 1, executor="docker", image=cpu_image.tag
+    )
 
 
 def test_container_killed_while_tokenizing_and_saving_resumes_to_the_same_weights(
     docker,
+    cpu_image,
     reference_in_container: Path,
     tmp_path: Path,
     tiny_model: Path,
     conversations: Path,  # noqa: F811
 ):
     kills = [Kill("tokenize"), Kill("save")]
-    report = run_with_container_kills(docker, tmp_path, tiny_model, conversations, reference_in_container,
-                                      kills, seed=11)  # fmt: skip
+    report = run_with_container_kills(docker, cpu_image.tag, tmp_path, tiny_model, conversations,
+                                      reference_in_container, kills, seed=11)  # fmt: skip
     check_and_print(report, only_run(tmp_path / "out", "faulty"), reference_in_container, 1, tiny_model,
                     where="containers")  # fmt: skip
 
 
 def test_container_killed_five_times_resumes_to_the_same_weights(
     docker,
+    cpu_image,
     reference_in_container: Path,
     tmp_path: Path,
     tiny_model: Path,
@@ -162,7 +168,7 @@ def test_container_killed_five_times_resumes_to_the_same_weights(
     rng = random.Random(12)
     rest = [Kill("save")] + [Kill(rng.choice(["save", "step"])) for _ in range(3)]
     rng.shuffle(rest)
-    report = run_with_container_kills(docker, tmp_path, tiny_model, conversations, reference_in_container,
-                                      [Kill("tokenize"), *rest], seed=12)  # fmt: skip
+    report = run_with_container_kills(docker, cpu_image.tag, tmp_path, tiny_model, conversations,
+                                      reference_in_container, [Kill("tokenize"), *rest], seed=12)  # fmt: skip
     check_and_print(report, only_run(tmp_path / "out", "faulty"), reference_in_container, 1, tiny_model,
                     where="containers")  # fmt: skip

@@ -2,13 +2,15 @@
 tokenizes, in the middle of a checkpoint's save, between steps), `runner resume` follows each
 kill, and the run still reaches its full step count with exactly the weights of a run that was
 never interrupted. Every checkpoint a resume starts from holds the uninterrupted run's weights
-of that step too. With one process and with two (torchrun, gloo: one rank is killed).
+of that step too. With one process, with two (torchrun, gloo: one rank is killed) and with two
+under DeepSpeed ZeRO-2. A kill after the last step's checkpoint, before the model is written,
+resumes without training a step more.
 
 A save that fills the disk fails the run with one message naming the disk, the bytes and the
 fix, and leaves the previous checkpoint to resume from once there is room.
 
-The short versions run with the suite; `pytest -m slow` runs the long ones (more kills). Each
-test prints a `RELIABILITY ...` line with its figures.
+The short version (three kills) and the full disk run with the suite; `pytest -m slow` runs
+the long ones (six kills each). Each test prints a `RELIABILITY ...` line with its figures.
 """
 
 from __future__ import annotations
@@ -392,10 +394,10 @@ def reference_short(tmp_path_factory, tiny_model: Path, conversations: Path) -> 
     return reference(tmp_path_factory, tiny_model, conversations, SHORT, 1)
 
 
-def test_two_kills_tokenizing_and_saving_then_resume_to_the_same_weights(
+def test_killed_tokenizing_saving_and_after_the_last_checkpoint_then_resumed_to_the_same_weights(
     tmp_path: Path, tiny_model: Path, conversations: Path, reference_short: Path
 ):
-    report = run_with_kills(tmp_path, tiny_model, conversations, reference_short, SHORT, 1, kills=2, seed=1)
+    report = run_with_kills(tmp_path, tiny_model, conversations, reference_short, SHORT, 1, kills=3, seed=1)
     check_and_print(report, only_run(tmp_path / "out", "faulty"), reference_short, 1, tiny_model)
 
 
