@@ -374,10 +374,9 @@ def check_and_print(
     print(f"\nkills ({what}): " + "; ".join(k.landed for k in report.kills))
     print("skipped on resume: " + "; ".join(report.skipped))
     print(
-        f"RELIABILITY kills: {len(report.kills)} survived ({what}), "
-        f"resumes with equal weights: {equal}/{len(report.resumes)} "
-        f"(max |Δw| {max((d for _, d in report.resumes), default=0):.1e}; final weights max |Δw| "
-        f"{worst:.1e}, training moved them by up to {moved:.1e})"
+        f"RELIABILITY kills: {len(report.kills)} survived, resumes with equal weights: "
+        f"{equal}/{len(report.resumes)} (max |Δw| {max((d for _, d in report.resumes), default=0):.1e}) "
+        f"[{what}; final weights max |Δw| {worst:.1e}, training moved them by up to {moved:.1e}]"
     )
     assert moved > 5e-4  # training changed the weights: equal weights mean something
     assert worst == 0, f"the resumed run's final weights differ by up to {worst:g}"
