@@ -365,6 +365,8 @@ def run_with_kills(tmp_path: Path, model: Path, data: Path, ref: Path, steps: in
 def check_and_print(
     report: Report, run_dir: Path, ref: Path, procs: int, model: Path, where: str = ""
 ) -> None:
+    """The final weights equal the uninterrupted run's; so do those of every checkpoint a resume
+    started from (the M of `resumes with equal weights: M/M` counts the resumes that had one)."""
     final = weights(run_dir / "model")
     expected = weights(ref / "model")
     worst = max_diff(final, expected)
