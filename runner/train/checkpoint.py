@@ -123,6 +123,8 @@ def is_disk_full(error: BaseException, checkpoints: Path) -> bool:
         if any(s in str(seen) for s in ("No space left on device", "StorageFull", "Disk quota exceeded")):
             return True
         seen = seen.__cause__ or seen.__context__
+    if not any(s in str(error) for s in ("unexpected pos", "file write failed", "PytorchStreamWriter")):
+        return False  # not a short write: some other failure, reported as it is
     try:
         free = shutil.disk_usage(checkpoints).free
     except OSError:

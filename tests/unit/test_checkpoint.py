@@ -95,3 +95,21 @@ def test_atomic_write_replaces_whole_and_leaves_no_temporary_file(tmp_path):
     atomic.write_text(target, "new\n")
     assert target.read_text() == "new\n"
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_a_full_disk_is_told_apart_from_other_save_failures(tmp_path):
+    import errno
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert checkpoint.is_disk_full(full, tmp_path)
+    try:
+        try:
+            raise full
+        except OSError as e:
+            raise RuntimeError("Error while serializing") from e
+    except RuntimeError as wrapped:
+        assert checkpoint.is_disk_full(wrapped, tmp_path)
+    assert checkpoint.is_disk_full(RuntimeError("IoError(Os { code: 28, kind: StorageFull })"), tmp_path)
+    # A short write with plenty of room left is not a full disk; neither is any other error.
+    assert not checkpoint.is_disk_full(RuntimeError("unexpected pos 1831488 vs 1831376"), tmp_path)
+    assert not checkpoint.is_disk_full(ValueError("bad tensor"), tmp_path)
