@@ -159,6 +159,35 @@ def disk_full_error(checkpoints: Path, staged: Path, run_id: str) -> RunError:
     )
 
 
+def model_disk_full_error(out: Path, checkpoints: Path, run_id: str) -> RunError:
+    """The trained model or adapter did not fit: the same kind of message. The last step's
+    checkpoint is complete, so a resume writes it without training again."""
+    written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.exists() else 0
+    shutil.rmtree(out, ignore_errors=True)
+    previous = latest_checkpoint(checkpoints, quiet=True)
+    usage = shutil.disk_usage(out.parent)
+    mount, device = mount_of(out.parent)
+    then = (f"writes it from {previous.name} without training again" if previous is not None
+            else "starts over: no checkpoint was completed")  # fmt: skip
+    needed = max(written, _weights_bytes(previous))
+    return RunError(
+        f"the disk holding {out} is full ({device} mounted on {mount}: {_size(usage.free)} free of "
+        f"{_size(usage.total)}): writing the trained {out.name} needs about {_size(needed)} "
+        f"({needed:,} bytes, its weights' size in the last checkpoint; the {_size(written)} written "
+        f"were removed). Make room (free space on {mount}, or set output.dir to a larger disk), then "
+        f"`runner resume {run_id}` {then}."
+    )
+
+
+def _weights_bytes(checkpoint: Path | None) -> int:
+    """What the model's (or adapter's) weight files take in a checkpoint, by its marker."""
+    try:
+        files = json.loads((checkpoint / MARKER).read_text(encoding="utf-8"))["files"]
+    except (TypeError, OSError, ValueError, KeyError):
+        return 0
+    return sum(n for f, n in files.items() if f.startswith(("model", "adapter_model", "pytorch_model")))
+
+
 def mount_of(path: Path) -> tuple[str, str]:
     """The mount point holding `path` and its device (or filesystem type)."""
     path = Path(os.path.realpath(path))

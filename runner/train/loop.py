@@ -295,7 +295,12 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
         checkpoint.clear_staging(run_dir / "checkpoints")
     out = run_dir / ("adapter" if spec.method.type in PEFT_METHODS or spec.model.adapter else "model")
     model.config.use_cache = True  # the saved model generates with a cache again
-    trainer.save_model(str(out))  # every rank must call it (ZeRO-3 gathers the weights)
+    try:
+        trainer.save_model(str(out))  # every rank must call it (ZeRO-3 gathers the weights)
+    except Exception as e:
+        if trainer.is_world_process_zero() and checkpoint.is_disk_full(e, run_dir / "checkpoints"):
+            raise checkpoint.model_disk_full_error(out, run_dir / "checkpoints", run_dir.name) from None
+        raise
     evaluated = trainer.evaluate() if eval_ds is not None else {}
     if not trainer.is_world_process_zero():
         return {}

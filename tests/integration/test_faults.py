@@ -19,6 +19,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -470,6 +471,71 @@ def test_a_full_disk_fails_the_save_with_one_message_and_the_run_resumes_once_th
             f"RELIABILITY full disk: saving {failed_at} on a {small / 2**20:.1f} MiB tmpfs failed with one "
             f"message (disk, bytes, fix), checkpoint-2 stayed complete; after growing the disk, resumed to "
             f"{SHORT}/{SHORT} steps with equal weights: {int(worst == 0)}/1 (max |Δw| {worst:.1e})"
+        )
+        assert worst == 0
+    finally:
+        subprocess.run(["umount", "-l", str(out)], capture_output=True)
+
+
+def test_a_full_disk_when_the_trained_model_is_written_fails_with_one_message_and_resume_writes_it(
+    tmp_path: Path, tiny_model: Path, conversations: Path, reference_short: Path
+):
+    """The disk fills after the last step's checkpoint (the tmpfs is shrunk to what is used
+    while the trainer is stopped): writing the model fails with one message; with room again,
+    `runner resume` writes it from that checkpoint, training no step more."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    out = tmp_path / "disk"
+    out.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(out)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        spec = job(tmp_path, tiny_model, conversations, "end", SHORT, out=out, cache=False)
+        first = Attempt("submit", str(spec), "--executor", "local")
+        assert first.wait_for(r"trainable params")
+        run_dir = only_run(out, "end")
+        last, rotated = (
+            run_dir / "checkpoints" / f"checkpoint-{SHORT}",
+            run_dir / "checkpoints" / "checkpoint-4",
+        )
+        pids = first.trainers(1)
+        while not ((last / "COMPLETE").exists() and not rotated.exists()):  # saved, older ones rotated out
+            assert first.proc.poll() is None, first.text[-3000:]
+            time.sleep(0.0005)
+        signal_all(pids.values(), signal.SIGSTOP)
+        assert not (run_dir / "model").exists()
+        used = shutil.disk_usage(out).used
+        shrunk = subprocess.run(["mount", "-o", f"remount,size={used + (256 << 10)}", str(out)],
+                                capture_output=True, text=True)  # fmt: skip
+        assert shrunk.returncode == 0, shrunk.stderr
+        signal_all(pids.values(), signal.SIGCONT)
+        assert first.finish() != 0, first.text[-3000:]
+        assert "Traceback" not in first.text, first.text[-4000:]
+        (line,) = [ln for ln in first.lines if ln.startswith("error:")]
+        assert f"the disk holding {run_dir / 'model'} is full" in line, line
+        assert "tmpfs mounted on " + str(out) in line and "output.dir" in line, line
+        model_bytes = (reference_short / "model" / "model.safetensors").stat().st_size
+        assert f"needs about {model_bytes / 2**20:.1f} MiB ({model_bytes:,} bytes" in line, line
+        assert (
+            f"`runner resume {run_dir.name}` writes it from checkpoint-{SHORT} without training again" in line
+        )
+        assert not (run_dir / "model").exists()  # no half-written model left to be mistaken for one
+
+        grown = subprocess.run(["mount", "-o", "remount,size=256m", str(out)], capture_output=True, text=True)
+        assert grown.returncode == 0, grown.stderr
+        second = Attempt("resume", run_dir.name)
+        assert second.finish() == 0, second.text[-4000:]
+        assert f"resuming from {last}" in second.text
+        assert not any(re.match(rf"step {SHORT + 1}/", ln) for ln in second.lines), second.text[-3000:]
+        assert json.loads((run_dir / "results.json").read_text())["global_step"] == SHORT
+        worst = max_diff(weights(run_dir / "model"), weights(reference_short / "model"))
+        print(f"\n{line}")
+        print(
+            f"RELIABILITY full disk: writing the trained model after checkpoint-{SHORT} failed with one "
+            f"message (disk, bytes, fix); after growing the disk, resume wrote it without training: "
+            f"equal weights 1/1 (max |Δw| {worst:.1e})"
         )
         assert worst == 0
     finally:
