@@ -6,6 +6,7 @@ CLI) sees the same truth. A run directory is created exactly once and never reus
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner import atomic
 from runner.errors import NoSuchRunError, RunError
 from runner.render.deepspeed import render_deepspeed
 from runner.render.launch import cache_path, render_launch
@@ -47,10 +49,14 @@ class RunRecord:
     container: str | None = None
 
     def save(self) -> None:
+        # A reader never sees half a record, and a crash (even of the machine) leaves the old
+        # one or the new one: temporary file, fsync, rename.
         path = Path(self.run_dir) / RECORD
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)  # a reader never sees half a record
+        try:
+            atomic.write_text(path, json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
+        except OSError as e:
+            full = " (the disk is full: free space there)" if e.errno == errno.ENOSPC else ""
+            raise RunError(f"cannot write the run record {path}: {e.strerror}{full}") from None
 
     def update(self, **changes: Any) -> None:
         for key, value in changes.items():

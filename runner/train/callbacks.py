@@ -11,6 +11,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from runner.train.checkpoint import latest_checkpoint  # noqa: F401  (where it used to live)
+
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
 
@@ -132,9 +134,3 @@ def share(path: Path) -> None:
                     os.chmod(f, 0o666 & ~umask)
             except OSError:
                 pass
-
-
-def latest_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest complete checkpoint; one being written (no trainer_state.json yet) is skipped."""
-    done = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)

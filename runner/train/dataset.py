@@ -71,6 +71,7 @@ def tokenize(spec: JobSpec, tokenizer) -> tuple[Dataset, dict]:
     records = [len(items) for items in loaded]  # per dataset, in the spec's order
     sources = [Dataset.from_list([{"item": item} for item in items]) for items in loaded]
     mixed = mix(sources, spec)
+    log.info("tokenizing %d records", len(mixed))
     workers = spec.data.preprocessing_workers or (
         min(8, os.cpu_count() or 1) if len(mixed) >= _PARALLEL_FROM else None
     )

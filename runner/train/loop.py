@@ -7,15 +7,17 @@ import json
 import logging
 import os
 import resource
+import shutil
 import sys
 from pathlib import Path
 
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
+from runner import atomic
 from runner.errors import UnsupportedError
 from runner.spec.job import PROMPT_LEARNING, JobSpec
-from runner.train import dataset, memory, microbatch
-from runner.train.callbacks import MetricsCallback, ShareFiles, StopOnSignal, latest_checkpoint, share
+from runner.train import checkpoint, dataset, memory, microbatch
+from runner.train.callbacks import MetricsCallback, ShareFiles, StopOnSignal, share
 from runner.train.dataset import LENGTH
 from runner.train.methods import PEFT_METHODS
 from runner.train.model import count_parameters, device_type, liger, precision
@@ -135,6 +137,62 @@ class RunnerTrainer(Trainer):
 
     targets_only = False
     micro_batch_tokens: int | None = None
+    _staging: str | None = None
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's save, into checkpoints/.partial; once every process has written its
+        part, the main process marks it complete and moves it into place (see checkpoint.py).
+        Old checkpoints are rotated out only after that, so a crash always leaves one."""
+        root = Path(super()._get_output_dir(trial))
+        name = f"{checkpoint.PREFIX}{self.state.global_step}"
+        staged, main = root / checkpoint.STAGING / name, self.args.should_save
+        local_main = self.args.local_process_index == 0
+        if local_main:
+            shutil.rmtree(staged, ignore_errors=True)  # left by an interrupted save of this step
+            staged.parent.mkdir(parents=True, exist_ok=True)
+        self._barrier()
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        self._staging = str(staged.parent)
+        try:
+            super()._save_checkpoint(model, trial)
+            self._barrier()  # every rank's files (ZeRO partitions, RNG states) are written
+            if main:
+                checkpoint.commit(staged, root / name, self.args.world_size)
+        except Exception as e:
+            if main and checkpoint.is_disk_full(e, root):
+                raise checkpoint.disk_full_error(root, staged, Path(root).parent.name) from None
+            raise
+        finally:
+            self._staging = None
+            self.args.save_total_limit = limit
+        if main:
+            log.info("checkpoint %s saved", name)
+            checkpoint.rotate(root, limit)
+        if self.args.world_size > 1:
+            self._barrier()
+            # Another machine whose disk is its own (no shared storage): its ranks' part of the
+            # checkpoint is still staged there; its first process commits it the same way.
+            if local_main and not main and staged.exists():
+                checkpoint.commit(staged, root / name, self.args.world_size)
+                checkpoint.rotate(root, limit)
+        self._barrier()  # no rank goes on before the checkpoint is in place
+
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed from the checkpoint of the last step (a kill after that save, before the
+        # model was written): the Trainer would train one step beyond max_steps.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
+    def _barrier(self) -> None:
+        if self.args.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if not self.micro_batch_tokens or num_items_in_batch is None:
@@ -226,16 +284,31 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
     log.info("trainable params: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     trainer = (make or make_trainer)(spec, run_dir, model, tokenizer, train_ds, eval_ds, collator)
     trainer.add_callback(stop := StopOnSignal())
-    resume = latest_checkpoint(run_dir / "checkpoints") if os.environ.get("RUNNER_RESUME") == "1" else None
-    if resume:
-        log.info("resuming from %s", resume)
+    resume = None
+    if os.environ.get("RUNNER_RESUME") == "1":
+        main = trainer.is_world_process_zero()
+        resume = checkpoint.latest_checkpoint(run_dir / "checkpoints", quiet=not main)
+        trainer.accelerator.wait_for_everyone()  # every rank chose before the unfinished saves go
+        if main:
+            checkpoint.clear_staging(run_dir / "checkpoints")
+        if resume:
+            log.info("resuming from %s", resume)
+        else:
+            log.warning("no complete checkpoint in %s: training starts from step 0", run_dir / "checkpoints")
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if stop.requested:
         log.info("stopped at step %d; checkpoint saved; `runner resume` continues", result.global_step)
         return {"stopped": True, "global_step": result.global_step}
+    if trainer.is_world_process_zero():
+        checkpoint.clear_staging(run_dir / "checkpoints")
     out = run_dir / ("adapter" if spec.method.type in PEFT_METHODS or spec.model.adapter else "model")
     model.config.use_cache = True  # the saved model generates with a cache again
-    trainer.save_model(str(out))  # every rank must call it (ZeRO-3 gathers the weights)
+    try:
+        trainer.save_model(str(out))  # every rank must call it (ZeRO-3 gathers the weights)
+    except Exception as e:
+        if trainer.is_world_process_zero() and checkpoint.is_disk_full(e, run_dir / "checkpoints"):
+            raise checkpoint.model_disk_full_error(out, run_dir / "checkpoints", run_dir.name) from None
+        raise
     evaluated = trainer.evaluate() if eval_ds is not None else {}
     if not trainer.is_world_process_zero():
         return {}
@@ -244,7 +317,7 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
     metrics = {**result.metrics, "trainable_params": trainable, "total_params": total,
                "train_samples": len(train_ds), "global_step": result.global_step, "output": out.name,
                "world_size": trainer.args.world_size, "data": dict(dataset.last_stats), **evaluated}  # fmt: skip
-    (run_dir / "results.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    atomic.write_text(run_dir / "results.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
