@@ -22,7 +22,7 @@ def test_eval_options_for_a_run_are_refused_with_an_eval_spec(tmp_path: Path):
 def test_export_serve_and_eval_name_what_is_not_a_run(tmp_path: Path):
     for args in (["export", str(tmp_path / "nothing")], ["serve", "no-such-run"], ["eval", "no-such-run"]):
         result = CliRunner().invoke(main, args)
-        assert result.exit_code == 1, args
+        assert result.exit_code == 2, args  # a mistake in the arguments
         assert "no run" in result.stderr and "runner ls" in result.stderr, (args, result.stderr)
 
 
