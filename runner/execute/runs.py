@@ -157,7 +157,8 @@ def find_run(ref: str) -> RunRecord:
     """A run by directory, id, or unique id prefix."""
     if Path(ref, RECORD).exists():
         return read_record(ref)
-    entries = sorted(index_dir().glob(f"{ref}*")) if index_dir().is_dir() else []
+    named = "/" not in ref and "\0" not in ref and not any(c in ref for c in "*?[")  # an id or its prefix
+    entries = sorted(index_dir().glob(f"{ref}*")) if named and index_dir().is_dir() else []
     if not entries:
         raise NoSuchRunError(f"no run '{ref}'; `runner ls` lists them")
     if len(entries) > 1:

@@ -45,3 +45,14 @@ def test_a_run_directory_that_is_no_run(tmp_path: Path):
         2,
         f"error: {tmp_path} is not a run directory (no run.json)\n",
     )
+
+
+@pytest.mark.parametrize("ref", ["/no/such/run", "run*", "../x"])
+def test_a_path_or_pattern_is_no_run_id(ref: str, tmp_path: Path, monkeypatch):
+    from runner.execute.runs import index_dir
+
+    monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
+    index_dir().mkdir(parents=True)  # runs were submitted before
+    (index_dir() / "20990101-000000-dead").write_text(str(tmp_path) + "\n")
+    result = CliRunner().invoke(main, ["status", ref])
+    assert (result.exit_code, result.stderr) == (2, f"error: no run '{ref}'; `runner ls` lists them\n")
