@@ -236,6 +236,7 @@ def test_reference_free_losses_raise_chosen_over_rejected(loss, tmp_path, tiny_m
         assert torch.equal(merged.get(key, merged.get(name)), weight), name
 
 
+@pytest.mark.slow  # ~100 s on two cores; DeepSpeed itself is covered by sft in every run
 def test_dpo_under_zero2_on_two_processes_reaches_the_weights_of_one(tmp_path, tiny_model):
     """dpo under DeepSpeed ZeRO-2, two CPU processes (gloo), ends with the adapter a one-process run
     of the same global batch reaches (plain SGD: float32 rounding only, see test_multicard.py)."""
