@@ -21,11 +21,9 @@ from tests.integration.test_faults import (
     check_and_print,
     conversations,  # noqa: F401  (a fixture)
     job,
-    max_diff,
-    newest_complete,
     only_run,
     reference,
-    weights,
+    resume,
 )
 
 # Slow: a container starts for every attempt. The integration tier's short version runs by default.
@@ -113,21 +111,7 @@ def run_with_container_kills(docker, image: str, tmp_path: Path, model: Path, da
                 if retries:  # the save outran the kill: try again at a later one
                     retries -= 1
                     kills.insert(i + 1, Kill("save"))
-        resumed = newest_complete(run_dir)
-        staged = sorted(p.name for p in (run_dir / "checkpoints" / ".partial").glob("checkpoint-*"))
-        if resumed:
-            diff = max_diff(weights(run_dir / "checkpoints" / f"checkpoint-{resumed}"),
-                            weights(ref / "checkpoints" / f"checkpoint-{resumed}"))  # fmt: skip
-            report.resumes.append((resumed, diff))
-        attempt = Attempt("resume", record["id"])
-        said = attempt.wait_for(r"resuming from \S+|no complete checkpoint")
-        assert said, attempt.text[-3000:]
-        if resumed:
-            assert said.group(0).endswith(f"/checkpoints/checkpoint-{resumed}"), (said.group(0), resumed)
-        for name in staged:
-            line = next((ln for ln in attempt.lines if f"skipping checkpoints/.partial/{name}:" in ln), None)
-            assert line and "interrupted" in line, f"{name} skipped silently:\n{attempt.text[-3000:]}"
-            report.skipped.append(line.split("skipping ", 1)[1])
+        attempt, resumed = resume(run_dir, ref, record["id"], report)
         i += 1
     assert attempt.finish() == 0, attempt.text[-4000:]
     assert json.loads((run_dir / "results.json").read_text())["global_step"] == STEPS

@@ -318,6 +318,28 @@ def strike(attempt: Attempt, kill: Kill, run_dir: Path | None, out: Path, name: 
     return True
 
 
+def resume(run_dir: Path, ref: Path, run_id: str, report: Report) -> tuple[Attempt, int]:
+    """`runner resume` after a kill: it must start from the newest complete checkpoint (found
+    here by the files alone, its weights those of the uninterrupted run's) and name every
+    unfinished save it skips, with the reason."""
+    resumed = newest_complete(run_dir)
+    staged = sorted(p.name for p in (run_dir / "checkpoints" / ".partial").glob("checkpoint-*"))
+    if resumed:
+        diff = max_diff(weights(run_dir / "checkpoints" / f"checkpoint-{resumed}"),
+                        weights(ref / "checkpoints" / f"checkpoint-{resumed}"))  # fmt: skip
+        report.resumes.append((resumed, diff))
+    attempt = Attempt("resume", run_id)
+    said = attempt.wait_for(r"resuming from \S+|no complete checkpoint")
+    assert said, attempt.text[-3000:]
+    if resumed:
+        assert said.group(0).endswith(f"/checkpoints/checkpoint-{resumed}"), (said.group(0), resumed)
+    for name in staged:
+        line = next((ln for ln in attempt.lines if f"skipping checkpoints/.partial/{name}:" in ln), None)
+        assert line and "interrupted" in line, f"{name} skipped silently:\n{attempt.text[-3000:]}"
+        report.skipped.append(line.split("skipping ", 1)[1])
+    return attempt, resumed
+
+
 def run_with_kills(tmp_path: Path, model: Path, data: Path, ref: Path, steps: int, procs: int,
                    kills: int, seed: int, **sections) -> Report:  # fmt: skip
     """Submit, kill and resume until the run succeeds; every check along the way."""
@@ -337,21 +359,7 @@ def run_with_kills(tmp_path: Path, model: Path, data: Path, ref: Path, steps: in
         record = json.loads((run_dir / "run.json").read_text())
         assert record["status"] == "failed", record
         # What the resume must start from, found here by the files alone, and its weights.
-        resumed = newest_complete(run_dir)
-        staged = sorted(p.name for p in (run_dir / "checkpoints" / ".partial").glob("checkpoint-*"))
-        if resumed:
-            diff = max_diff(weights(run_dir / "checkpoints" / f"checkpoint-{resumed}"),
-                            weights(ref / "checkpoints" / f"checkpoint-{resumed}"))  # fmt: skip
-            report.resumes.append((resumed, diff))
-        attempt = Attempt("resume", record["id"])
-        said = attempt.wait_for(r"resuming from \S+|no complete checkpoint")
-        assert said, attempt.text[-3000:]
-        if resumed:
-            assert said.group(0).endswith(f"/checkpoints/checkpoint-{resumed}"), (said.group(0), resumed)
-        for name in staged:  # every unfinished save is named, with the reason
-            line = next((ln for ln in attempt.lines if f"skipping checkpoints/.partial/{name}:" in ln), None)
-            assert line and "interrupted" in line, f"{name} skipped silently:\n{attempt.text[-3000:]}"
-            report.skipped.append(line.split("skipping ", 1)[1])
+        attempt, resumed = resume(run_dir, ref, record["id"], report)
     code = attempt.finish()
     assert code == 0, attempt.text[-4000:]
     record = json.loads((run_dir / "run.json").read_text())
