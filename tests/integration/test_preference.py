@@ -63,11 +63,32 @@ def _pairs() -> list[dict]:
              "rejected": r["rejected"]} for r in records]  # fmt: skip
 
 
-def test_dpo_lora_raises_chosen_over_rejected(tmp_path, tiny_model):
+def _assert_chosen_rose_and_only_the_adapter_moved(tiny_model: Path, run_dir: Path, loss: str) -> None:
+    """On every training pair, chosen minus rejected log-prob rose from the base to the trained
+    adapter; the adapter changed (B starts at zero) and no base weight did."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    before, pairs = _weights(base), _pairs()
+    gap_before = [c - r for c, r in _answer_logps(base, tokenizer, pairs)]
+    tuned = PeftModel.from_pretrained(base, run_dir / "adapter")
+    gap_after = [c - r for c, r in _answer_logps(tuned, tokenizer, pairs)]
+    rose = sum(a > b for a, b in zip(gap_after, gap_before, strict=True))
+    print(f"{loss}: chosen - rejected log-prob, mean: base {sum(gap_before) / len(pairs):.2f} -> "
+          f"{sum(gap_after) / len(pairs):.2f}; rose on {rose}/{len(pairs)} pairs")  # fmt: skip
+    assert rose == len(pairs)
+    lora_b = {k: v for k, v in tuned.state_dict().items() if "lora_B" in k}
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())
+    merged = tuned.get_base_model().state_dict()
+    for name, weight in before.items():
+        key = name.replace(".weight", ".base_layer.weight")
+        assert torch.equal(merged.get(key, merged.get(name)), weight), name
+
+
+def test_dpo_lora_raises_chosen_over_rejected(tmp_path, tiny_model):
     run_dir = _submit(
         tmp_path, tiny_model, "dpo", stage="dpo",
         data={"datasets": [{"path": str(PAIRS)}], "cutoff_len": 64},
@@ -81,24 +102,7 @@ def test_dpo_lora_raises_chosen_over_rejected(tmp_path, tiny_model):
     assert sum(margins[-3:]) / 3 > 0.5 and margins[-1] > margins[1]
     assert steps[-1]["rewards/accuracies"] == 1
 
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
-    base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    before, pairs = _weights(base), _pairs()
-    gap_before = [c - r for c, r in _answer_logps(base, tokenizer, pairs)]
-    tuned = PeftModel.from_pretrained(base, run_dir / "adapter")
-    gap_after = [c - r for c, r in _answer_logps(tuned, tokenizer, pairs)]
-    rose = sum(a > b for a, b in zip(gap_after, gap_before, strict=True))
-    print(
-        f"chosen - rejected log-prob, mean: base {sum(gap_before) / 16:.2f} -> dpo {sum(gap_after) / 16:.2f}"
-    )
-    assert rose == len(pairs)
-    # What changed: the adapter (B starts at zero); what did not: every base weight.
-    lora_b = {k: v for k, v in tuned.state_dict().items() if "lora_B" in k}
-    assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())
-    merged = tuned.get_base_model().state_dict()
-    for name, weight in before.items():
-        key = name.replace(".weight", ".base_layer.weight")
-        assert torch.equal(merged.get(key, merged.get(name)), weight), name
+    _assert_chosen_rose_and_only_the_adapter_moved(tiny_model, run_dir, "dpo")
     assert not (run_dir / "adapter" / "ref").exists()
 
 
@@ -202,9 +206,6 @@ def test_reference_free_losses_raise_chosen_over_rejected(loss, tmp_path, tiny_m
     """orpo and simpo (TRL's experimental ORPO and CPO trainers) on the same pairs and glue: no
     reference model, the margins grow, chosen log-probs rise relative to rejected, and only the
     adapter changes."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run_dir = _submit(
         tmp_path, tiny_model, loss, stage="dpo", preference={"loss": loss},
@@ -218,22 +219,7 @@ def test_reference_free_losses_raise_chosen_over_rejected(loss, tmp_path, tiny_m
     print(f"{loss} reward margins by step: {[round(x, 3) for x in margins]}")
     assert len(margins) == 8 and sum(margins[-3:]) / 3 > sum(margins[:3]) / 3 and margins[-1] > 0
 
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
-    base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    before, pairs = _weights(base), _pairs()
-    gap_before = [c - r for c, r in _answer_logps(base, tokenizer, pairs)]
-    tuned = PeftModel.from_pretrained(base, run_dir / "adapter")
-    gap_after = [c - r for c, r in _answer_logps(tuned, tokenizer, pairs)]
-    rose = sum(a > b for a, b in zip(gap_after, gap_before, strict=True))
-    print(f"{loss}: chosen - rejected log-prob, mean: base {sum(gap_before) / len(pairs):.2f} -> "
-          f"{sum(gap_after) / len(pairs):.2f}; rose on {rose}/{len(pairs)} pairs")  # fmt: skip
-    assert rose == len(pairs)
-    lora_b = {k: v for k, v in tuned.state_dict().items() if "lora_B" in k}
-    assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())
-    merged = tuned.get_base_model().state_dict()
-    for name, weight in before.items():
-        key = name.replace(".weight", ".base_layer.weight")
-        assert torch.equal(merged.get(key, merged.get(name)), weight), name
+    _assert_chosen_rose_and_only_the_adapter_moved(tiny_model, run_dir, loss)
 
 
 @pytest.mark.slow  # ~100 s on two cores; DeepSpeed itself is covered by sft in every run
