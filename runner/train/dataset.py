@@ -80,7 +80,7 @@ def tokenize(spec: JobSpec, tokenizer) -> tuple[Dataset, dict]:
         if spec.stage == "pt"
         else (
             _encode_conversations,
-            {"cutoff_len": spec.data.cutoff_len, "efficient_eos": efficient_eos(spec)},
+            {"cutoff_len": spec.data.cutoff_len, "efficient_eos": uses_efficient_eos(spec)},
         )
     )
     if spec.stage in data.PREFERENCE_STAGES:
@@ -132,7 +132,7 @@ def _encode_conversations(
     return out
 
 
-def efficient_eos(spec: JobSpec) -> bool:
+def uses_efficient_eos(spec: JobSpec) -> bool:
     template = BUILTIN.get(spec.model.template)
     return bool(template and template.efficient_eos)
 
@@ -210,7 +210,7 @@ def cache_key(spec: JobSpec, tokenizer) -> str:
         for f in data.files(ds):
             _feed(h, f"data{i}/{f.name}", _file_digest(f))
     _feed(h, "template", (getattr(tokenizer, "chat_template", None) or "").encode())
-    _feed(h, "template-eos", str(efficient_eos(spec)).encode())
+    _feed(h, "template-eos", str(uses_efficient_eos(spec)).encode())
     _feed(h, "added-tokens", json.dumps(tokenizer.get_added_vocab(), sort_keys=True).encode())
     model = Path(spec.model.path)
     for f in sorted(model.iterdir()):
