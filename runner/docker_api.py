@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from runner.errors import RunnerError
 
@@ -75,15 +75,16 @@ class Docker:
     def history(self, ref: str) -> list[dict[str, Any]]:
         return self.client.images.get(ref).history()
 
-    def save(self, refs: list[str], out: Path) -> None:
-        with open(out, "wb") as f:
-            for chunk in _save(self, refs):
-                f.write(chunk)
+    def save_stream(self, refs: list[str]) -> Iterator[bytes]:
+        """`docker save` of every ref into one tar, as chunks (nothing is written here)."""
+        # GET /images/get?names=a&names=b : one tar holding every named image with its tags.
+        res = self.api._get(self.api._url("/images/get"), params={"names": refs}, stream=True)
+        self.api._raise_for_status(res)
+        yield from res.iter_content(chunk_size=1 << 20)
 
-    def load(self, tar: Path) -> list[str]:
-        with open(tar, "rb") as f:
-            images = self.client.images.load(f)
-        return [img.id for img in images]
+    def load(self, tar: BinaryIO) -> list[str]:
+        """`docker load` from an open file (a `docker save` tar); returns the loaded image ids."""
+        return [img.id for img in self.client.images.load(tar)]
 
     def remove_image(self, ref: str) -> None:
         import docker
@@ -155,11 +156,3 @@ class Docker:
             return code, container.logs().decode("utf-8", "replace")
         finally:
             container.remove(force=True)
-
-
-def _save(docker: Docker, refs: list[str]) -> Iterator[bytes]:
-    # GET /images/get?names=a&names=b : one tar holding every named image with its tags.
-    url = docker.api._url("/images/get")
-    res = docker.api._get(url, params={"names": refs}, stream=True)
-    docker.api._raise_for_status(res)
-    yield from res.iter_content(chunk_size=1 << 20)

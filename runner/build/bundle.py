@@ -9,6 +9,11 @@ Layout of the archive (a plain tar, so `tar -tf` shows it on any machine):
 A load verifies every checksum, refuses missing and extra files, and checks the loaded image
 ids (under every tag) against the manifest before reporting success.
 
+Neither side copies the images through a temporary file: `docker save` streams into the
+archive (hashed on the way) and `docker load` reads images.tar from inside it, so each side
+needs the images' size on its disk once, not twice. The checksums come last, so an archive cut
+short anywhere lacks them.
+
 Every check that needs no slow step comes first: the destination (exists, writable, free space)
 before `docker save` or an extraction, a refused `--to` before `docker load`. Every I/O or
 archive failure is a BundleError: one message naming the path, exit code 5.
@@ -25,9 +30,10 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import runner
 from runner.build.wheels import sha256
@@ -127,66 +133,105 @@ def _bundle(
 ) -> str:  # fmt: skip
     _check_output(out)
     carried = _check_carried(model, "model") + _check_carried(data, "data")
-    try:
-        tmp = tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)
-    except OSError as e:
-        raise BundleError(f"-o {out}: cannot write in {out.parent} ({e.strerror})") from None
     partial = out.with_name(out.name + ".partial")
     try:
-        docker = docker or Docker()
-        images, names, image_bytes = [], [], 0
-        for ref in refs:
-            image_id = docker.image_id(ref)
-            if not image_id:
-                raise BundleError(f"image {ref} is not in the Docker engine; build or load it first")
-            tags = sorted(set(docker.image_tags(image_id)) | ({_as_tag(ref)} if _is_tag(ref) else set()))
-            images.append({"ref": ref, "id": image_id, "tags": tags})
-            if image_id not in {i["id"] for i in images[:-1]}:
-                image_bytes += docker.image_size(image_id)
-            names += [n for n in (tags or [ref]) if n not in names]
-        # The saved images sit in tmp while the archive is written beside them: twice their size.
-        need = 2 * image_bytes + sum(path.stat().st_size for _, path in carried)
-        free = shutil.disk_usage(out.parent).free
-        if free < need:
-            raise BundleError(
-                f"-o {out}: {out.parent} has {_mib(free)} free, and writing this bundle needs about "
-                f"{_mib(need)} there (the saved images twice, plus model and data); free some space "
-                "or choose -o on a larger disk"
-            )
-        saved = Path(tmp) / IMAGES
-        log(f"saving {', '.join(names)}")
-        try:
-            docker.save(names, saved)
-        except _engine_errors() as e:
-            raise BundleError(f"docker save of {', '.join(names)} failed: {e}") from None
-        members = [(IMAGES, saved), *carried]
-        sums = []
-        for name, path in members:
-            log(f"checksum {name}")
-            sums.append(f"{sha256(path)}  {name}")
-        manifest = {
-            "runner_version": runner.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "images": images,
-            "files": {name: path.stat().st_size for name, path in members},
-        }
-        manifest_bytes = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
-        sums.append(f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST}")
-        total = aggregate(sums)
-        checksums = ("\n".join(sums) + f"\naggregate  {total}\n").encode()
-        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
-            for name, data_bytes in ((MANIFEST, manifest_bytes), (CHECKSUMS, checksums)):
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime = len(data_bytes), int(time.time())
-                tar.addfile(info, io.BytesIO(data_bytes))
-            for name, path in members:
-                tar.add(path, arcname=name, recursive=False)
+        f = open(partial, "wb")  # noqa: SIM115 - closed before the rename below
+    except OSError as e:
+        raise BundleError(f"-o {out}: cannot write in {out.parent} ({e.strerror})") from None
+    try:
+        with f:
+            docker = docker or Docker()
+            images, image_bytes = _images(refs, docker)
+            # `docker save` streams straight into the archive: the images are on this disk once.
+            need = image_bytes + sum(path.stat().st_size for _, path in carried)
+            free = shutil.disk_usage(out.parent).free
+            if free < need:
+                raise BundleError(
+                    f"-o {out}: {out.parent} has {_mib(free)} free, and writing this bundle needs "
+                    f"about {_mib(need)} there (the saved images plus model and data); free some "
+                    "space or choose -o on a larger disk"
+                )
+            total = _write(f, images, carried, docker, log)
         os.replace(partial, out)
     finally:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
     return total
+
+
+def _images(refs: list[str], docker: Docker) -> tuple[list[dict], int]:
+    """The manifest's entry per ref (id, every tag), and the bytes of the distinct images."""
+    images, image_bytes = [], 0
+    for ref in refs:
+        image_id = docker.image_id(ref)
+        if not image_id:
+            raise BundleError(f"image {ref} is not in the Docker engine; build or load it first")
+        tags = sorted(set(docker.image_tags(image_id)) | ({_as_tag(ref)} if _is_tag(ref) else set()))
+        if image_id not in {i["id"] for i in images}:
+            image_bytes += docker.image_size(image_id)
+        images.append({"ref": ref, "id": image_id, "tags": tags})
+    return images, image_bytes
+
+
+def _write(
+    f: BinaryIO, images: list[dict], carried: list[tuple[str, Path]], docker: Docker,
+    log: Callable[[str], None],
+) -> str:  # fmt: skip
+    """images.tar, the carried files, manifest.json, checksums.txt; returns the aggregate."""
+    names = list(dict.fromkeys(n for i in images for n in (i["tags"] or [i["ref"]])))
+    log(f"saving {', '.join(names)}")
+    try:
+        digest, size = _stream_member(f, IMAGES, docker.save_stream(names))
+    except _engine_errors() as e:
+        raise BundleError(f"docker save of {', '.join(names)} failed: {e}") from None
+    sums, sizes = [f"{digest}  {IMAGES}"], {IMAGES: size}
+    for name, path in carried:
+        log(f"checksum {name}")
+        sums.append(f"{sha256(path)}  {name}")
+        sizes[name] = path.stat().st_size
+    manifest = {
+        "runner_version": runner.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "images": images,
+        "files": sizes,
+    }
+    manifest_bytes = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
+    sums.append(f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST}")
+    total = aggregate(sums)
+    checksums = ("\n".join(sums) + f"\naggregate  {total}\n").encode()
+    with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, path in carried:
+            tar.add(path, arcname=name, recursive=False)
+        for name, data_bytes in ((MANIFEST, manifest_bytes), (CHECKSUMS, checksums)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data_bytes), int(time.time())
+            tar.addfile(info, io.BytesIO(data_bytes))
+    return total
+
+
+def _stream_member(f: BinaryIO, name: str, chunks: Iterable[bytes]) -> tuple[str, int]:
+    """Write one tar member whose size is known only at its end; returns its sha256 and size.
+
+    A header-sized gap comes first, then the data, then the header is written into the gap. The
+    GNU header keeps to one block for any size (base-256 past 8 GiB), so the gap always fits.
+    """
+    start = f.tell()
+    f.write(bytes(tarfile.BLOCKSIZE))
+    h, size = hashlib.sha256(), 0
+    for chunk in chunks:
+        h.update(chunk)
+        f.write(chunk)
+        size += len(chunk)
+    f.write(bytes(-size % tarfile.BLOCKSIZE))
+    end = f.tell()
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, int(time.time()), 0o644
+    header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    assert len(header) == tarfile.BLOCKSIZE, name
+    f.seek(start)
+    f.write(header)
+    f.seek(end)
+    return h.hexdigest(), size
 
 
 def _is_tag(ref: str) -> bool:
@@ -215,7 +260,7 @@ class Contents:
     carried: list[str] = field(default_factory=list)  # "model", "data" where present
 
 
-def _damaged(archive: Path, e: BaseException) -> BundleError:
+def _damaged(archive: Path, e: object) -> BundleError:
     return BundleError(
         f"{archive} is truncated or damaged ({e}); copy it again from the original and compare its "
         "size and aggregate sha256 with what `runner bundle` printed"
@@ -249,6 +294,10 @@ def inspect(archive: Path) -> Contents:
 
 def _inspect(archive: Path, tar: tarfile.TarFile) -> Contents:
     members = tar.getmembers()
+    # tarfile stops quietly at a header it cannot read; an archive ends with zero blocks instead.
+    tar.fileobj.seek(tar.offset)  # type: ignore[union-attr]
+    if tar.fileobj.read(tarfile.BLOCKSIZE).strip(b"\0"):  # type: ignore[union-attr]
+        raise _damaged(archive, f"an unreadable tar header at byte {tar.offset}")
     odd = [m.name for m in members if not (m.isfile() or m.isdir())]
     if odd:
         raise BundleError(f"{archive} holds entries that are not plain files: {', '.join(odd[:5])}")
@@ -301,22 +350,12 @@ def _inspect(archive: Path, tar: tarfile.TarFile) -> Contents:
     return Contents(archive, expected, sizes, manifest, stated, carried)
 
 
-def _workdir(contents: Contents, extract_to: Path | None) -> tuple[Path, Path | None]:
-    """A fresh directory to unpack into, after every check of the destination; returns it and
-    the --to directory if this load created it (removed again on failure)."""
+def _workdir(contents: Contents, extract_to: Path) -> tuple[Path, Path | None]:
+    """A fresh directory in --to to unpack model/ and data/ into, after every check of the
+    destination; returns it and the --to directory if this load created it (removed again on
+    failure)."""
     archive = contents.archive
     created = None
-    if extract_to is None:
-        # images.tar is unpacked beside the archive, or in the temp dir when that is read-only.
-        for parent in (archive.parent, Path(tempfile.gettempdir())):
-            try:
-                return Path(tempfile.mkdtemp(prefix=f".{archive.name}.", dir=parent)), None
-            except OSError:
-                continue
-        raise BundleError(
-            f"cannot unpack {archive}: neither {archive.parent} nor {tempfile.gettempdir()} is "
-            "writable; pass --to DIR on a writable disk"
-        )
     if extract_to.exists() and not extract_to.is_dir():
         raise BundleError(f"--to {extract_to} is a file, not a directory")
     if not extract_to.exists() and not extract_to.parent.is_dir():
@@ -341,7 +380,7 @@ def _workdir(contents: Contents, extract_to: Path | None) -> tuple[Path, Path | 
         raise BundleError(f"--to {extract_to}: cannot write there ({e.strerror})") from None
 
 
-def _extract(contents: Contents, work: Path, names: list[str], log: Callable[[str], None]) -> None:
+def _extract(contents: Contents, work: Path | None, names: list[str], log: Callable[[str], None]) -> None:
     """Unpack `names` into work and check every file's sha256 (the others are only read)."""
     archive = contents.archive
     try:
@@ -352,11 +391,10 @@ def _extract(contents: Contents, work: Path, names: list[str], log: Callable[[st
                 log(f"checksum {member.name}")
                 h = hashlib.sha256()
                 src = tar.extractfile(member)
-                keep = member.name in names
-                dest = work / member.name
-                if keep:
+                dest = work / member.name if work and member.name in names else None
+                if dest:
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                with open(dest, "wb") if keep else contextlib.nullcontext() as out:
+                with open(dest, "wb") if dest else contextlib.nullcontext() as out:
                     while chunk := src.read(1 << 20):
                         h.update(chunk)
                         if out:
@@ -371,6 +409,43 @@ def _extract(contents: Contents, work: Path, names: list[str], log: Callable[[st
         if e.filename is None:  # a read of the archive itself (a short read is an OSError too)
             raise _damaged(archive, e) from None
         raise BundleError(f"unpacking {archive} failed: {e.filename}: {e.strerror}") from None
+
+
+class _HashingReader:
+    """A file-like view of one archive member that hashes what it hands out."""
+
+    def __init__(self, src: BinaryIO, size: int):
+        self.src, self.size, self.sha = src, size, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.src.read(n)
+        self.sha.update(data)
+        return data
+
+    def __len__(self) -> int:  # the request's Content-Length
+        return self.size
+
+
+def _docker_load(contents: Contents, docker: Docker, log: Callable[[str], None]) -> None:
+    """`docker load` reads images.tar from inside the archive; its sha256 is taken again on the
+    way, so an archive that changed since it was verified is still refused."""
+    archive = contents.archive
+    log(f"docker load {IMAGES}")
+    try:
+        with tarfile.open(archive, "r:") as tar:
+            member = tar.getmember(IMAGES)
+            src = _HashingReader(tar.extractfile(member), member.size)  # type: ignore[arg-type]
+            try:
+                docker.load(src)  # type: ignore[arg-type]
+            except _engine_errors() as e:
+                raise BundleError(f"docker load of {IMAGES} from {archive} failed: {e}") from None
+    except (tarfile.TarError, EOFError, KeyError) as e:
+        raise _damaged(archive, e) from None
+    if src.sha.hexdigest() != contents.expected[IMAGES]:
+        raise BundleError(
+            f"{archive} changed while it was loaded: {IMAGES} no longer matches {CHECKSUMS}; copy "
+            "it again from the original and load it once more"
+        )
 
 
 def load(
@@ -389,26 +464,21 @@ def load(
 
 def _load(archive: Path, extract_to: Path | None, docker: Docker | None, log: Callable[[str], None]) -> dict:
     contents = inspect(archive)
-    names = [IMAGES] + [n for n in contents.expected if extract_to and n.split("/")[0] in contents.carried]
-    need = sum(contents.sizes[n] for n in names)
-    work, created = _workdir(contents, extract_to)
+    unpack = [n for n in contents.expected if extract_to and n.split("/")[0] in contents.carried]
+    work, created = _workdir(contents, extract_to) if extract_to else (None, None)
     ok = False
     try:
-        free = shutil.disk_usage(work).free
-        if free < need:
-            where = f"--to {extract_to}" if extract_to else str(work.parent)
-            raise BundleError(
-                f"{where} has {_mib(free)} free, and unpacking {archive} needs {_mib(need)} there; "
-                "free some space or choose --to on a larger disk"
-            )
+        if work:
+            need, free = sum(contents.sizes[n] for n in unpack), shutil.disk_usage(work).free
+            if free < need:
+                raise BundleError(
+                    f"--to {extract_to} has {_mib(free)} free, and unpacking {archive} needs "
+                    f"{_mib(need)} there; free some space or choose --to on a larger disk"
+                )
         docker = docker or Docker()
-        _extract(contents, work, names, log)
+        _extract(contents, work, unpack, log)  # every checksum, before anything is loaded
+        _docker_load(contents, docker, log)
         manifest = contents.manifest
-        log(f"docker load {IMAGES}")
-        try:
-            docker.load(work / IMAGES)
-        except _engine_errors() as e:
-            raise BundleError(f"docker load of {IMAGES} from {archive} failed: {e}") from None
         for image in manifest["images"]:
             for ref in [image["ref"], *image.get("tags", [])]:
                 got = docker.image_id(ref)
@@ -422,10 +492,11 @@ def _load(archive: Path, extract_to: Path | None, docker: Docker | None, log: Ca
                 raise BundleError(
                     f"{target} exists already; choose another --to or move it away (nothing is overwritten)"
                 )
-            os.replace(work / prefix, target)
+            os.replace(work / prefix, target)  # type: ignore[operator] - work is set with --to
         ok = True
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if work:
+            shutil.rmtree(work, ignore_errors=True)
         if created and not ok:
             shutil.rmtree(created, ignore_errors=True)
     manifest["aggregate"] = contents.aggregate
