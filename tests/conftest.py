@@ -17,6 +17,11 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # Runs the suite submits are indexed here, not in the user's own ~/.local/state/runner.
 os.environ["RUNNER_HOME"] = tempfile.mkdtemp(prefix="runner-test-home-")
+# DeepSpeed compiles its CPU collectives on first use: once for the whole suite, as a user's own
+# TORCH_EXTENSIONS_DIR serves all of their local runs (each output directory would compile again).
+if "TORCH_EXTENSIONS_DIR" not in os.environ:
+    os.environ["TORCH_EXTENSIONS_DIR"] = tempfile.mkdtemp(prefix="runner-test-torch-ext-")
+    atexit.register(shutil.rmtree, os.environ["TORCH_EXTENSIONS_DIR"], ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"

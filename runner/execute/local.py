@@ -35,6 +35,8 @@ class LocalExecutor:
         """The launch's environment over this shell's, seeing exactly the GPUs the spec asks for."""
         names = host_gpu_names() if spec.resources.gpus != 0 else []
         env = {**os.environ, **launch_env(spec, visible_names(names, spec))}
+        if "TORCH_EXTENSIONS_DIR" in os.environ:  # the shell's own cache of compiled ops serves every run
+            env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
         if (devices := visible_devices(spec)) is not None:
             env["CUDA_VISIBLE_DEVICES"] = devices
         return env

@@ -212,3 +212,18 @@ def test_nccl_policy(gpus, names, nccl, expected):
 def test_deepspeed_always_goes_through_the_launcher():
     job = spec(resources={"gpus": 1}, distributed={"deepspeed": {"zero": 2}})
     assert render_launch(job, RUN)[:3] == ["python", "-m", "torch.distributed.run"]
+
+
+def test_deepspeeds_compiled_ops_go_to_the_shells_cache_or_the_outputs(monkeypatch):
+    """A local run uses the TORCH_EXTENSIONS_DIR its shell set (compiled once for every run);
+    without one, and in a container, OUTPUT/.cache/torch_extensions."""
+    from runner.execute.local import LocalExecutor
+    from runner.render.container import render_container
+
+    job = spec(resources={"gpus": 0, "procs_per_node": 2}, distributed={"deepspeed": {"zero": 2}})
+    outputs = f"{job.output.dir}/.cache/torch_extensions"
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    assert LocalExecutor(print).environment(job)["TORCH_EXTENSIONS_DIR"] == outputs
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/home/me/.cache/ops")
+    assert LocalExecutor(print).environment(job)["TORCH_EXTENSIONS_DIR"] == "/home/me/.cache/ops"
+    assert render_container(job, RUN, 1, 1, "R")["environment"]["TORCH_EXTENSIONS_DIR"] == outputs
