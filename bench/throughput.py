@@ -384,6 +384,8 @@ def main(argv: list[str] | None = None) -> None:
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
     a.shape = a.shape or ("1b" if a.device == "cuda" else "tiny")
     a.steps = a.steps or (30 if a.device == "cuda" else 15)
+    if a.steps <= SKIP:
+        p.error(f"--steps must be more than the {SKIP} untimed warm-up steps")
     if a.arm:
         arm(a)
         return

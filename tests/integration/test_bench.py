@@ -16,15 +16,15 @@ pytestmark = pytest.mark.integration
 def test_cpu_benchmark_reports_every_arm(tmp_path):
     out = tmp_path / "throughput.md"
     result = subprocess.run(
-        [sys.executable, "bench/throughput.py", "--device", "cpu", "--steps", "6", "--bs", "4",
-         "--max-len", "256", "--micro-batch-tokens", "512", "--memory-cap", "4", "--write", str(out)],
+        [sys.executable, "bench/throughput.py", "--device", "cpu", "--steps", "4", "--bs", "4",
+         "--max-len", "128", "--micro-batch-tokens", "256", "--memory-cap", "4", "--write", str(out)],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line]
     arms = [r.split("|")[1].strip() for r in rows]
     assert arms[:4] == ["arm", "plain", "runner", "runner"]
-    assert arms[4] == "runner, passes of <= 512 tokens, cap 4 GiB: no checkpointing"
+    assert arms[4] == "runner, passes of <= 256 tokens, cap 4 GiB: no checkpointing"
     for row in rows[1:]:
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert float(cells[2].replace(",", "")) > 0  # real tokens/s measured
