@@ -223,6 +223,10 @@ def _check_ppo(data: dict, model: dict, base: Path, found: Found) -> None:
             found.append((loc, f"'{value}' is no reward model (no adapter_config.json or config.json); it "
                                f"holds: {_listing(path)}; name an rm run or the adapter/ it saved"))  # fmt: skip
             return
+    if (path / "adapter_config.json").is_file() and _adapter_task(path) != "SEQ_CLS":
+        found.append((loc, f"the adapter in {shown} has no value head (task_type {_adapter_task(path)}, not "
+                           "SEQ_CLS): it is no reward model; name an rm run (stage rm trains one)"))  # fmt: skip
+        return
     policy = model.get("path")
     if isinstance(policy, str) and "${" not in policy and (base / policy / "config.json").is_file():
         added = model.get("add_special_tokens")
@@ -247,15 +251,23 @@ def tokenizer_difference(policy: Path, reward: Path, added: list[str]) -> str | 
         only = [t for t in theirs if t not in mine][:3]
         other = [t for t in mine if t in theirs and mine[t] != theirs[t]][:3]
         if only:
-            return f"{len(theirs)} tokens against {len(mine)}; it has {', '.join(map(repr, only))} that the policy lacks"
+            return (f"it has {', '.join(map(repr, only))}, which the policy's lacks ({len(theirs)} tokens, the "
+                    f"policy's {len(mine)})")  # fmt: skip
         if other:
             return f"{other[0]!r} is token {theirs[other[0]]} there and {mine[other[0]]} here"
-        return f"{len(theirs)} tokens against {len(mine)}"
+        return f"it has {len(theirs)} tokens, the policy's {len(mine)}"
     for name in ("eos_token", "bos_token"):
         a, b = _special(policy, name), _special(reward, name)
         if a and b and a != b:
             return f"its {name} is {b!r}, the policy's {a!r}"
     return None
+
+
+def _adapter_task(adapter: Path) -> str | None:
+    try:
+        return json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get("task_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _token_ids(model_dir: Path) -> dict[str, int]:
