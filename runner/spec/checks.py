@@ -300,6 +300,7 @@ def _check_ppo_settings(data: dict, found: Found) -> None:
         ("data", "packing", "prompts are generated from one per row, never packed"),
         ("training", "micro_batch_tokens", "the PPO trainer batches the prompts and answers itself"),
         ("training", "memory_cap_gib", "its probe measures sft's forward pass, not a PPO step"),
+        ("training", "gradient_checkpointing", "TRL's PPO trainer does not turn it on"),
     ):
         value = _get(data, section, key)
         if value not in (None, False):
