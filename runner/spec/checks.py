@@ -21,7 +21,7 @@ from runner.spec.job import CONTROL_TOKENS, DATA_FORMATS, PROMPT_LEARNING, TEMPL
 from runner.spec.yaml_loader import Loc
 
 # What this build of runner can execute; the schema already covers the whole product.
-AVAILABLE_STAGES = ("pt", "sft", "dpo", "rm", "kto", "eval")
+AVAILABLE_STAGES = ("pt", "sft", "dpo", "rm", "kto", "ppo", "eval")
 _MODEL_FILES = ("config.json",)
 Found = list[tuple[Loc, str]]
 # Whether the checks read every record of the data (`runner validate --no-data` turns it off).
@@ -49,6 +49,8 @@ def check(data: Any, base: Path, writes: Path | None = None) -> Found:
     _check_stage_method(stage, method, found)
     _check_preference(data, stage, found)
     _check_model(model, stage, base, found)
+    if stage == "ppo":
+        _check_ppo(data, model, base, found)
     # A run's own re-check (`writes`) leaves reading the data to the training that follows.
     _check_data(data.get("data"), stage, base, found, read=writes is None and _READ_DATA.get())
     _check_output(_get(data, "output", "dir"), base, found, writes)
@@ -151,15 +153,8 @@ def _check_stage_method(stage: Any, method: Any, found: Found) -> None:
             (("method", "type"),
              f"'{method}' cannot train stage '{stage}' (it needs a value head or reference model "
              "that prompt-learning adapters do not support); use lora, qlora, freeze or full"))  # fmt: skip
-    if stage == "ppo":
-        found.append(
-            (("stage",),
-             "stage 'ppo' is not available: TRL 1.16, which runner trains the preference stages with, "
-             "ships no PPO trainer (not even under trl.experimental). Train on preference pairs "
-             "without a reward model instead: stage dpo (preference.loss sigmoid, ipo, hinge, orpo or "
-             "simpo), or stage kto on answers tagged good or bad"))  # fmt: skip
-    elif isinstance(stage, str) and stage not in AVAILABLE_STAGES and stage in (
-        "rm", "dpo", "kto"
+    if isinstance(stage, str) and stage not in AVAILABLE_STAGES and stage in (
+        "rm", "dpo", "kto", "ppo"
     ):  # fmt: skip
         found.append(
             (("stage",),
@@ -173,6 +168,9 @@ REFERENCE_FREE = ("orpo", "simpo")
 
 def _check_preference(data: dict, stage: Any, found: Found) -> None:
     """What the preference stages (TRL's trainers) cannot combine with."""
+    if stage == "ppo":
+        _check_ppo_settings(data, found)
+        return
     if stage not in ("rm", "dpo", "kto"):
         return
     loss, reference = _get(data, "preference", "loss"), _get(data, "preference", "reference")
@@ -196,6 +194,124 @@ def _check_preference(data: dict, stage: Any, found: Found) -> None:
         found.append((("training", "train_sampling_strategy"),
                       f"batch_rebalance is for sft and pt; stage '{stage}' takes random, sequential or "
                       "group_by_length"))  # fmt: skip
+
+
+def _check_ppo(data: dict, model: dict, base: Path, found: Found) -> None:
+    """Stage ppo: its reward model is an rm run or a reward model's directory, and it reads text
+    as the policy does (the same tokenizer), or its scores would be of other tokens."""
+    value = _get(data, "ppo", "reward_model")
+    if value is None:
+        found.append((("stage",), "stage ppo needs a reward model to score the policy's answers: set "
+                                  "ppo.reward_model to an rm run (its run directory or run id, `runner ls`) "
+                                  "or a reward model's directory; train one with stage rm (jobs/rm.yaml)"))  # fmt: skip
+        return
+    if not isinstance(value, str) or "${" in value:
+        return  # the schema, or the unset variable, is reported
+    loc = ("ppo", "reward_model")
+    run = earlier_run(value, base)
+    if run is not None:
+        before = len(found)
+        _check_run_adapter(run, loc, found)
+        if len(found) > before:
+            return
+        path, shown = Path(run.run_dir) / "adapter", str(Path(run.run_dir) / "adapter")
+    else:
+        path, shown = base / value, value
+        if not _check_dir(value, base, loc, (), "a reward model", found):
+            return
+        if not any((path / f).is_file() for f in ("adapter_config.json", "config.json")):
+            found.append((loc, f"'{value}' is no reward model (no adapter_config.json or config.json); it "
+                               f"holds: {_listing(path)}; name an rm run or the adapter/ it saved"))  # fmt: skip
+            return
+    if (path / "adapter_config.json").is_file() and _adapter_task(path) != "SEQ_CLS":
+        found.append((loc, f"the adapter in {shown} has no value head (task_type {_adapter_task(path)}, not "
+                           "SEQ_CLS): it is no reward model; name an rm run (stage rm trains one)"))  # fmt: skip
+        return
+    policy = model.get("path")
+    if isinstance(policy, str) and "${" not in policy and (base / policy / "config.json").is_file():
+        added = model.get("add_special_tokens")
+        differs = tokenizer_difference(base / policy, path, added if isinstance(added, list) else [])
+        if differs:
+            found.append((loc, f"the reward model's tokenizer ({shown}) is not the policy's ({policy}): "
+                               f"{differs}. The reward model scores the policy's tokens, so it must be "
+                               "trained (stage rm) from the same base model and model.add_special_tokens"))  # fmt: skip
+
+
+def tokenizer_difference(policy: Path, reward: Path, added: list[str]) -> str | None:
+    """How the reward model's tokenizer differs from the policy's (the model's plus the spec's
+    add_special_tokens), by their tokenizer.json vocabularies and special tokens; None when they
+    agree, or when either has no tokenizer.json to compare (a slow tokenizer)."""
+    mine, theirs = _token_ids(policy), _token_ids(reward)
+    if not mine or not theirs:
+        return None
+    for token in added:
+        if isinstance(token, str) and token not in mine:
+            mine[token] = len(mine)
+    if mine != theirs:
+        only = [t for t in theirs if t not in mine][:3]
+        other = [t for t in mine if t in theirs and mine[t] != theirs[t]][:3]
+        if only:
+            return (f"it has {', '.join(map(repr, only))}, which the policy's lacks ({len(theirs)} tokens, the "
+                    f"policy's {len(mine)})")  # fmt: skip
+        if other:
+            return f"{other[0]!r} is token {theirs[other[0]]} there and {mine[other[0]]} here"
+        return f"it has {len(theirs)} tokens, the policy's {len(mine)}"
+    for name in ("eos_token", "bos_token"):
+        a, b = _special(policy, name), _special(reward, name)
+        if a and b and a != b:
+            return f"its {name} is {b!r}, the policy's {a!r}"
+    return None
+
+
+def _adapter_task(adapter: Path) -> str | None:
+    try:
+        return json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get("task_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _token_ids(model_dir: Path) -> dict[str, int]:
+    try:
+        tokenizer = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    vocab = (tokenizer.get("model") or {}).get("vocab") or {}
+    if isinstance(vocab, list):  # unigram: [piece, score] in id order
+        vocab = {p[0]: i for i, p in enumerate(vocab) if isinstance(p, list) and p}
+    ids = dict(vocab) if isinstance(vocab, dict) else {}
+    for t in tokenizer.get("added_tokens") or []:
+        if isinstance(t, dict) and isinstance(t.get("content"), str):
+            ids[t["content"]] = t.get("id")
+    return ids
+
+
+def _special(model_dir: Path, name: str) -> str | None:
+    try:
+        value = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8")).get(name)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value.get("content") if isinstance(value, dict) else value if isinstance(value, str) else None
+
+
+def _check_ppo_settings(data: dict, found: Found) -> None:
+    """What TRL's PPO trainer does its own way: it batches prompts itself, in a shuffled order, and
+    evaluates on no held-out split."""
+    for section, key, why in (
+        ("data", "packing", "prompts are generated from one per row, never packed"),
+        ("training", "micro_batch_tokens", "the PPO trainer batches the prompts and answers itself"),
+        ("training", "memory_cap_gib", "its probe measures sft's forward pass, not a PPO step"),
+        ("training", "gradient_checkpointing", "TRL's PPO trainer does not turn it on"),
+    ):
+        value = _get(data, section, key)
+        if value not in (None, False):
+            found.append(((section, key), f"does not apply to stage 'ppo' ({why}); remove it"))
+    if _get(data, "data", "val_size") not in (None, 0, 0.0):
+        found.append((("data", "val_size"), "stage ppo evaluates on no held-out split (its measure is the "
+                                            "reward model's score, logged every step); remove it"))  # fmt: skip
+    strategy = _get(data, "training", "train_sampling_strategy")
+    if strategy not in (None, "random"):
+        found.append((("training", "train_sampling_strategy"),
+                      "stage ppo draws its prompts in a random order; remove it or set random"))  # fmt: skip
 
 
 def _check_model(model: dict, stage: Any, base: Path, found: Found) -> None:

@@ -421,6 +421,30 @@ class PreferenceSpec(_Spec):
     undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of the undesirable examples' loss.")
 
 
+class PpoSpec(_Spec):
+    """Settings of stage ppo (TRL's PPO trainer; names as in its PPOConfig where they match)."""
+
+    reward_model: str | None = Field(
+        None, description="Required for stage ppo: the reward model that scores the policy's answers: "
+        "an earlier rm run (its run directory or run id, as `runner ls` lists it) whose adapter/ is "
+        "taken, or a directory holding a reward adapter (with its score head) or a whole reward model "
+        "(a sequence classifier with one output). Its tokenizer must be the policy's.",
+    )  # fmt: skip
+    response_length: int = Field(128, ge=1, description="Longest generated answer, in tokens.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature of the generated answers.")
+    kl_coef: float = Field(
+        0.05, ge=0, description="Weight of the KL penalty that keeps the policy near the reference "
+        "(the starting model).",
+    )  # fmt: skip
+    ppo_epochs: int = Field(4, ge=1, description="PPO passes over each batch of generated answers.")
+    cliprange: float = Field(0.2, gt=0, description="Clip range of the policy's probability ratio.")
+    vf_coef: float = Field(0.1, gt=0, description="Weight of the value model's loss.")
+    missing_eos_penalty: float | None = Field(
+        None, ge=0, description="Subtracted from the score of an answer that does not end within "
+        "response_length (no end-of-turn token); unset: none.",
+    )  # fmt: skip
+
+
 # --- where and how it runs ------------------------------------------------------------------
 
 _SHM = re.compile(r"^\d+(\.\d+)?[kmgKMG]?[bB]?$")
@@ -503,8 +527,9 @@ class JobSpec(_Spec):
         description="Job name; letters, digits, '.', '_' and '-'.",
     )
     stage: Stage = Field(
-        "sft", description="pt, sft, rm, dpo or kto (ppo is refused: TRL has no PPO trainer); eval: loss, generated answers and BLEU/ROUGE "
-        "of model.path (+ model.adapter) on the data, as `runner eval` runs it.",
+        "sft", description="pt, sft, rm, dpo, kto or ppo (with a reward model from an rm run); eval: loss, "
+        "generated answers and BLEU/ROUGE of model.path (+ model.adapter) on the data, as `runner eval` "
+        "runs it.",
     )  # fmt: skip
     model: ModelSpec
     method: Method
@@ -512,6 +537,9 @@ class JobSpec(_Spec):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     preference: PreferenceSpec = Field(
         default_factory=PreferenceSpec, description="Settings of the preference stages rm, dpo and kto."
+    )
+    ppo: PpoSpec = Field(
+        default_factory=PpoSpec, description="Settings of stage ppo: its reward model, generation and PPO."
     )
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Generation settings of stage eval.")
 

@@ -93,6 +93,8 @@ def resolve(spec: JobSpec, base: Path) -> JobSpec:
     spec.model.path = str((base / spec.model.path).resolve())
     if spec.model.adapter:
         spec.model.adapter = str(run_adapter(spec.model.adapter, base).resolve())
+    if spec.ppo.reward_model:  # an rm run becomes its adapter/, as model.adapter does
+        spec.ppo.reward_model = str(run_adapter(spec.ppo.reward_model, base).resolve())
     registry_dir = base / (spec.data.dataset_dir or ".")
     for i, ds in enumerate(spec.data.datasets):
         if ds.name and not ds.path:  # a registry entry becomes an explicit file, format and columns

@@ -87,7 +87,7 @@ def expand(name: str, dataset_dir: Path, stage: str, shown: str | None = None) -
     if not entry.get("file_name"):
         raise RegistryError(f"{where}: '{name}' has no file_name")
     ranking, columns_given = bool(entry.get("ranking")), entry.get("columns") or {}
-    if ranking and stage not in ("rm", "dpo"):
+    if ranking and stage not in ("rm", "dpo", "ppo"):  # ppo: the pairs' prompts
         raise RegistryError(
             f"{where}: '{name}' is a ranking (preference) dataset, for stages rm/dpo; "
             f"stage '{stage}' needs plain samples"
@@ -97,7 +97,7 @@ def expand(name: str, dataset_dir: Path, stage: str, shown: str | None = None) -
             f"{where}: stage '{stage}' trains on preference pairs, and '{name}' is no ranking dataset; "
             'choose one with "ranking": true and chosen/rejected columns, or add them to this entry'
         )
-    if isinstance(columns_given, dict) and "kto_tag" in columns_given and stage != "kto":
+    if isinstance(columns_given, dict) and "kto_tag" in columns_given and stage not in ("kto", "ppo"):
         raise RegistryError(
             f"{where}: '{name}' labels its answers desirable or not (columns.kto_tag), for stage kto; "
             f"stage '{stage}' would train on the undesirable ones too; choose another dataset"

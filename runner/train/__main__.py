@@ -17,7 +17,8 @@ from runner.errors import RunError, RunnerError, SpecError
 from runner.execute.runs import STOP_MARK, STOPPED, RunRecord, now
 
 STAGES = {"sft": "runner.train.sft", "pt": "runner.train.pt", "dpo": "runner.train.dpo",
-          "rm": "runner.train.rm", "kto": "runner.train.kto", "eval": "runner.train.evaluate"}  # fmt: skip
+          "rm": "runner.train.rm", "kto": "runner.train.kto", "ppo": "runner.train.ppo",
+          "eval": "runner.train.evaluate"}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

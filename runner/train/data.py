@@ -424,9 +424,10 @@ def _fill(value: Any, placeholders: dict[str, str]) -> Any:
 # --- records -> conversations -------------------------------------------------------------
 
 _REQUIRED = {"alpaca": ("instruction", "output"), "sharegpt": ("conversations",), "text": ("text",)}
-PREFERENCE_STAGES = ("rm", "dpo", "kto")
-# What the preference stages need besides a prompt: a pair, or an answer with its label.
-_PREFERENCE = {"rm": ("chosen", "rejected"), "dpo": ("chosen", "rejected"), "kto": ("kto_tag",)}
+PREFERENCE_STAGES = ("rm", "dpo", "kto", "ppo")  # read by runner/train/preference.py
+# What the preference stages need besides a prompt: a pair, an answer with its label, or nothing
+# (ppo generates its answers).
+_PREFERENCE = {"rm": ("chosen", "rejected"), "dpo": ("chosen", "rejected"), "kto": ("kto_tag",), "ppo": ()}
 
 
 def required(fmt: str, stage: str = "sft") -> tuple[str, ...]:
@@ -614,6 +615,7 @@ def _check_order(numbered: list[tuple[int, str]], origin: tuple, ends_with: str 
                                      "(after an optional system turn)")  # fmt: skip
             raise _error(origin, f"turns {turns[k - 1][0]} and {n} are both from the {role}; user and "
                                  "assistant turns must alternate")  # fmt: skip
+    # ends_with "either": a prompt (stage ppo), whose last answer, if any, is dropped.
     if turns and turns[-1][1] == "user" and ends_with == "assistant":
         raise _error(origin, f"ends on a user turn (turn {turns[-1][0]}) that nothing answers; end with "
                              "the assistant's answer, or drop that turn")  # fmt: skip

@@ -95,13 +95,13 @@ def tokenize(spec: JobSpec, tokenizer) -> tuple[Dataset, dict]:
             raise DataError("the text datasets produce no tokens")
         return rows, {"records": records, "skipped": skipped}
     dropped = len(mixed) - len(rows)
+    what = "prompt(s) were longer than" if spec.stage == "ppo" else "sample(s) had no answer left within"
     if dropped:
-        log.warning("%d sample(s) had no answer left within cutoff_len=%d and were dropped",
-                    dropped, spec.data.cutoff_len)  # fmt: skip
+        log.warning("%d %s cutoff_len=%d and were dropped", dropped, what, spec.data.cutoff_len)
     if not len(rows):
+        where = "every prompt is longer than" if spec.stage == "ppo" else "every answer starts beyond"
         raise DataError(
-            f"no sample is left after tokenization: every answer starts beyond cutoff_len="
-            f"{spec.data.cutoff_len}; raise data.cutoff_len"
+            f"no sample is left after tokenization: {where} cutoff_len={spec.data.cutoff_len}; raise data.cutoff_len"
         )
     return rows, {"records": records, "skipped": skipped, "dropped": dropped}
 

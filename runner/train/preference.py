@@ -1,4 +1,4 @@
-"""Preference data: pairs for stages rm and dpo, labelled answers for kto.
+"""Preference data: pairs for stages rm and dpo, labelled answers for kto, prompts for ppo.
 
 The formats are LLaMA-Factory's. A pair is a prompt with two answers to it:
 
@@ -8,6 +8,10 @@ The formats are LLaMA-Factory's. A pair is a prompt with two answers to it:
 
 KTO's data is unpaired: one answer and `kto_tag` (true: desirable, false: undesirable), the
 answer being alpaca's `output` or the last assistant turn of sharegpt's `conversations`.
+
+PPO's data is prompts alone (it generates the answers): alpaca's instruction and input, or
+sharegpt's conversations without a final assistant turn (one there is dropped); any answer or
+pair columns are left unread, so sft and preference data serve as they are.
 
 Records are read by runner/train/data.py (the same file:line errors); the prompt and each
 answer are rendered with the job's chat template and split exactly as sft labels them: the
@@ -30,6 +34,8 @@ def converter(fmt: str, stage: str) -> Converter:
     """The function turning one record of format `fmt` into a preference item for `stage`."""
     if stage == "kto":
         return lambda record, ds, origin, where: _labelled(record, ds, origin, where, fmt)
+    if stage == "ppo":
+        return lambda record, ds, origin, where: {"prompt": _question(record, ds, origin, where, fmt)}
     return lambda record, ds, origin, where: _pair(record, ds, origin, where, fmt, stage)
 
 
@@ -37,6 +43,14 @@ def _prompt(record: Any, ds: DatasetSpec, origin: tuple, where: str, fmt: str, s
     if fmt == "alpaca":
         return data.alpaca_prompt(record, ds, origin, where, stage)
     return data.sharegpt_messages(record, ds, origin, where, stage, ends_with="user")
+
+
+def _question(record: Any, ds: DatasetSpec, origin: tuple, where: str, fmt: str) -> list[dict]:
+    """The messages a ppo prompt is made of, up to the user's last question."""
+    if fmt == "alpaca":
+        return data.alpaca_prompt(record, ds, origin, where, "ppo")
+    messages = data.sharegpt_messages(record, ds, origin, where, "ppo", ends_with="either")
+    return messages[:-1] if messages[-1]["role"] == "assistant" else messages
 
 
 def _pair(record: Any, ds: DatasetSpec, origin: tuple, where: str, fmt: str, stage: str) -> dict:
@@ -149,11 +163,25 @@ def encode_pair(tokenizer, item: dict, cutoff_len: int, efficient_eos: bool = Fa
     return {"prompt_ids": p_c[:n], "chosen_ids": p_c[n:] + c, "rejected_ids": p_r[n:] + r}
 
 
+def encode_prompt(tokenizer, prompt: list[dict], cutoff_len: int) -> list[int] | None:
+    """A ppo prompt's ids: the messages rendered with the generation prompt, tokenized as sft
+    tokenizes a conversation; None when longer than cutoff_len (a cut question is another one)."""
+    from runner.train.templates import render
+
+    ids = tokenizer(render(tokenizer, prompt, generation_prompt=True), add_special_tokens=False)["input_ids"]
+    return ids if len(ids) <= cutoff_len else None
+
+
 def encode_batch(batch: dict[str, list], tokenizer, stage: str, cutoff_len: int, efficient_eos: bool) -> dict:
     """Rows for `stage` (datasets.map, batched): dpo: prompt_ids, chosen_ids, rejected_ids; rm: chosen_ids
-    and rejected_ids, each the whole sequence; kto: prompt_ids, completion_ids, label."""
+    and rejected_ids, each the whole sequence; kto: prompt_ids, completion_ids, label; ppo: input_ids,
+    the prompt."""
     from runner.train.dataset import LENGTH
 
+    if stage == "ppo":
+        prompts = [encode_prompt(tokenizer, item["prompt"], cutoff_len) for item in batch["item"]]
+        kept = [ids for ids in prompts if ids is not None]
+        return {"input_ids": kept, LENGTH: [len(ids) for ids in kept]}
     keys = {"dpo": ("prompt_ids", "chosen_ids", "rejected_ids"), "rm": ("chosen_ids", "rejected_ids"),
             "kto": ("prompt_ids", "completion_ids", "label")}[stage]  # fmt: skip
     out: dict[str, list] = {k: [] for k in (*keys, LENGTH)}
@@ -178,4 +206,4 @@ def encode_batch(batch: dict[str, list], tokenizer, stage: str, cutoff_len: int,
     return out
 
 
-__all__ = ["DataError", "converter", "encode_answer", "encode_batch", "encode_pair"]
+__all__ = ["DataError", "converter", "encode_answer", "encode_batch", "encode_pair", "encode_prompt"]

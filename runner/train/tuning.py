@@ -1,4 +1,4 @@
-"""What the preference stages (rm, dpo, kto) share: TRL's trainers on runner's training loop.
+"""What the preference stages (rm, dpo, kto, ppo) share: TRL's trainers on runner's training loop.
 
 Each stage tokenizes its data with the job's chat template (runner/train/preference.py), builds
 the model as sft does, and hands both to a TRL trainer made here with the same training
@@ -28,11 +28,13 @@ log = logging.getLogger(__name__)
 def make(
     trainer_cls, config_cls, spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, **kwargs
 ):
-    """A TRL trainer: `config` (the TRL config's own settings) and the trainer's other arguments
-    (ref_model) in kwargs."""
+    """A TRL trainer: `config` (the TRL config's own settings), or `args` made already, and the
+    trainer's other arguments (ref_model) in kwargs."""
     config = kwargs.pop("config", {})
-    args = loop.training_arguments(spec, run_dir, has_eval=eval_ds is not None, args_class=config_cls,
-                                   max_length=spec.data.cutoff_len, **config)  # fmt: skip
+    args = kwargs.pop("args", None) or loop.training_arguments(
+        spec, run_dir, has_eval=eval_ds is not None, args_class=config_cls, max_length=spec.data.cutoff_len,
+        **config,
+    )  # fmt: skip
     optimizers = (None, None)
     if getattr(spec.method, "loraplus_lr_ratio", None):
         optimizers = (loop._loraplus_optimizer(spec, model, args), None)

@@ -1,5 +1,6 @@
 """The chain in jobs/chain/ really trains: sft, then dpo and rm each starting from the sft run,
-named by its run directory or its run id, through `runner submit --executor local`.
+named by its run directory or its run id, then ppo from the sft run scored by the rm run, through
+`runner submit --executor local`.
 
 Each spec is used as shipped except what keeps the suite short (two steps, CPU, short rows). A
 run that cannot be continued is refused in one message naming the file, line and field.
@@ -20,12 +21,15 @@ pytestmark = pytest.mark.integration
 CHAIN = ROOT / "jobs" / "chain"
 
 
-def _short(step: str, tmp_path: Path) -> Path:
-    """The shipped spec, two steps on CPU; everything else (method, data, template) unchanged."""
+def _short(step: str, tmp_path: Path, **ppo) -> Path:
+    """The shipped spec, two steps on CPU; everything else (method, data, template) unchanged but
+    `ppo`'s settings (a shorter answer)."""
     yaml = YAML()
     spec = yaml.load((CHAIN / step).read_text(encoding="utf-8"))
     spec["training"].update(max_steps=2, logging_steps=1, per_device_train_batch_size=2)
     spec["data"]["cutoff_len"] = 64
+    if ppo:
+        spec["ppo"].update(ppo)
     spec["resources"] = {"gpus": 0}
     out = tmp_path / step
     with out.open("w", encoding="utf-8") as f:
@@ -55,8 +59,9 @@ def test_sft_then_dpo_and_rm_from_the_sft_run(tmp_path, tiny_model):
     sft_weights = _adapter_weights(sft / "adapter")
 
     # dpo names the sft run by its directory, rm by its run id (as `runner ls` shows it).
+    runs = {}
     for step, ref in (("2-dpo.yaml", str(sft)), ("3-rm.yaml", sft.name)):
-        run = _submit(_short(step, tmp_path), {**env, "SFT": ref})
+        run = runs[step] = _submit(_short(step, tmp_path), {**env, "SFT": ref})
         resolved = YAML(typ="safe").load((run / "spec.yaml").read_text())
         assert resolved["model"]["adapter"] == str(sft / "adapter"), step
         assert json.loads((run / "results.json").read_text())["global_step"] == 2
@@ -68,6 +73,18 @@ def test_sft_then_dpo_and_rm_from_the_sft_run(tmp_path, tiny_model):
             assert moved, "dpo left the sft adapter unchanged"
         else:  # rm merges the sft adapter into the base and trains a new adapter with a value head
             assert any("score" in k for k in trained), sorted(trained)[:5]
+
+    # ppo continues the sft adapter, scored by the rm run (named by its run id).
+    rm = runs["3-rm.yaml"]
+    run = _submit(_short("4-ppo.yaml", tmp_path, response_length=8), {**env, "SFT": str(sft), "RM": rm.name})
+    resolved = YAML(typ="safe").load((run / "spec.yaml").read_text())
+    assert resolved["ppo"]["reward_model"] == str(rm / "adapter")
+    assert json.loads((run / "results.json").read_text())["global_step"] == 2
+    trained = _adapter_weights(run / "adapter")
+    assert set(trained) == set(sft_weights)  # the sft adapter, trained on; its frozen copy is not saved
+    assert any(not torch.equal(sft_weights[k], trained[k]) for k in trained), (
+        "ppo left the sft adapter unchanged"
+    )
 
 
 def test_a_run_that_cannot_be_continued_is_refused(tmp_path, tiny_model):

@@ -1,7 +1,8 @@
 """Every example in jobs/ really trains: each runs on the tiny model on CPU for two steps.
 
-Only what a CPU cannot do is changed (GPUs, DeepSpeed); the method, data, template and the rest
-of each example are used as shipped. QLoRA must refuse a machine without CUDA in one message.
+Only what a CPU cannot do is changed (GPUs, DeepSpeed), and ppo's answers are short; the method,
+data, template and the rest of each example are used as shipped. ppo's reward model is the tiny
+model itself, read as a sequence classifier (a whole reward model's directory). QLoRA must refuse a machine without CUDA in one message.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ def test_example_trains_on_the_tiny_model(job: Path, tmp_path, tiny_model, monke
 
     monkeypatch.setenv("MODEL_DIR", str(tiny_model))
     monkeypatch.setenv("OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("RM", str(tiny_model))  # ppo's reward model: the tiny model with a new value head
     spec = resolve(load_job(job), ROOT)
     spec.training.max_steps, spec.training.save_steps = 2, 1000
     spec.resources.gpus, spec.distributed.deepspeed = 0, None
+    spec.ppo.response_length = 8
     run_dir = new_run_dir(spec.output.dir, spec.name)
     stage = importlib.import_module(f"runner.train.{spec.stage}")
     if spec.method.type == "qlora" and not torch.cuda.is_available():

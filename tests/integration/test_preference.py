@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from ruamel.yaml import YAML
 
 from tests.conftest import ROOT, runner_cli, write_job
 
@@ -243,3 +244,77 @@ def test_dpo_under_zero2_on_two_processes_reaches_the_weights_of_one(tmp_path, t
     worst = max((ref[k] - got[k]).abs().max().item() for k in ref)
     print(f"dpo zero2: max |w_2proc - w_1proc| = {worst:.2e} (moved {moved:.2e})")
     assert moved > 100 * TOL and worst < TOL
+
+
+def test_ppo_moves_the_policy_against_a_frozen_reward_model(tmp_path, tiny_model):
+    """ppo on an rm run: the policy's adapter moves, the base and the reward model do not, and the
+    saved adapter reloads on the base and generates."""
+    import hashlib
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rm = _submit(
+        tmp_path, tiny_model, "rm", stage="rm", data={"datasets": [{"path": str(PAIRS)}], "cutoff_len": 64},
+        training={"max_steps": 2, "logging_steps": 1, "per_device_train_batch_size": 4, "learning_rate": 5e-3},
+    )  # fmt: skip
+
+    def digests(d: Path) -> dict:
+        return {
+            f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.iterdir()) if f.is_file()
+        }
+
+    rm_files = digests(rm / "adapter")
+    run_dir = _submit(
+        tmp_path, tiny_model, "ppo", stage="ppo", ppo={"reward_model": str(rm), "response_length": 8, "ppo_epochs": 2},
+        data={"datasets": [{"path": str(PAIRS)}], "cutoff_len": 64},
+        training={"max_steps": 2, "logging_steps": 1, "per_device_train_batch_size": 4, "learning_rate": 5e-3},
+    )  # fmt: skip
+    resolved = YAML(typ="safe").load((run_dir / "spec.yaml").read_text())
+    assert resolved["ppo"]["reward_model"] == str(rm / "adapter")
+    steps = _metrics(run_dir)
+    print("ppo scores by step:", [round(m["objective/scores"], 4) for m in steps])
+    assert len(steps) == 2 and all("objective/kl" in m for m in steps)
+    assert json.loads((run_dir / "results.json").read_text())["global_step"] == 2
+    assert digests(rm / "adapter") == rm_files  # the reward model's files are as the rm run saved them
+    assert not (run_dir / "adapter" / "ref").exists() and not list(run_dir.glob("checkpoints/checkpoint-*"))
+
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    before = _weights(base)
+    tuned = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
+    lora_b = {k: v for k, v in tuned.state_dict().items() if "lora_B" in k}
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())  # the adapter trained (B starts at 0)
+    merged = tuned.get_base_model().state_dict()
+    for name, weight in before.items():
+        key = name.replace(".weight", ".base_layer.weight")
+        assert torch.equal(merged.get(key, merged.get(name)), weight), name
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)  # fmt: skip
+    out = tuned.generate(**prompt, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > prompt["input_ids"].shape[1]
+
+
+def test_ppo_reward_model_is_frozen(tmp_path, tiny_model):
+    """The reward model ppo loads from an rm run: its adapter and value head merged, nothing trainable."""
+    from runner.spec import load_job, resolve
+    from runner.train.model import tokenizer_for
+    from runner.train.ppo import load_reward_model
+
+    rm = _submit(
+        tmp_path, tiny_model, "rm", stage="rm", data={"datasets": [{"path": str(PAIRS)}], "cutoff_len": 64},
+        training={"max_steps": 1, "per_device_train_batch_size": 4, "learning_rate": 5e-3},
+    )  # fmt: skip
+    job = write_job(tmp_path / "ppo.json", tiny_model, stage="ppo", ppo={"reward_model": str(rm)},
+                    data={"datasets": [{"path": str(PAIRS)}]})  # fmt: skip
+    spec = resolve(load_job(job), tmp_path)
+    reward = load_reward_model(spec, tokenizer_for(spec))
+    assert not any(p.requires_grad for p in reward.parameters())
+    assert not hasattr(reward, "peft_config")  # merged into a plain sequence classifier
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(rm / "adapter" / "adapter_model.safetensors")
+    (head,) = [v for k, v in saved.items() if "score" in k]
+    assert torch.equal(reward.score.weight, head)  # the rm run's trained value head, not a fresh one

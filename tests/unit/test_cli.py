@@ -24,7 +24,8 @@ def test_cli_imports_no_heavy_libraries():
 
 def test_every_shipped_job_validates(tiny_model: Path):
     assert JOBS, "jobs/ holds no spec"
-    result = runner_cli("validate", *map(str, JOBS), env={"MODEL_DIR": str(tiny_model)})
+    env = {"MODEL_DIR": str(tiny_model), "RM": str(tiny_model)}  # RM: ppo's reward model
+    result = runner_cli("validate", *map(str, JOBS), env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("ok  ") == len(JOBS)
 

@@ -94,3 +94,33 @@ def test_a_run_spec_keeps_what_the_user_set_apart_from_defaults(tmp_path):
     assert again == spec
     assert "adam_epsilon" not in again.training.model_fields_set
     assert again.training.model_fields_set == spec.training.model_fields_set
+
+
+def test_ppo_reward_model_resolves_as_model_adapter_does(tmp_path, monkeypatch):
+    """ppo.reward_model names an rm run by its directory or run id and becomes its adapter/; the
+    run spec marks the ppo settings left unset as defaults. A run whose adapter has no value head
+    (an sft run) is refused, naming it."""
+    import json
+
+    from runner.execute.runs import RunRecord, new_run_dir, register
+
+    monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
+    runs = {}
+    for name, task in (("rm", "SEQ_CLS"), ("sft", "CAUSAL_LM")):
+        run = runs[name] = new_run_dir(tmp_path / "out", name)
+        record = RunRecord(id=run.name, name=name, run_dir=str(run), spec_file="x", status="succeeded")
+        record.save()
+        register(record)
+        (run / "adapter").mkdir()
+        (run / "adapter" / "adapter_config.json").write_text(json.dumps({"task_type": task}))
+    ppo = GOOD.replace("name: ok", "name: ok\nstage: ppo") + "ppo:\n  reward_model: {}\n  kl_coef: 0.1\n"
+    for ref in (str(runs["rm"]), runs["rm"].name):
+        spec = resolve(load_job(write(tmp_path, ppo.format(ref))), Path.cwd())
+        assert spec.ppo.reward_model == str(runs["rm"] / "adapter")
+    text = to_yaml(spec).replace("  #", " #")
+    assert "kl_coef: 0.1\n" in text and "response_length: 128 # default" in text
+    with pytest.raises(SpecError) as e:
+        load_job(write(tmp_path, ppo.format(runs["sft"])))
+    assert "ppo.reward_model: the adapter in" in str(e.value) and "no value head (task_type CAUSAL_LM" in str(
+        e.value
+    )
