@@ -65,6 +65,11 @@ def fill(spec: ImageSpec, images_dir: Path, root: Path, find_links: list[str] | 
     kept = _built_before(out, {n: entries[n]["version"] for n in sdists})
     todo = [entries[n] for n in sdists if n not in {wheel_project(f)[0] for f in kept}]
     built = kept + (_build_sdists(todo, out, find_links, spec) if todo else [])
+    # Wheels an earlier lock pinned (another version, a package dropped since) would be installed
+    # beside this lock's, or conflict with them: the wheelhouse holds this lock's wheels alone.
+    wanted = {(name, entry["version"]) for name, entry in entries.items()}
+    for stale in sorted(p for p in out.glob("*.whl") if wheel_project(p.name) not in wanted):
+        stale.unlink()
     manifest = write_manifest(spec, lock_file, out, built)
     (out / "requirements.txt").write_text(install_requirements(out), encoding="utf-8")
     return manifest

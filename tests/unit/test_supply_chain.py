@@ -138,3 +138,21 @@ def test_reliability_figures():
     refused = sum(REFUSED.get(c.__name__, False) for c in CASES)
     print(f"\nRELIABILITY tamper: {refused}/{len(CASES)} refused")
     assert refused == len(CASES)
+
+
+def test_wheels_after_a_new_lock_keep_only_its_wheels(project, monkeypatch):
+    """A lock that moved a package to another version (or dropped one): `runner wheels` leaves
+    the wheelhouse with this lock's wheels alone, so the image never installs both versions."""
+    from runner.build import wheels
+
+    root, spec, lock_file, out = project
+    (out / "alpha-0.9-py3-none-any.whl").write_bytes(b"the wheel an earlier lock pinned")
+    (out / "gamma-3.0-py3-none-any.whl").write_bytes(b"a package no longer locked")
+    monkeypatch.setattr(wheels, "_download", lambda *a, **k: None)  # every locked wheel is there
+    wheels.fill(spec, root / "images", root / "offline_wheels")
+    assert sorted(p.name for p in out.glob("*.whl")) == sorted(WHEELS)
+    assert (out / "requirements.txt").read_text().splitlines() == [
+        f"alpha==1.0 --hash=sha256:{_sha(WHEELS['alpha-1.0-py3-none-any.whl'])}",
+        f"beta==2.1 --hash=sha256:{_sha(WHEELS['beta-2.1-py3-none-any.whl'])}",
+    ]
+    assert verify(spec, root / "images", root / "offline_wheels") == []
