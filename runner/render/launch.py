@@ -8,7 +8,7 @@ same paths inside, so the resolved spec needs no rewriting and run records hold 
 
 from __future__ import annotations
 
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from runner.render.nccl import nccl_policy
 from runner.spec.job import JobSpec
@@ -99,9 +99,29 @@ def visible_devices(spec: JobSpec) -> str | None:
 
 
 def read_only_paths(spec: JobSpec) -> list[str]:
-    """Model, adapter and data: what the job reads and must never write."""
+    """Model, adapter, data and ppo's reward model: what the job reads and must never write."""
     paths = [spec.model.path, *(d.path for d in spec.data.datasets)]
-    return list(dict.fromkeys(paths + ([spec.model.adapter] if spec.model.adapter else [])))
+    paths += [spec.model.adapter] if spec.model.adapter else []
+    if spec.stage == "ppo" and spec.ppo.reward_model:
+        paths += reward_model_inputs(spec.ppo.reward_model)
+    return list(dict.fromkeys(paths))
+
+
+def reward_model_inputs(reward_model: str) -> list[str]:
+    """What stage ppo reads to build its reward model (runner/train/ppo.py): an rm run's adapter/
+    with the run directory whose spec.yaml names the base it trained on and the sft adapter it
+    merged, and those two; another adapter or a whole model is its own directory."""
+    from ruamel.yaml import YAML
+
+    adapter = PurePath(reward_model)
+    run_spec = Path(adapter.parent) / "spec.yaml"
+    if not (Path(reward_model) / "adapter_config.json").is_file() or not run_spec.is_file():
+        return [reward_model]
+    try:
+        model = (YAML(typ="safe").load(run_spec.read_text(encoding="utf-8")) or {}).get("model") or {}
+    except (OSError, ValueError, AttributeError):
+        return [str(adapter.parent)]
+    return [str(adapter.parent), *(p for p in (model.get("path"), model.get("adapter")) if isinstance(p, str))]
 
 
 def cache_path(spec: JobSpec) -> str | None:

@@ -227,3 +227,24 @@ def test_deepspeeds_compiled_ops_go_to_the_shells_cache_or_the_outputs(monkeypat
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/home/me/.cache/ops")
     assert LocalExecutor(print).environment(job)["TORCH_EXTENSIONS_DIR"] == "/home/me/.cache/ops"
     assert render_container(job, RUN, 1, 1, "R")["environment"]["TORCH_EXTENSIONS_DIR"] == outputs
+
+
+def test_ppo_mounts_its_reward_model_run_with_the_base_and_adapter_it_names(tmp_path):
+    """An rm run's adapter/ is read with its run's spec.yaml (the base it trained on, the sft
+    adapter it merged): the container sees all of them, read-only."""
+    from runner.render.container import render_container
+    from runner.render.launch import read_only_paths
+
+    rm_run = tmp_path / "out" / "rm" / "20261130-000000-abcd"
+    (rm_run / "adapter").mkdir(parents=True)
+    (rm_run / "adapter" / "adapter_config.json").write_text('{"task_type": "SEQ_CLS"}')
+    (rm_run / "spec.yaml").write_text(
+        "name: rm\nstage: rm\nmodel:\n  path: /models/rm-base  # set\n  adapter: /out/sft/RUN/adapter\n"
+    )
+    job = spec(stage="ppo", ppo={"reward_model": str(rm_run / "adapter")})
+    assert read_only_paths(job)[-3:] == [str(rm_run), "/models/rm-base", "/out/sft/RUN/adapter"]
+    volumes = render_container(job, RUN, 1, 1, "R")["volumes"]
+    assert all(volumes[p]["mode"] == "ro" for p in (str(rm_run), "/models/rm-base"))
+    whole = tmp_path / "whole-rm"  # a whole reward model: its own directory alone
+    whole.mkdir()
+    assert read_only_paths(spec(stage="ppo", ppo={"reward_model": str(whole)}))[-1] == str(whole)
