@@ -121,7 +121,10 @@ def reward_model_inputs(reward_model: str) -> list[str]:
         model = (YAML(typ="safe").load(run_spec.read_text(encoding="utf-8")) or {}).get("model") or {}
     except (OSError, ValueError, AttributeError):
         return [str(adapter.parent)]
-    return [str(adapter.parent), *(p for p in (model.get("path"), model.get("adapter")) if isinstance(p, str))]
+    return [
+        str(adapter.parent),
+        *(p for p in (model.get("path"), model.get("adapter")) if isinstance(p, str)),
+    ]
 
 
 def cache_path(spec: JobSpec) -> str | None:

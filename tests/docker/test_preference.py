@@ -35,7 +35,9 @@ def test_dpo_trains_in_the_image(cpu_image, tiny_model: Path, tmp_path: Path, do
     assert not (run_dir / "adapter" / "ref").exists()
 
 
-def test_ppo_trains_in_the_image_with_an_rm_run_as_its_reward_model(cpu_image, tiny_model: Path, tmp_path: Path):
+def test_ppo_trains_in_the_image_with_an_rm_run_as_its_reward_model(
+    cpu_image, tiny_model: Path, tmp_path: Path
+):
     """The rm run trains on the host; ppo runs in the job's container, which sees that run (its
     adapter/ and spec.yaml) and the base it names only through read-only mounts."""
     pairs = {"datasets": [{"path": str(ROOT / "data" / "preference.json")}], "cutoff_len": 64}
