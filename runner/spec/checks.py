@@ -305,6 +305,11 @@ def _check_ppo_settings(data: dict, found: Found) -> None:
         value = _get(data, section, key)
         if value not in (None, False):
             found.append(((section, key), f"does not apply to stage 'ppo' ({why}); remove it"))
+    if _get(data, "distributed", "deepspeed") is not None:
+        found.append((("distributed", "deepspeed"),
+                      "stage ppo cannot train under DeepSpeed: TRL's PPO trainer makes its own "
+                      "accelerator, which never reads the ZeRO config, so ZeRO would be dropped "
+                      "silently; remove distributed.deepspeed (several processes still train with DDP)"))  # fmt: skip
     if _get(data, "data", "val_size") not in (None, 0, 0.0):
         found.append((("data", "val_size"), "stage ppo evaluates on no held-out split (its measure is the "
                                             "reward model's score, logged every step); remove it"))  # fmt: skip

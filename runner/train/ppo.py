@@ -117,6 +117,16 @@ def _maker(reward, value):
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     class Trainer(tuning.Saving, PPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # transformers' Trainer.__init__, which TRL's PPO trainer never calls, sets this; its
+            # save_model reads it on every rank.
+            self.is_distributed_loading_by_transformers = False
+            # TRL reaches the policy as self.model.policy (the reference forward, the save), which
+            # DDP hides in its wrapper: the wrapper gets that name too (no parameters move).
+            if not hasattr(self.model, "policy"):
+                object.__setattr__(self.model, "policy", self.accelerator.unwrap_model(self.model).policy)
+
         def log(self, logs, start_time=None):
             if "loss/policy_avg" in logs:  # the loss PPO minimises: the policy's plus the weighted value loss
                 logs = {"loss": logs["loss/policy_avg"] + self.args.vf_coef * logs["loss/value_avg"], **logs}
@@ -157,6 +167,9 @@ def _maker(reward, value):
             "missing_eos_penalty": p.missing_eos_penalty, "stop_token_id": stop[0] if stop else None,
             "total_episodes": episodes if t.max_steps > 0 else None, "num_mini_batches": 1,
             "local_rollout_forward_batch_size": t.per_device_train_batch_size, "num_sample_generations": 0,
+            # PPOConfig declares world_size as a field (None until its trainer starts), hiding the
+            # property DeepSpeed's batch arithmetic reads while the config is built.
+            "world_size": world,
         }  # fmt: skip
         if spec.model.adapter:
             config |= {"model_adapter_name": "default", "ref_adapter_name": REF}

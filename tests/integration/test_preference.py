@@ -318,3 +318,26 @@ def test_ppo_reward_model_is_frozen(tmp_path, tiny_model):
     saved = load_file(rm / "adapter" / "adapter_model.safetensors")
     (head,) = [v for k, v in saved.items() if "score" in k]
     assert torch.equal(reward.score.weight, head)  # the rm run's trained value head, not a fresh one
+
+
+def test_ppo_on_two_processes(tmp_path, tiny_model):
+    """Two processes (DDP, gloo): the reference forward and the save reach the policy inside the
+    wrapped model, and every prompt batch is scored; the saved adapter reloads and generates."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = _submit(
+        tmp_path, tiny_model, "ppo2", stage="ppo", ppo={"reward_model": str(tiny_model), "response_length": 8},
+        data={"datasets": [{"path": str(PAIRS)}], "cutoff_len": 64}, resources={"gpus": 0, "procs_per_node": 2},
+        training={"max_steps": 2, "logging_steps": 1, "per_device_train_batch_size": 2, "learning_rate": 5e-3},
+    )  # fmt: skip
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["world_size"] == 2 and results["global_step"] == 2
+    assert [m["step"] for m in _metrics(run_dir)] == [1, 2]
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), run_dir / "adapter")
+    assert all(v.abs().sum() > 0 for k, v in tuned.state_dict().items() if "lora_B" in k)
+    ids = tokenizer("hello", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert tuned.generate(ids, max_new_tokens=3, do_sample=False).shape[1] > ids.shape[1]
