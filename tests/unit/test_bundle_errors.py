@@ -9,6 +9,7 @@ after `docker load`) would show as exit code 4 instead of 5.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -119,13 +120,20 @@ def read_only_dir(tmp_path: Path):
     subprocess.run(["umount", str(ro)], check=True)
 
 
+@contextlib.contextmanager
+def _tmpfs(where: Path, options: str):
+    _mount_tmpfs(where, options)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A writable file system of 1 MiB."""
-    small = tmp_path / "small"
-    _mount_tmpfs(small, "size=1m")
-    yield small
-    subprocess.run(["umount", str(small)], check=True)
+    with _tmpfs(tmp_path / "small", "size=1m") as disk:
+        yield disk
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,10 +357,8 @@ def test_bundle_that_fills_the_disk_mid_way_leaves_nothing(small_disk: Path):
 
 @pytest.fixture
 def five_mib_disk(tmp_path: Path):
-    disk = tmp_path / "five"
-    _mount_tmpfs(disk, "size=5m")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+    with _tmpfs(tmp_path / "five", "size=5m") as disk:
+        yield disk
 
 
 def test_bundle_writes_the_images_once_on_a_disk_that_holds_them_once(five_mib_disk: Path):
@@ -374,9 +380,7 @@ def test_load_reads_the_images_from_inside_the_archive(good_bundle: Path, tmp_pa
 
     from runner.build.bundle import load
 
-    media = tmp_path / "media"
-    _mount_tmpfs(media, "size=16m")
-    try:
+    with _tmpfs(tmp_path / "media", "size=16m") as media:
         archive = media / good_bundle.name
         shutil.copyfile(good_bundle, archive)
         subprocess.run(["mount", "-o", "remount,ro", str(media)], check=True)
@@ -384,8 +388,6 @@ def test_load_reads_the_images_from_inside_the_archive(good_bundle: Path, tmp_pa
         engine = FakeDocker()
         load(archive, docker=engine)
         assert engine.loaded == 1 and engine.tags == TAGS
-    finally:
-        subprocess.run(["umount", str(media)], check=True)
 
 
 def test_load_refuses_an_archive_that_changed_after_it_was_verified(good_bundle: Path, tmp_path: Path):
