@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import subprocess
@@ -116,3 +117,27 @@ def write_job(path: Path, model_dir: Path, **sections) -> Path:
         )
     path.write_text(json.dumps(job, ensure_ascii=False, indent=1), encoding="utf-8")
     return path
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, options: str):
+    """A tmpfs mounted at `where` (made here) for the block, e.g. a disk of a given size; skips
+    the test where none can be mounted (it needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def remount(where: Path, options: str) -> None:
+    """Change a mounted tmpfs in place (`size=...`, `ro`)."""
+    proc = subprocess.run(["mount", "-o", f"remount,{options}", str(where)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, write_job
+from tests.conftest import ROOT, remount, tmpfs, write_job
 
 pytestmark = pytest.mark.integration
 SAVE_STEPS = 2
@@ -434,17 +434,9 @@ def test_a_full_disk_fails_the_save_with_one_message_and_the_run_resumes_once_th
     """The output on a small tmpfs: room for one checkpoint, not for two. The second save fails;
     the message names the disk, the bytes and the fix; the previous checkpoint stays complete;
     with the disk grown, `runner resume` ends with the uninterrupted run's weights."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
     size = json.loads((reference_short / "checkpoints" / "checkpoint-2" / "COMPLETE").read_text())["bytes"]
-    out = tmp_path / "disk"
-    out.mkdir()
     small = size * 3 // 2 + (1 << 20)  # one checkpoint, the run's own files, not a second checkpoint
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={small}", "tmpfs", str(out)],
-                             capture_output=True, text=True)  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", f"size={small}") as out:
         spec = job(tmp_path, tiny_model, conversations, "full", SHORT, out=out, cache=False)
         first = Attempt("submit", str(spec), "--executor", "local")
         code = first.finish()
@@ -467,8 +459,7 @@ def test_a_full_disk_fails_the_save_with_one_message_and_the_run_resumes_once_th
         )  # the space it held is back
         failed_at = re.search(r"saving (checkpoint-\d+)", line).group(1)
 
-        grown = subprocess.run(["mount", "-o", "remount,size=256m", str(out)], capture_output=True, text=True)
-        assert grown.returncode == 0, grown.stderr
+        remount(out, "size=256m")
         second = Attempt("resume", record["id"])
         assert second.finish() == 0, second.text[-4000:]
         assert f"resuming from {run_dir / 'checkpoints' / 'checkpoint-2'}" in second.text
@@ -481,8 +472,6 @@ def test_a_full_disk_fails_the_save_with_one_message_and_the_run_resumes_once_th
             f"{SHORT}/{SHORT} steps with equal weights: {int(worst == 0)}/1 (max |Δw| {worst:.1e})"
         )
         assert worst == 0
-    finally:
-        subprocess.run(["umount", "-l", str(out)], capture_output=True)
 
 
 def test_a_full_disk_when_the_trained_model_is_written_fails_with_one_message_and_resume_writes_it(
@@ -491,15 +480,7 @@ def test_a_full_disk_when_the_trained_model_is_written_fails_with_one_message_an
     """The disk fills after the last step's checkpoint (the tmpfs is shrunk to what is used
     while the trainer is stopped): writing the model fails with one message; with room again,
     `runner resume` writes it from that checkpoint, training no step more."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    out = tmp_path / "disk"
-    out.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(out)],
-                             capture_output=True, text=True)  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "size=256m") as out:
         spec = job(tmp_path, tiny_model, conversations, "end", SHORT, out=out, cache=False)
         first = Attempt("submit", str(spec), "--executor", "local")
         assert first.wait_for(r"trainable params")
@@ -515,9 +496,7 @@ def test_a_full_disk_when_the_trained_model_is_written_fails_with_one_message_an
         signal_all(pids.values(), signal.SIGSTOP)
         assert not (run_dir / "model").exists()
         used = shutil.disk_usage(out).used
-        shrunk = subprocess.run(["mount", "-o", f"remount,size={used + (256 << 10)}", str(out)],
-                                capture_output=True, text=True)  # fmt: skip
-        assert shrunk.returncode == 0, shrunk.stderr
+        remount(out, f"size={used + (256 << 10)}")
         signal_all(pids.values(), signal.SIGCONT)
         assert first.finish() != 0, first.text[-3000:]
         assert "Traceback" not in first.text, first.text[-4000:]
@@ -531,8 +510,7 @@ def test_a_full_disk_when_the_trained_model_is_written_fails_with_one_message_an
         )
         assert not (run_dir / "model").exists()  # no half-written model left to be mistaken for one
 
-        grown = subprocess.run(["mount", "-o", "remount,size=256m", str(out)], capture_output=True, text=True)
-        assert grown.returncode == 0, grown.stderr
+        remount(out, "size=256m")
         second = Attempt("resume", run_dir.name)
         assert second.finish() == 0, second.text[-4000:]
         assert f"resuming from {last}" in second.text
@@ -546,5 +524,3 @@ def test_a_full_disk_when_the_trained_model_is_written_fails_with_one_message_an
             f"equal weights 1/1 (max |Δw| {worst:.1e})"
         )
         assert worst == 0
-    finally:
-        subprocess.run(["umount", "-l", str(out)], capture_output=True)

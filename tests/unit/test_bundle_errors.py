@@ -9,7 +9,6 @@ after `docker load`) would show as exit code 4 instead of 5.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ from typing import BinaryIO
 
 import pytest
 
-from tests.conftest import runner_cli
+from tests.conftest import remount, runner_cli, tmpfs
 
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 IMAGE_ID = "sha256:" + "ab" * 32
@@ -95,15 +94,6 @@ def good_bundle(tmp_path_factory, model_dir) -> Path:
     return out
 
 
-def _mount_tmpfs(where: Path, options: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-
-
 @pytest.fixture
 def read_only_dir(tmp_path: Path):
     """A real read-only file system (a tmpfs mounted ro); as non-root, a directory without write
@@ -115,24 +105,14 @@ def read_only_dir(tmp_path: Path):
         yield ro
         ro.chmod(0o755)
         return
-    _mount_tmpfs(ro, "ro,size=1m")
-    yield ro
-    subprocess.run(["umount", str(ro)], check=True)
-
-
-@contextlib.contextmanager
-def _tmpfs(where: Path, options: str):
-    _mount_tmpfs(where, options)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=True)
+    with tmpfs(ro, "ro,size=1m"):
+        yield ro
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A writable file system of 1 MiB."""
-    with _tmpfs(tmp_path / "small", "size=1m") as disk:
+    with tmpfs(tmp_path / "small", "size=1m") as disk:
         yield disk
 
 
@@ -357,7 +337,7 @@ def test_bundle_that_fills_the_disk_mid_way_leaves_nothing(small_disk: Path):
 
 @pytest.fixture
 def five_mib_disk(tmp_path: Path):
-    with _tmpfs(tmp_path / "five", "size=5m") as disk:
+    with tmpfs(tmp_path / "five", "size=5m") as disk:
         yield disk
 
 
@@ -380,10 +360,10 @@ def test_load_reads_the_images_from_inside_the_archive(good_bundle: Path, tmp_pa
 
     from runner.build.bundle import load
 
-    with _tmpfs(tmp_path / "media", "size=16m") as media:
+    with tmpfs(tmp_path / "media", "size=16m") as media:
         archive = media / good_bundle.name
         shutil.copyfile(good_bundle, archive)
-        subprocess.run(["mount", "-o", "remount,ro", str(media)], check=True)
+        remount(media, "ro")
         monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/tmp")
         engine = FakeDocker()
         load(archive, docker=engine)
