@@ -167,9 +167,6 @@ def _maker(reward, value):
             "missing_eos_penalty": p.missing_eos_penalty, "stop_token_id": stop[0] if stop else None,
             "total_episodes": episodes if t.max_steps > 0 else None, "num_mini_batches": 1,
             "local_rollout_forward_batch_size": t.per_device_train_batch_size, "num_sample_generations": 0,
-            # PPOConfig declares world_size as a field (None until its trainer starts), hiding the
-            # property DeepSpeed's batch arithmetic reads while the config is built.
-            "world_size": world,
         }  # fmt: skip
         if spec.model.adapter:
             config |= {"model_adapter_name": "default", "ref_adapter_name": REF}
