@@ -15,12 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner.build import image as image_mod
-from runner.build.bundle import bundle, load
-from runner.build.lock import lock
-from runner.build.wheels import fill
-from runner.docker_api import Docker
-from runner.spec import load_image
+from runner.core.jobspec import load_image
+from runner.host.docker_api import Docker
+from runner.host.images import build as image_mod
+from runner.host.images.bundle import bundle, load
+from runner.host.images.lock import lock
+from runner.host.images.wheels import fill
 
 ROOT = Path(__file__).resolve().parent.parent
 

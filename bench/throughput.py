@@ -185,8 +185,9 @@ def _rss() -> int:
 def _runner_trainer(a, rows, tokenizer):
     from datasets import Dataset
 
-    from runner.spec.job import JobSpec
-    from runner.train import dataset, loop
+    from runner.core.jobspec.job import JobSpec
+    from runner.train import dataset
+    from runner.train import trainer as loop
     from runner.train.methods import apply_method
     from runner.train.model import attention, weight_dtype
 

@@ -39,7 +39,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project's own tiny Llama model, built once per session (no download)."""
     pytest.importorskip("torch", reason="the in-container dependencies (.[train]) are not installed")
     out = tmp_path_factory.mktemp("models") / "tiny"
-    subprocess.run([sys.executable, "-m", "runner.train.tiny", str(out)], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "runner.train.tools.tiny", str(out)], check=True, cwd=ROOT)
     return out
 
 
@@ -51,7 +51,7 @@ def runner_cli(
     With `user` (a name, or `(uid, gid)`) it runs as that user, as a real user's shell would:
     its own uid, gid and groups (setpriv, which needs root), and a HOME and RUNNER_HOME it owns;
     `env` still has the last word."""
-    argv, base = [sys.executable, "-m", "runner.cli", *args], dict(os.environ)
+    argv, base = [sys.executable, "-m", "runner.host.cli", *args], dict(os.environ)
     if user is not None:
         uid, gid, switch = as_user(user)
         home = user_home(uid, gid)

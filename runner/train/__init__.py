@@ -1,13 +1,6 @@
-"""In-container side: data, templates, models, methods and one module per stage.
+"""The in-container side: stages, the trainer, model loading, methods and the tools that run a
+trained model. torch and the Hugging Face libraries are imported here and nowhere else.
 
-Importing this package makes the process offline before any Hugging Face library loads:
-every path here reads local files only.
+Importing a module of this package changes nothing in the process; the entry points
+(`python -m runner.train`, each tool's main) make it offline first (runner.core.offline).
 """
-
-import os
-
-from runner.render.launch import OFFLINE_ENV
-
-os.environ.update(OFFLINE_ENV)
-# Weight-loading progress bars say nothing useful in a job log.
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -13,15 +13,17 @@ import os
 import sys
 from pathlib import Path
 
-from runner.errors import RunError, RunnerError, SpecError
-from runner.execute.runs import STOP_MARK, STOPPED, RunRecord, now
+from runner.core import offline
+from runner.core.errors import RunError, RunnerError, SpecError
+from runner.core.rundir import STOP_MARK, STOPPED, RunRecord, now
 
-STAGES = {"sft": "runner.train.sft", "pt": "runner.train.pt", "dpo": "runner.train.dpo",
-          "rm": "runner.train.rm", "kto": "runner.train.kto", "ppo": "runner.train.ppo",
-          "eval": "runner.train.evaluate"}  # fmt: skip
+STAGES = {"sft": "runner.train.stages.sft", "pt": "runner.train.stages.pt", "dpo": "runner.train.stages.dpo",
+          "rm": "runner.train.stages.rm", "kto": "runner.train.stages.kto", "ppo": "runner.train.stages.ppo",
+          "eval": "runner.train.stages.evaluate"}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
+    offline.enter()
     parser = argparse.ArgumentParser(prog="python -m runner.train", description=__doc__)
     parser.add_argument("spec", help="job spec (YAML)")
     parser.add_argument("--run-dir", help="existing run directory to write into")
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     record = None
     try:
         run_dir, record = _run_dir(args)
-        from runner.spec import load_job
+        from runner.core.jobspec import load_job
 
         # Checked again here, with what this process really has: in a container, the mounts.
         spec = load_job(run_dir / "spec.yaml", writes=run_dir)
@@ -124,7 +126,7 @@ def _run_dir(args: argparse.Namespace) -> tuple[Path, RunRecord | None]:
                        "(torchrun --standalone or --rdzv-id) to share one run directory")  # fmt: skip
     if rank > 0:
         return _wait_for_run_dir(args.spec, launch_id), None
-    from runner.execute.runs import prepare
+    from runner.core.rundir import prepare
 
     record, spec = prepare(args.spec)
     record.update(status="running", started=now(), command=[sys.executable, *sys.orig_argv[1:]])
@@ -138,7 +140,7 @@ def _run_dir(args: argparse.Namespace) -> tuple[Path, RunRecord | None]:
 def _wait_for_run_dir(spec_file: str, launch_id: str, timeout: float = 600) -> Path:
     import time
 
-    from runner.spec import load_job, resolve
+    from runner.core.jobspec import load_job, resolve
 
     spec = resolve(load_job(spec_file, files=False), Path.cwd())  # rank 0 checks it whole
     pointer = Path(spec.output.dir) / spec.name / f".launch-{launch_id}"
@@ -156,7 +158,7 @@ def _launch_env(spec) -> None:
     GPUs this process sees. What the launch set stays."""
     import torch
 
-    from runner.render.launch import launch_env
+    from runner.core.launch import launch_env
 
     names = None
     if torch.cuda.is_available():

@@ -17,8 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
-from runner import atomic
-from runner.errors import RunError
+from runner.core import atomic
+from runner.core.errors import RunError
 
 log = logging.getLogger(__name__)
 PREFIX = "checkpoint-"

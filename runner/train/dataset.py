@@ -20,18 +20,14 @@ from pathlib import Path
 from datasets import Dataset, concatenate_datasets, disable_progress_bars, interleave_datasets, load_from_disk
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
-from runner.spec.job import JobSpec
-from runner.train import data
-from runner.train.data import DataError
-from runner.train.templates import BUILTIN, IGNORE, encode
+from runner.core.data import readers as data
+from runner.core.data.readers import DataError
+from runner.core.data.templates import BUILTIN, IGNORE, encode
+from runner.core.jobspec.job import JobSpec
 
 log = logging.getLogger(__name__)
-CODE = (
-    "data.py",
-    "dataset.py",
-    "templates.py",
-    "preference.py",
-)  # the preprocessing code, hashed into the key
+# The preprocessing code, hashed into the key (paths under the runner package).
+CODE = ("core/data/readers.py", "core/data/templates.py", "core/data/preference.py", "train/dataset.py")
 _TOKENIZER_FILES = ("tokenizer", "vocab", "merges", "special_tokens_map", "added_tokens", "chat_template")
 LENGTH = "length"  # tokens per row, kept for length-aware samplers; collators drop it
 STATS = "runner-stats.json"  # the figures of a tokenized set, kept beside it in the cache
@@ -84,7 +80,7 @@ def tokenize(spec: JobSpec, tokenizer) -> tuple[Dataset, dict]:
         )
     )
     if spec.stage in data.PREFERENCE_STAGES:
-        from runner.train.preference import encode_batch
+        from runner.core.data.preference import encode_batch
 
         encode_fn, kwargs = encode_batch, {**kwargs, "stage": spec.stage}
     rows = mixed.map(encode_fn, batched=True, num_proc=workers, remove_columns=["item"],
@@ -216,7 +212,7 @@ def cache_key(spec: JobSpec, tokenizer) -> str:
     for f in sorted(model.iterdir()):
         if f.is_file() and f.name.startswith(_TOKENIZER_FILES) or f.suffix == ".model":
             _feed(h, f"tokenizer/{f.name}", _file_digest(f))
-    here = Path(__file__).parent
+    here = Path(__file__).parents[1]
     for name in CODE:
         _feed(h, f"code/{name}", (here / name).read_bytes())
     return h.hexdigest()[:32]

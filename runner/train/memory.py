@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from runner.errors import UnsupportedError
-from runner.spec.job import JobSpec
+from runner.core.errors import UnsupportedError
+from runner.core.jobspec.job import JobSpec
 from runner.train.model import device_type, precision
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import re
 
-from runner.errors import RunnerError
-from runner.spec.job import JobSpec
+from runner.core.errors import RunnerError
+from runner.core.jobspec.job import JobSpec
 
 log = logging.getLogger(__name__)
 PEFT_METHODS = ("lora", "qlora", "prefix", "ptuning", "prompt", "ia3")

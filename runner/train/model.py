@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from runner.errors import UnsupportedError
-from runner.spec.job import JobSpec
+from runner.core.errors import UnsupportedError
+from runner.core.jobspec.job import JobSpec
 
 log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()  # weight-loading bars only clutter job logs
@@ -50,7 +50,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 def tokenizer_for(spec: JobSpec):
     """The job's tokenizer: special tokens the spec adds, and (except for pt) its chat template."""
-    from runner.train.templates import add_special_tokens, apply_template
+    from runner.core.data.templates import add_special_tokens, apply_template
 
     tokenizer = load_tokenizer(spec.model.path, spec.model.trust_remote_code)
     added = add_special_tokens(tokenizer, spec.model.add_special_tokens)

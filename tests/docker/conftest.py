@@ -30,7 +30,7 @@ def _missing(why: str):
 
 @pytest.fixture(scope="session")
 def docker():
-    from runner.docker_api import Docker, DockerUnavailable
+    from runner.host.docker_api import Docker, DockerUnavailable
 
     try:
         client = Docker()
@@ -58,21 +58,21 @@ def wheels_root() -> Path:
 
 @pytest.fixture(scope="session")
 def cpu_spec(images_dir):
-    from runner.spec import load_image
+    from runner.core.jobspec import load_image
 
     return load_image(images_dir / "cpu.yaml")
 
 
 @pytest.fixture(scope="session")
 def locked(cpu_spec, images_dir) -> Path:
-    from runner.build.lock import lock
+    from runner.host.images.lock import lock
 
     return lock(cpu_spec, images_dir, FIND_LINKS)
 
 
 @pytest.fixture(scope="session")
 def wheelhouse(cpu_spec, images_dir, wheels_root, locked) -> Path:
-    from runner.build.wheels import fill, wheel_dir
+    from runner.host.images.wheels import fill, wheel_dir
 
     fill(cpu_spec, images_dir, wheels_root, FIND_LINKS)
     return wheel_dir(wheels_root, cpu_spec)
@@ -80,7 +80,7 @@ def wheelhouse(cpu_spec, images_dir, wheels_root, locked) -> Path:
 
 @pytest.fixture(scope="session")
 def cpu_image(docker, cpu_spec, images_dir, wheels_root, wheelhouse):
-    from runner.build.image import build
+    from runner.host.images.build import build
 
     return build(cpu_spec, images_dir, wheels_root, docker=docker)
 

@@ -59,7 +59,7 @@ def test_the_rendered_golden_with_gid_50_is_valid_for_compose_v1(compose_bin, tm
 
 def give_to_the_job(out: Path) -> None:
     """What the note of a render by root asks: the output directory is the job's user's."""
-    from runner.render.lockdown import job_user
+    from runner.host.render.lockdown import job_user
 
     for path in (out, *out.rglob("*")):
         os.chown(path, *job_user(os.getuid(), os.getgid()))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.execute.runs import read_record
-from runner.render.lockdown import job_user  # root's jobs run as an unprivileged user
+from runner.core.rundir import read_record
+from runner.host.render.lockdown import job_user  # root's jobs run as an unprivileged user
 from tests.conftest import ROOT, runner_cli, write_job
 from tests.integration.test_chat import Terminal
 from tests.integration.test_serve import free_port
@@ -60,7 +60,7 @@ def test_export_runs_in_the_image(dock_run: Path, tmp_path: Path):
 
 
 def test_an_interactive_chat_in_the_image(dock_run: Path):
-    term = Terminal([sys.executable, "-m", "runner.cli", "chat", str(dock_run)])
+    term = Terminal([sys.executable, "-m", "runner.host.cli", "chat", str(dock_run)])
     try:
         assert "/reset" in term.until("user> ", timeout=180)
         term.type("你是谁？")
@@ -77,7 +77,7 @@ def test_serve_from_the_image_without_network(dock_run: Path, docker):
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", "serve", str(dock_run), "--port", str(port)],
+        [sys.executable, "-m", "runner.host.cli", "serve", str(dock_run), "--port", str(port)],
         cwd=ROOT, env={**os.environ, "RUNNER_API_KEY": KEY}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.execute.runs import read_record
-from runner.render.lockdown import job_user
+from runner.core.rundir import read_record
+from runner.host.render.lockdown import job_user
 from tests.conftest import runner_cli, write_job
 
 pytestmark = pytest.mark.docker
@@ -27,7 +27,7 @@ def test_submit_runs_in_the_image_offline(cpu_image, tiny_model: Path, tmp_path:
     (run_dir,) = (tmp_path / "out" / "dock").iterdir()
     record = read_record(run_dir)
     assert (record.executor, record.status, record.exit_code) == ("docker", "succeeded", 0)
-    # The submitter's, or nobody's where root submitted (runner.render.lockdown).
+    # The submitter's, or nobody's where root submitted (runner.host.render.lockdown).
     assert (run_dir / "adapter" / "adapter_model.safetensors").stat().st_uid == job_user(os.getuid(), 0)[0]
     assert json.loads((run_dir / "results.json").read_text())["global_step"] == 3
     assert "step 3/3" in (run_dir / "train.log").read_text()

@@ -33,7 +33,7 @@ output:
 
 
 def test_lock_is_pinned_and_hashed_for_the_target(locked: Path):
-    from runner.build.lock import parse_lock
+    from runner.host.images.lock import parse_lock
 
     entries = parse_lock(locked.read_text())
     assert entries["torch"]["version"] == "2.13.0+cpu"
@@ -42,8 +42,8 @@ def test_lock_is_pinned_and_hashed_for_the_target(locked: Path):
 
 
 def test_base_carried_torch_is_left_out_of_the_lock(tmp_path: Path):
-    from runner.build.lock import lock, parse_lock
-    from runner.spec import load_image
+    from runner.core.jobspec import load_image
+    from runner.host.images.lock import lock, parse_lock
 
     shutil.copy(ROOT / "images" / "default.yaml", tmp_path / "default.yaml")
     spec = load_image(tmp_path / "default.yaml")
@@ -55,8 +55,8 @@ def test_base_carried_torch_is_left_out_of_the_lock(tmp_path: Path):
 def test_wheelhouse_missing_a_wheel_fails_verify_and_build(
     cpu_spec, images_dir, wheelhouse, tmp_path, docker
 ):
-    from runner.build.image import build
-    from runner.build.wheels import WheelhouseError, verify
+    from runner.host.images.build import build
+    from runner.host.images.wheels import WheelhouseError, verify
 
     assert verify(cpu_spec, images_dir, wheelhouse.parent) == []
     broken = tmp_path / "wheels" / cpu_spec.name
@@ -123,7 +123,7 @@ def test_image_is_offline_and_labelled(docker, cpu_image):
 def test_a_change_to_runner_rebuilds_only_the_last_layer(
     docker, cpu_image, cpu_spec, images_dir, wheels_root, tmp_path, monkeypatch
 ):
-    from runner.build import image as image_mod
+    from runner.host.images import build as image_mod
 
     src = tmp_path / "src"
     shutil.copytree(ROOT / "runner", src / "runner", ignore=shutil.ignore_patterns("__pycache__"))
@@ -160,7 +160,7 @@ def _rewrite(
 
 
 def test_bundle_refuses_tampering(docker, tiny_model, tmp_path):
-    from runner.build.bundle import BundleError, bundle, load
+    from runner.host.images.bundle import BundleError, bundle, load
 
     archive = tmp_path / "base.bundle"
     bundle(["runner-test/base:bookworm-py311"], archive, model=tiny_model, docker=docker)
@@ -182,7 +182,7 @@ def test_bundle_refuses_tampering(docker, tiny_model, tmp_path):
 
 
 def test_bundle_remove_load_run_again(docker, cpu_image, tiny_model, tmp_path):
-    from runner.build.bundle import bundle, load
+    from runner.host.images.bundle import bundle, load
 
     archive = tmp_path / "cpu.bundle"
     bundle([cpu_image.tag], archive, docker=docker)
@@ -199,7 +199,7 @@ def test_bundle_remove_load_run_again(docker, cpu_image, tiny_model, tmp_path):
 
 
 def test_missing_base_image_says_how_to_load_it(docker, cpu_spec, images_dir, wheels_root):
-    from runner.build.image import BaseImageMissing, build
+    from runner.host.images.build import BaseImageMissing, build
 
     spec = cpu_spec.model_copy(update={"base": "example.invalid/absent:1"})
     with pytest.raises(BaseImageMissing, match=r"docker save example.invalid/absent:1 .* docker load -i"):

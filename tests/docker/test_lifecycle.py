@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.execute.runs import find_run
+from runner.core.rundir import find_run
 from tests.conftest import runner_cli, write_job
 
 pytestmark = pytest.mark.docker

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.execute.runs import read_record
-from runner.render import lockdown
+from runner.core.rundir import read_record
+from runner.host.render import lockdown
 from tests.conftest import ROOT, runner_cli, write_job
 from tests.docker.conftest import BASE
 
@@ -106,7 +106,7 @@ def test_root_submits_a_locked_down_job_and_no_secret_travels(
     # The image, built with the secrets in the environment: the same content tag (the build
     # takes nothing from the environment), and nothing of them in its history, labels or config.
     # (Its id can differ where an earlier test removed the build cache.)
-    from runner.build.image import build
+    from runner.host.images.build import build
 
     for key, value in planted.items():
         monkeypatch.setenv(key, value)
@@ -156,8 +156,8 @@ def test_a_gpu_job_container_keeps_the_lockdown_where_memlock_cannot_be_raised(d
     """A GPU job's container as rendered (raised memlock and stack limits), its device request
     left out: this engine has no NVIDIA runtime, and, nested, may not raise memlock. Started the
     way the executor starts it, the container runs all the same, locked down."""
-    from runner.render.container import render_container
-    from runner.spec import JobSpec
+    from runner.core.jobspec import JobSpec
+    from runner.host.render.container import render_container
 
     spec = JobSpec.model_validate({
         "name": "gpu", "image": "cpu", "model": {"path": str(shared)}, "method": {"type": "lora"},

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.execute.runs import find_run, read_record
+from runner.core.rundir import find_run, read_record
 from tests.conftest import runner_cli, write_job
 from tests.integration.test_multicard import TOL, adapter, train
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.execute.runs import read_record
+from runner.core.rundir import read_record
 from tests.conftest import DOCKER_SOCKET, ROOT, runner_cli, write_job
 from tests.docker.conftest import User
 

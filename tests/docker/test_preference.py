@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.execute.runs import read_record
+from runner.core.rundir import read_record
 from tests.conftest import ROOT, runner_cli, write_job
 
 pytestmark = pytest.mark.docker

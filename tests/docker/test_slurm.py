@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.execute.runs import read_record
+from runner.core.rundir import read_record
 from tests.conftest import runner_cli, write_job
 from tests.docker.test_compose import give_to_the_job
 

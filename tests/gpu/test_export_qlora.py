@@ -16,9 +16,9 @@ def test_a_qlora_run_exports_as_a_dequantized_bf16_model(tmp_path: Path, tiny_mo
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from runner.execute.submit import prepare
-    from runner.train import sft
-    from runner.train.export import export
+    from runner.host.execute.submit import prepare
+    from runner.train.stages import sft
+    from runner.train.tools.export import export
 
     record, spec = prepare(write_job(tmp_path / "job.json", tiny_model, method={"type": "qlora", "bits": 4, "r": 8},
                                      resources={"gpus": 1},

@@ -10,8 +10,8 @@ from tests.conftest import write_job
 def test_offloaded_activations_train_the_same_weights(tmp_path, tiny_model):
     import torch
 
-    from runner.execute.submit import prepare
-    from runner.train import sft
+    from runner.host.execute.submit import prepare
+    from runner.train.stages import sft
 
     weights = {}
     for name, extra in {"resident": {}, "offloaded": {"offload_activations": True}}.items():
@@ -36,8 +36,9 @@ def test_a_memory_cap_holds_on_the_gpu(tmp_path):
     from datasets import Dataset
 
     from bench.throughput import SHAPES, TARGETS, build_model, pad_tokenizer, workload
-    from runner.spec.job import JobSpec
-    from runner.train import dataset, loop, memory
+    from runner.core.jobspec.job import JobSpec
+    from runner.train import dataset, memory
+    from runner.train import trainer as loop
     from runner.train.methods import apply_method
 
     def spec(cap):

@@ -19,8 +19,8 @@ def test_packed_equals_padded_loss_and_gradients(attn, tiny_model):
     import torch
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
+    from runner.core.data.templates import apply_template
     from runner.train.model import load_tokenizer
-    from runner.train.templates import apply_template
     from tests.integration.test_engine import _identity_rows
 
     tokenizer = load_tokenizer(str(tiny_model))

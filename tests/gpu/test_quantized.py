@@ -11,8 +11,8 @@ from tests.conftest import write_job
 
 
 def _run(tmp_path: Path, tiny_model: Path, method: dict, **sections):
-    from runner.execute.submit import prepare
-    from runner.train import sft
+    from runner.host.execute.submit import prepare
+    from runner.train.stages import sft
 
     record, spec = prepare(write_job(tmp_path / "job.json", tiny_model, method=method,
                                      resources={"gpus": 1}, **sections))  # fmt: skip
@@ -59,7 +59,7 @@ def test_qlora_keeps_unquantized_weights_in_bf16_unless_asked(upcast, tmp_path, 
     pytest.importorskip("bitsandbytes")
     import torch
 
-    from runner.execute.submit import prepare
+    from runner.host.execute.submit import prepare
     from runner.train.methods import apply_method
     from runner.train.model import load_model
 

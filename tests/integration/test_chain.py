@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from runner.execute.runs import read_record
+from runner.core.rundir import read_record
 from tests.conftest import ROOT, runner_cli
 
 pytestmark = pytest.mark.integration
@@ -88,7 +88,7 @@ def test_sft_then_dpo_and_rm_from_the_sft_run(tmp_path, tiny_model):
 
 
 def test_a_run_that_cannot_be_continued_is_refused(tmp_path, tiny_model):
-    from runner.execute.runs import RunRecord, new_run_dir
+    from runner.core.rundir import RunRecord, new_run_dir
 
     out = tmp_path / "out"
     env = {"MODEL_DIR": str(tiny_model), "OUTPUT_DIR": str(out)}

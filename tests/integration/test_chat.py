@@ -50,7 +50,7 @@ class Terminal:
 
 
 def test_an_interactive_chat_on_a_terminal(lora_run: Path):  # noqa: F811
-    from runner.train.inference import Settings, generate, load
+    from runner.train.tools.inference import Settings, generate, load
 
     loaded = load(lora_run)
     settings = Settings(max_new_tokens=128)
@@ -67,7 +67,7 @@ def test_an_interactive_chat_on_a_terminal(lora_run: Path):  # noqa: F811
     else:
         pytest.fail("the trained model answers every follow-up the same with and without the history")
 
-    term = Terminal([sys.executable, "-m", "runner.cli", "chat", str(lora_run), "--system", "Be brief.",
+    term = Terminal([sys.executable, "-m", "runner.host.cli", "chat", str(lora_run), "--system", "Be brief.",
                      "--executor", "local"])  # fmt: skip
     try:
         assert "/reset" in term.until("user> ")  # the help line comes first

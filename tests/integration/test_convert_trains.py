@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from runner.execute.runs import read_record
+from runner.core.rundir import read_record
 from tests.conftest import DATA, runner_cli
 
 pytestmark = pytest.mark.integration

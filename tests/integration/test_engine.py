@@ -21,7 +21,7 @@ REGISTRY = ROOT / "tests" / "data" / "registry"
 
 
 def _prepare(tmp_path: Path, tiny: Path, name: str = "job", **sections):
-    from runner.execute.submit import prepare
+    from runner.host.execute.submit import prepare
 
     record, spec = prepare(write_job(tmp_path / f"{name}.json", tiny, name=name, **sections))
     return Path(record.run_dir), spec
@@ -29,7 +29,8 @@ def _prepare(tmp_path: Path, tiny: Path, name: str = "job", **sections):
 
 def _train(run_dir: Path, spec, monkeypatch: pytest.MonkeyPatch) -> dict:
     """Train in this process; returns the model and a copy of every parameter before training."""
-    from runner.train import loop, pt, sft
+    from runner.train import trainer as loop
+    from runner.train.stages import pt, sft
 
     seen: dict = {}
     real = loop.train
@@ -104,7 +105,7 @@ def test_trainable_weights_change_frozen_do_not(name, tmp_path, tiny_model, monk
 
 
 def test_loraplus_gives_b_a_larger_learning_rate(tmp_path, tiny_model, monkeypatch):
-    from runner.train import loop
+    from runner.train import trainer as loop
 
     run_dir, spec = _prepare(tmp_path, tiny_model, method=METHODS["lora-plus"])
     seen: dict = {}
@@ -119,9 +120,9 @@ def test_loraplus_gives_b_a_larger_learning_rate(tmp_path, tiny_model, monkeypat
 
 
 def _identity_rows(tokenizer, n: int):
-    from runner.spec.job import DataSpec
-    from runner.train.data import load
-    from runner.train.templates import encode
+    from runner.core.data.readers import load
+    from runner.core.data.templates import encode
+    from runner.core.jobspec.job import DataSpec
 
     (items,) = load(DataSpec.model_validate({"datasets": [{"path": str(ROOT / "data" / "identity.json")}],
                                              "placeholders": {"name": "小R", "author": "Runner Team"}}))  # fmt: skip
@@ -136,8 +137,8 @@ def test_packed_batch_has_the_loss_of_the_padded_batch_and_leaks_nothing(attn, t
     import torch
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
+    from runner.core.data.templates import apply_template
     from runner.train.model import load_model, load_tokenizer
-    from runner.train.templates import apply_template
 
     _, spec = _prepare(
         tmp_path,
@@ -174,7 +175,7 @@ def test_packed_training_follows_the_unpacked_loss_curve(tmp_path, tiny_model):
         job = write_job(tmp_path / f"p{packing}.json", tiny_model, name=f"pack-{packing}".lower(),
                         method={"type": "full"}, data={"packing": packing, "cutoff_len": 128},
                         training={"max_steps": 8, "learning_rate": 3e-3, "logging_steps": 1})  # fmt: skip
-        result = subprocess.run([sys.executable, "-m", "runner.cli", "submit", str(job), "--executor", "local"],
+        result = subprocess.run([sys.executable, "-m", "runner.host.cli", "submit", str(job), "--executor", "local"],
                                 capture_output=True, text=True, cwd=ROOT)  # fmt: skip
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         (run_dir,) = (tmp_path / "out" / f"pack-{packing}".lower()).iterdir()
@@ -192,10 +193,11 @@ def test_batch_rebalance_keeps_samples_per_step_with_micro_batches_of_balanced_c
     """transformers' cost-balancing sampler with packed rows: every optimizer step still takes
     per_device_train_batch_size x gradient_accumulation_steps samples, but the micro-batches
     differ in sample count (long samples go with fewer others), and the job trains."""
-    from runner.train import dataset, loop
+    from runner.core.data.templates import apply_template
+    from runner.train import dataset
+    from runner.train import trainer as loop
     from runner.train.methods import apply_method
     from runner.train.model import load_model, load_tokenizer
-    from runner.train.templates import apply_template
 
     run_dir, spec = _prepare(tmp_path, tiny_model, data={"packing": True, "cutoff_len": 128}, training={
         "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "max_steps": 4,
@@ -245,7 +247,7 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, tiny_model
     spec = write_job(tmp_path / "split.json", tiny_model, name="split", **job)
     # As from a terminal: Ctrl-C reaches it even when the suite itself was started with SIGINT
     # ignored (a background job), which the child would otherwise inherit.
-    submit = subprocess.Popen([sys.executable, "-m", "runner.cli", "submit", str(spec), "--executor", "local"],
+    submit = subprocess.Popen([sys.executable, "-m", "runner.host.cli", "submit", str(spec), "--executor", "local"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     runs = tmp_path / "out" / "split"
@@ -262,7 +264,7 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, tiny_model
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"partial")
 
-    resumed = subprocess.run([sys.executable, "-m", "runner.cli", "resume", split.name],
+    resumed = subprocess.run([sys.executable, "-m", "runner.host.cli", "resume", split.name],
                              capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-3000:]
@@ -311,9 +313,9 @@ def test_training_continues_from_an_existing_adapter(tmp_path, tiny_model, monke
 def test_tokenized_data_is_cached_by_content(tmp_path, tiny_model, caplog):
     import shutil
 
+    from runner.core.data.templates import apply_template
     from runner.train import dataset
     from runner.train.model import load_tokenizer
-    from runner.train.templates import apply_template
 
     data = tmp_path / "identity.json"
     shutil.copy(ROOT / "data" / "identity.json", data)
@@ -355,8 +357,8 @@ def test_tokenized_data_is_cached_by_content(tmp_path, tiny_model, caplog):
 
 
 def test_registry_names_resolve_to_files_formats_and_columns(tmp_path, tiny_model):
-    from runner.spec.job import DataSpec
-    from runner.train.data import load
+    from runner.core.data.readers import load
+    from runner.core.jobspec.job import DataSpec
 
     _, spec = _prepare(tmp_path, tiny_model, data={
         "dataset_dir": str(REGISTRY),
@@ -446,7 +448,7 @@ def test_bad_data_stops_with_one_message(content, data, message, started, tmp_pa
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content, encoding="utf-8")
     job = write_job(tmp_path / "job.json", tiny_model, data={"datasets": [{"path": str(bad)}], **data})
-    result = subprocess.run([sys.executable, "-m", "runner.cli", "submit", str(job), "--executor", "local"],
+    result = subprocess.run([sys.executable, "-m", "runner.host.cli", "submit", str(job), "--executor", "local"],
                             capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-2000:]
@@ -506,9 +508,9 @@ def test_logits_at_trained_positions_only_give_the_same_loss(packing, tmp_path, 
     import torch
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
-    from runner.train.loop import only_targets
+    from runner.core.data.templates import apply_template
     from runner.train.model import load_model, load_tokenizer
-    from runner.train.templates import apply_template
+    from runner.train.trainer import only_targets
 
     _, spec = _prepare(tmp_path, tiny_model, method={"type": "full"})
     tokenizer = load_tokenizer(str(tiny_model))
@@ -621,10 +623,11 @@ def test_a_memory_cap_turns_on_just_enough_checkpointing(tmp_path, tiny_model, m
     """Caps at the estimates of each plan pick that plan, and the job trains with it."""
     import torch
 
-    from runner.train import dataset, loop, memory
+    from runner.core.data.templates import apply_template
+    from runner.train import dataset, memory
+    from runner.train import trainer as loop
     from runner.train.methods import apply_method
     from runner.train.model import load_model, load_tokenizer
-    from runner.train.templates import apply_template
 
     sections = {"data": {"cutoff_len": 128}, "training": {"max_steps": 2, "per_device_train_batch_size": 4}}
     run_dir, spec = _prepare(tmp_path, tiny_model, **sections)
@@ -652,7 +655,7 @@ def test_a_memory_cap_turns_on_just_enough_checkpointing(tmp_path, tiny_model, m
 
 def test_a_memory_cap_nothing_fits_stops_before_training(tmp_path, tiny_model):
     job = write_job(tmp_path / "job.json", tiny_model, training={"memory_cap_gib": 0.25})
-    result = subprocess.run([sys.executable, "-m", "runner.cli", "submit", str(job), "--executor", "local"],
+    result = subprocess.run([sys.executable, "-m", "runner.host.cli", "submit", str(job), "--executor", "local"],
                             capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 3 and "Traceback" not in output, output[-2000:]  # 3: cannot run as asked
@@ -675,8 +678,9 @@ def _train_lora(tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch, ste
 
 def _force_precision(monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
     """Mixed precision on CPU, as a GPU would train: half-precision weights under autocast."""
-    from runner.train import loop, memory
+    from runner.train import memory
     from runner.train import model as model_module
+    from runner.train import trainer as loop
 
     for module in (model_module, loop, memory):
         monkeypatch.setattr(module, "precision", lambda spec: precision)
@@ -727,7 +731,7 @@ def test_the_memory_estimate_bounds_the_measured_peak_of_every_plan(method):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from runner.spec.job import JobSpec
+    from runner.core.jobspec.job import JobSpec
     from runner.train import memory
     from runner.train.methods import apply_method
 

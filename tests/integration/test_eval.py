@@ -31,7 +31,7 @@ def evaluated(lora_run: Path) -> Path:  # noqa: F811
 
 
 def test_eval_writes_predictions_and_metrics_that_agree(evaluated: Path):
-    from runner.train.metrics import corpus
+    from runner.train.tools.scores import corpus
 
     rows = [json.loads(line) for line in (evaluated / "generated_predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 3  # the first 3 (--max-samples) of the run's validation split (data.val_size: 4)
@@ -47,7 +47,7 @@ def test_eval_writes_predictions_and_metrics_that_agree(evaluated: Path):
 
 def test_the_trained_model_has_a_lower_loss_than_its_base(evaluated: Path, lora_run: Path, tmp_path: Path):  # noqa: F811
     """The same evaluation as a `stage: eval` spec, of the untrained base."""
-    from runner.spec import load_job
+    from runner.core.jobspec import load_job
 
     trained = load_job(lora_run / "spec.yaml", files=False)
     spec = tmp_path / "eval.yaml"
@@ -91,7 +91,7 @@ def test_an_eval_set_without_references_is_refused(lora_run: Path, tmp_path: Pat
 
 def test_batched_generation_is_left_padded(lora_run: Path):  # noqa: F811
     """Greedy answers of a batch of prompts of different lengths are those of each alone."""
-    from runner.train.inference import Settings, generate, load
+    from runner.train.tools.inference import Settings, generate, load
 
     loaded = load(lora_run)
     prompts = [
@@ -105,10 +105,11 @@ def test_batched_generation_is_left_padded(lora_run: Path):  # noqa: F811
 def test_the_loss_is_the_trainers_on_the_rows_training_held_out(lora_run: Path):  # noqa: F811
     """The validation split is found again (same data, same seed), and its loss is the one the
     Trainer reported at the end of training (results.json)."""
-    from runner.execute.runs import read_record
-    from runner.spec import load_job
-    from runner.train import evaluate, inference
-    from runner.train.evalspec import eval_spec_for
+    from runner.core.jobspec import load_job
+    from runner.core.rundir import read_record
+    from runner.host.evalspec import eval_spec_for
+    from runner.train.stages import evaluate
+    from runner.train.tools import inference
 
     spec = load_job(eval_spec_for(read_record(lora_run)))
     loaded = inference.load_target(inference.of_spec(spec))

@@ -23,9 +23,9 @@ JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
 def test_example_trains_on_the_tiny_model(job: Path, tmp_path, tiny_model, monkeypatch):
     import torch
 
-    from runner.errors import UnsupportedError
-    from runner.execute.runs import new_run_dir
-    from runner.spec import load_job, resolve
+    from runner.core.errors import UnsupportedError
+    from runner.core.jobspec import load_job, resolve
+    from runner.core.rundir import new_run_dir
 
     monkeypatch.setenv("MODEL_DIR", str(tiny_model))
     monkeypatch.setenv("OUTPUT_DIR", str(tmp_path / "out"))

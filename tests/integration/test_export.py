@@ -28,7 +28,7 @@ def test_merged_export_reloads_with_the_same_logits(lora_run: Path, tmp_path: Pa
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from runner.spec import load_job
+    from runner.core.jobspec import load_job
 
     out = tmp_path / "exported"
     result = runner_cli("export", str(lora_run), "--out", str(out), "--executor", "local")
@@ -88,8 +88,8 @@ def test_a_run_without_a_result_is_refused_by_export_eval_serve_and_chat(lora_ru
 
 
 def test_a_quantized_base_is_refused_before_anything_is_written(tiny_model: Path, tmp_path: Path):
-    from runner.errors import RunnerError
-    from runner.train.export import export
+    from runner.core.errors import RunnerError
+    from runner.train.tools.export import export
 
     base = tmp_path / "base-4bit"
     base.mkdir()
@@ -110,7 +110,7 @@ def test_a_quantized_base_is_refused_before_anything_is_written(tiny_model: Path
 
 
 def test_prefix_adapters_are_exported_unmerged_with_how_to_load_them(tmp_path: Path, tiny_model: Path):
-    from runner.train.inference import Settings, generate, load
+    from runner.train.tools.inference import Settings, generate, load
 
     run = train(tmp_path / "prefix", tiny_model, method={"type": "prefix", "num_virtual_tokens": 4},
                 training={"max_steps": 2})  # fmt: skip

@@ -73,7 +73,7 @@ def cli(*args: str) -> subprocess.Popen:
     """The real `runner` command, in its own session (so a kill reaches no one else), with
     SIGINT at its default even when the suite runs as a background job."""
     return subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "runner.host.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         cwd=ROOT, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
 

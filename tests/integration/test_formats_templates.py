@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.spec.job import DataSpec
+from runner.core.jobspec.job import DataSpec
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ def tokenizer(tiny_model: Path):
 def test_every_builtin_template_renders_and_masks(tiny_model):
     """Each built-in on a tokenizer with its model family's special tokens (test data); labels
     that differ from their token (efficient eos) show as <label:eos>."""
-    from runner.train.templates import BUILTIN, IGNORE, apply_template, encode
+    from runner.core.data.templates import BUILTIN, IGNORE, apply_template, encode
     from tests.integration.test_template_parity import MODELS, family_tokenizer
 
     out = []
@@ -61,7 +61,7 @@ def test_every_builtin_template_renders_and_masks(tiny_model):
 
 
 def _convert(tmp_path: Path, filename: str, content: str, dataset: dict) -> list:
-    from runner.train.data import load
+    from runner.core.data.readers import load
 
     (tmp_path / filename).write_text(content, encoding="utf-8")
     spec = DataSpec.model_validate({"datasets": [{"path": str(tmp_path / filename), **dataset}]})
@@ -126,12 +126,12 @@ def test_data_formats_golden(tmp_path: Path):
 
 
 def test_bad_jsonl_line_is_named_or_skipped(tmp_path: Path, caplog):
-    from runner.train.data import DataError
+    from runner.core.data.readers import DataError
 
     content = '{"instruction": "a", "output": "b"}\n{broken\n{"instruction": "c", "output": "d"}\n'
     with pytest.raises(DataError, match=r"bad\.jsonl:2: invalid JSON"):
         _convert(tmp_path, "bad.jsonl", content, {"format": "alpaca"})
-    from runner.train.data import load
+    from runner.core.data.readers import load
 
     spec = DataSpec.model_validate(
         {"datasets": [{"path": str(tmp_path / "bad.jsonl")}], "on_bad_record": "skip"}
@@ -143,7 +143,7 @@ def test_bad_jsonl_line_is_named_or_skipped(tmp_path: Path, caplog):
 
 
 def test_missing_column_names_the_record_and_the_fix(tmp_path: Path):
-    from runner.train.data import DataError
+    from runner.core.data.readers import DataError
 
     with pytest.raises(
         DataError,

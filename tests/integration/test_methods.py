@@ -51,7 +51,7 @@ def test_method_trains_saves_reloads_generates(name: str, tmp_path: Path, tiny_m
             assert trainable == sum(v.numel() for k, v in original.items() if k.startswith("model.layers.1."))
         else:
             assert "model.layers.0.self_attn.q_proj.weight" in changed
-    from runner.train.chat import load, reply
+    from runner.train.tools.chat import load, reply
 
     spec_obj, model, tokenizer = load(run_dir)
     answer = reply(spec_obj, model, tokenizer, [{"role": "user", "content": "你是谁？"}], max_new_tokens=4)
@@ -68,7 +68,7 @@ def test_fp16_mixed_precision_steps_with_trained_half_weights(method: dict, tiny
     ("Attempting to unscale FP16 gradients"). The same scaler, on the CPU."""
     import torch
 
-    from runner.spec.job import JobSpec
+    from runner.core.jobspec.job import JobSpec
     from runner.train.methods import apply_method
     from runner.train.model import load_tokenizer
 

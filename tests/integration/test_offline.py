@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.execute.runs import read_record
+from runner.core.rundir import read_record
 from tests.conftest import runner_cli, write_job
 from tests.offline_model import reaching_model
 

@@ -41,7 +41,7 @@ def _answer_logps(model, tokenizer, pairs: list[dict]) -> list[tuple[float, floa
     """Summed log-probabilities of (chosen, rejected) of each pair, tokenized as training does."""
     import torch
 
-    from runner.train.preference import encode_pair
+    from runner.core.data.preference import encode_pair
 
     out = []
     for pair in pairs:
@@ -127,7 +127,7 @@ def test_rm_ranks_its_training_pairs(tmp_path, tiny_model):
     )
     before = _weights(base)
     rm = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
-    from runner.train.preference import encode_pair
+    from runner.core.data.preference import encode_pair
 
     right = 0
     for pair in _pairs():
@@ -172,7 +172,7 @@ def test_kto_trains_and_saves(tmp_path, tiny_model):
 def test_dpo_reference_memory(tmp_path_factory, tmp_path):
     """LoRA dpo whose reference is the adapter switched off, against the same with a frozen copy
     of the model: the peak resident memory of each training process, measured."""
-    from runner.train.tiny import build_tiny_model
+    from runner.train.tools.tiny import build_tiny_model
 
     model_dir = tmp_path_factory.mktemp("models") / "wider"
     build_tiny_model(model_dir, hidden_size=512, num_layers=8, intermediate_size=1536)
@@ -298,9 +298,9 @@ def test_ppo_moves_the_policy_against_a_frozen_reward_model(tmp_path, tiny_model
 
 def test_ppo_reward_model_is_frozen(tmp_path, tiny_model):
     """The reward model ppo loads from an rm run: its adapter and value head merged, nothing trainable."""
-    from runner.spec import load_job, resolve
+    from runner.core.jobspec import load_job, resolve
     from runner.train.model import tokenizer_for
-    from runner.train.ppo import load_reward_model
+    from runner.train.stages.ppo import load_reward_model
 
     rm = _submit(
         tmp_path, tiny_model, "rm", stage="rm", data={"datasets": [{"path": str(PAIRS)}], "cutoff_len": 64},

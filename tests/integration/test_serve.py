@@ -35,7 +35,7 @@ def free_port() -> int:
 def server(lora_run: Path):  # noqa: F811
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", "serve", str(lora_run), "--port", str(port)],
+        [sys.executable, "-m", "runner.host.cli", "serve", str(lora_run), "--port", str(port)],
         cwd=ROOT, env={**os.environ, "RUNNER_API_KEY": KEY}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"
@@ -58,7 +58,7 @@ def server(lora_run: Path):  # noqa: F811
 @pytest.fixture(scope="module")
 def expected(lora_run: Path) -> str:  # noqa: F811
     """The greedy answer, from the model loaded here."""
-    from runner.train.inference import Settings, generate, load
+    from runner.train.tools.inference import Settings, generate, load
 
     return generate(load(lora_run), [QUESTION], Settings(max_new_tokens=12))[0]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.execute.runs import read_record
+from runner.core.rundir import read_record
 from tests.conftest import ROOT, runner_cli
 
 pytestmark = pytest.mark.integration

@@ -73,7 +73,7 @@ def llamafactory_pairs(name: str, messages: list[dict], bos: str, eos: str) -> l
 @pytest.mark.parametrize("family", sorted(MODELS))
 @pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
 def test_builtin_renders_and_labels_as_llamafactory(tiny_model, family, conversation):
-    from runner.train.templates import BUILTIN, IGNORE, apply_template, encode
+    from runner.core.data.templates import BUILTIN, IGNORE, apply_template, encode
 
     spec = MODELS[family]
     name = spec["template"]
@@ -104,7 +104,7 @@ def test_builtin_renders_and_labels_as_llamafactory(tiny_model, family, conversa
 @pytest.mark.parametrize("family", sorted(f for f in MODELS if "chat_template" in MODELS[f]))
 @pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
 def test_builtin_renders_as_the_models_own_template(tiny_model, family, conversation):
-    from runner.train.templates import apply_template
+    from runner.core.data.templates import apply_template
 
     spec = MODELS[family]
     ours, theirs = family_tokenizer(tiny_model, spec), family_tokenizer(tiny_model, spec)
@@ -122,7 +122,7 @@ def test_builtin_renders_as_the_models_own_template(tiny_model, family, conversa
 
 
 def test_default_system_overrides_the_templates_own(tiny_model):
-    from runner.train.templates import apply_template
+    from runner.core.data.templates import apply_template
 
     tokenizer = family_tokenizer(tiny_model, MODELS["qwen2.5"])
     apply_template(tokenizer, "qwen", "你是客服助手。")
@@ -137,8 +137,8 @@ def test_default_system_overrides_the_templates_own(tiny_model):
 
 
 def test_missing_control_tokens_are_refused_with_the_fix(tiny_model):
-    from runner.errors import RunnerError
-    from runner.train.templates import add_special_tokens, apply_template
+    from runner.core.data.templates import add_special_tokens, apply_template
+    from runner.core.errors import RunnerError
 
     tokenizer = family_tokenizer(tiny_model, MODELS["default"])  # the tiny one: no llama3 tokens
     with pytest.raises(RunnerError) as refused:
@@ -181,7 +181,7 @@ def sentencepiece_tokenizer(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["alpaca", "default", "mistral"])
 def test_sentencepiece_tokens_are_those_of_the_whole_string(sentencepiece_tokenizer, name):
-    from runner.train.templates import _tokenize, apply_template, encode, segments
+    from runner.core.data.templates import _tokenize, apply_template, encode, segments
 
     tokenizer = sentencepiece_tokenizer
     apply_template(tokenizer, name)

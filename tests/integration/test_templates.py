@@ -23,7 +23,7 @@ def trained_text(tokenizer, row) -> str:
 
 
 def test_prompt_is_masked_answer_is_trained(tokenizer):
-    from runner.train.templates import encode
+    from runner.core.data.templates import encode
 
     messages = [{"role": "user", "content": "你是谁？"}, {"role": "assistant", "content": "我是小R。"}]
     row = encode(tokenizer, messages, cutoff_len=512)
@@ -34,7 +34,7 @@ def test_prompt_is_masked_answer_is_trained(tokenizer):
 
 
 def test_every_assistant_turn_is_trained(tokenizer):
-    from runner.train.templates import encode
+    from runner.core.data.templates import encode
 
     messages = [
         {"role": "system", "content": "sys"},
@@ -46,7 +46,7 @@ def test_every_assistant_turn_is_trained(tokenizer):
 
 
 def test_cutoff_truncates_and_drops_answerless_rows(tokenizer):
-    from runner.train.templates import encode
+    from runner.core.data.templates import encode
 
     messages = [{"role": "user", "content": "long " * 50}, {"role": "assistant", "content": "x"}]
     assert encode(tokenizer, messages, cutoff_len=8) is None
@@ -55,8 +55,8 @@ def test_cutoff_truncates_and_drops_answerless_rows(tokenizer):
 
 
 def test_builtin_template_is_applied_and_saved(tiny_model, tmp_path):
+    from runner.core.data.templates import BUILTIN, add_special_tokens, apply_template
     from runner.train.model import load_tokenizer
-    from runner.train.templates import BUILTIN, add_special_tokens, apply_template
 
     tokenizer = load_tokenizer(str(tiny_model))  # its own copy: tokens are added
     add_special_tokens(tokenizer, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])

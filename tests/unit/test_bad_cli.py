@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from runner.cli import main
+from runner.host.cli import main
 from tests.conftest import DATA
 
 JOB = str(DATA / "good_spec.yaml")
@@ -49,7 +49,7 @@ def test_a_run_directory_that_is_no_run(tmp_path: Path):
 
 @pytest.mark.parametrize("ref", ["/no/such/run", "run*", "../x"])
 def test_a_path_or_pattern_is_no_run_id(ref: str, tmp_path: Path, monkeypatch):
-    from runner.execute.runs import index_dir
+    from runner.core.rundir import index_dir
 
     monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
     index_dir().mkdir(parents=True)  # runs were submitted before

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from runner.cli import main
+from runner.host.cli import main
 
 BAD = Path("tests/data/bad_specs")
 SPECS = sorted(p.name for p in (Path(__file__).parents[1] / "data" / "bad_specs").glob("*.yaml"))

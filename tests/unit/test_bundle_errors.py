@@ -87,7 +87,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def good_bundle(tmp_path_factory, model_dir) -> Path:
-    from runner.build.bundle import bundle
+    from runner.host.images.bundle import bundle
 
     out = tmp_path_factory.mktemp("bundles") / "good.bundle"
     bundle(["runner/tiny:latest"], out, model=model_dir, docker=FakeDocker(TAGS))
@@ -175,7 +175,7 @@ def test_load_refuses_a_damaged_archive(good_bundle: Path, tmp_path: Path, damag
 def test_load_refuses_flipped_bytes_before_docker_load(good_bundle: Path, tmp_path: Path):
     """Found only by the checksums, so after the engine was reached: the library with a stand-in
     engine here, the CLI in tests/docker/test_bundle_errors.py."""
-    from runner.build.bundle import BundleError, load
+    from runner.host.images.bundle import BundleError, load
 
     bad = tmp_path / "flipped.bundle"
     _flip_middle(good_bundle, bad)
@@ -239,7 +239,7 @@ def test_load_refuses_too_little_free_space_before_unpacking(good_bundle: Path, 
 
 
 def test_load_loads_with_every_tag_and_places_the_model(good_bundle: Path, model_dir: Path, tmp_path: Path):
-    from runner.build.bundle import load
+    from runner.host.images.bundle import load
 
     engine = FakeDocker()
     manifest = load(good_bundle, extract_to=tmp_path / "dest", docker=engine)
@@ -251,7 +251,7 @@ def test_load_loads_with_every_tag_and_places_the_model(good_bundle: Path, model
 
 
 def test_load_refuses_when_a_tag_is_not_the_manifests_image(good_bundle: Path, tmp_path: Path):
-    from runner.build.bundle import BundleError, load
+    from runner.host.images.bundle import BundleError, load
 
     class Mislabelling(FakeDocker):
         def load(self, tar: BinaryIO) -> list[str]:
@@ -310,7 +310,7 @@ def test_bundle_refuses_a_missing_model_directory(tmp_path: Path):
 
 
 def test_bundle_refuses_too_little_free_space_before_docker_save(small_disk: Path):
-    from runner.build.bundle import BundleError, bundle
+    from runner.host.images.bundle import BundleError, bundle
 
     engine = FakeDocker(TAGS)
     with pytest.raises(BundleError, match=rf"-o {small_disk}/x.bundle: {small_disk} has 1.0 MiB free"):
@@ -319,7 +319,7 @@ def test_bundle_refuses_too_little_free_space_before_docker_save(small_disk: Pat
 
 
 def test_bundle_that_fills_the_disk_mid_way_leaves_nothing(small_disk: Path):
-    from runner.build.bundle import BundleError, bundle
+    from runner.host.images.bundle import BundleError, bundle
 
     engine = FakeDocker(TAGS)
     engine.image_size = lambda ref: 0  # an engine that under-reports: the disk fills during the save
@@ -343,7 +343,7 @@ def five_mib_disk(tmp_path: Path):
 
 def test_bundle_writes_the_images_once_on_a_disk_that_holds_them_once(five_mib_disk: Path):
     """3 MiB of images on a 5 MiB disk: a copy through a temporary file would not fit."""
-    from runner.build.bundle import bundle, inspect
+    from runner.host.images.bundle import bundle, inspect
 
     engine = FakeDocker(TAGS, size=3 << 20)
     out = five_mib_disk / "x.bundle"
@@ -358,7 +358,7 @@ def test_load_reads_the_images_from_inside_the_archive(good_bundle: Path, tmp_pa
     import shutil
     import tempfile
 
-    from runner.build.bundle import load
+    from runner.host.images.bundle import load
 
     with tmpfs(tmp_path / "media", "size=16m") as media:
         archive = media / good_bundle.name
@@ -375,7 +375,7 @@ def test_load_refuses_an_archive_that_changed_after_it_was_verified(good_bundle:
     reads them, so bytes that changed in between are still caught."""
     import shutil
 
-    from runner.build.bundle import BundleError, load
+    from runner.host.images.bundle import BundleError, load
 
     archive = tmp_path / "changing.bundle"
     shutil.copyfile(good_bundle, archive)

@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from runner import atomic
+from runner.core import atomic
 from runner.train import checkpoint
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from runner.cli import main
+from runner.host.cli import main
 from tests.conftest import ROOT, runner_cli
 
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
@@ -14,7 +14,7 @@ JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
 
 def test_cli_imports_no_heavy_libraries():
     code = (
-        "import sys, runner.cli, runner.spec, runner.execute.submit, runner.render.launch, runner.envinfo\n"
+        "import sys, runner.host.cli, runner.core.jobspec, runner.host.execute.submit, runner.core.launch, runner.host.envinfo\n"
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'deepspeed', 'datasets', 'accelerate')"
         " if m in sys.modules]\n"
         "assert not heavy, heavy"
@@ -64,7 +64,7 @@ def test_the_training_entrypoint_imports_no_executor_and_no_docker_sdk():
     import sys
 
     code = ("import sys, runner.train.__main__; "
-            "bad = [m for m in ('runner.execute.docker', 'runner.execute.local', 'runner.execute.submit', "
-            "'docker', 'runner.docker_api') if m in sys.modules]; print(bad); sys.exit(bool(bad))")  # fmt: skip
+            "bad = [m for m in ('runner.host.execute.docker', 'runner.host.execute.local', 'runner.host.execute.submit', "
+            "'docker', 'runner.host.docker_api') if m in sys.modules]; print(bad); sys.exit(bool(bad))")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

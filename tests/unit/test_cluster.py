@@ -20,9 +20,9 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from runner.render.k8s import render_k8s, to_text
-from runner.render.slurm import render_slurm
-from runner.spec import JobSpec
+from runner.core.jobspec import JobSpec
+from runner.host.render.k8s import render_k8s, to_text
+from runner.host.render.slurm import render_slurm
 from tests.conftest import ROOT, runner_cli
 
 GOLDEN = ROOT / "tests" / "golden"

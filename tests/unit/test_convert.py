@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from runner.spec.convert import ConvertError, convert
+from runner.core.jobspec.convert import ConvertError, convert
 from tests.conftest import DATA, runner_cli
 
 LF = DATA / "llamafactory"

@@ -1,4 +1,4 @@
-"""The record readers of runner/train/data.py: encodings, byte order marks, .txt corpora,
+"""The record readers of runner/core/data/readers.py: encodings, byte order marks, .txt corpora,
 JSON Lines in a .json file, and the same reading for validate as for training."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.spec.job import DataSpec
-from runner.train.data import DataError, load
+from runner.core.data.readers import DataError, load
+from runner.core.jobspec.job import DataSpec
 
 
 def _load(path: Path, **dataset) -> list:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.spec.job import JobSpec
+from runner.core.jobspec.job import JobSpec
 
 torch = pytest.importorskip("torch")
 
@@ -89,7 +89,7 @@ def test_liger_on_where_installed_and_never_forced_onto_a_machine_without_it(gpu
 
 
 def test_fp16_raises_adam_epsilon_unless_set(gpu, tmp_path, monkeypatch):
-    from runner.train import loop
+    from runner.train import trainer as loop
 
     gpu(bf16=False)
     monkeypatch.setattr(loop, "device_type", lambda: "cuda")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.docker_api import Docker, DockerUnavailable
+from runner.host.docker_api import Docker, DockerUnavailable
 from tests.conftest import runner_cli
 
 

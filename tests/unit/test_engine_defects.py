@@ -10,7 +10,7 @@ from tests.conftest import runner_cli, write_job
 
 def test_a_failed_run_always_says_why(tmp_path: Path):
     """No known pattern in the log: the job's own last error line, not the launcher's summary."""
-    from runner.execute.runs import explain_failure
+    from runner.core.rundir import explain_failure
 
     (tmp_path / "train.log").write_text(
         "step 1/10\n[rank0]: Traceback (most recent call last):\n"
@@ -37,7 +37,7 @@ def test_logits_on_targets_only_falls_back_for_a_forward_without_logits_to_keep(
     import pytest
 
     pytest.importorskip("transformers")
-    from runner.train.loop import _takes_logits_to_keep
+    from runner.train.trainer import _takes_logits_to_keep
 
     class RemoteCode:  # like ChatGLM3's forward: no logits_to_keep
         def forward(self, input_ids=None, labels=None, **kwargs):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from runner.cli import main
+from runner.host.cli import main
 
 
 def test_eval_options_for_a_run_are_refused_with_an_eval_spec(tmp_path: Path):
@@ -27,8 +27,8 @@ def test_export_serve_and_eval_name_what_is_not_a_run(tmp_path: Path):
 
 
 def test_export_refuses_a_file_as_its_directory(tmp_path: Path):
-    from runner.errors import RunnerError
-    from runner.train.export import check_out
+    from runner.core.errors import RunnerError
+    from runner.train.tools.export import check_out
 
     target = tmp_path / "model.bin"
     target.write_text("x")
@@ -38,8 +38,8 @@ def test_export_refuses_a_file_as_its_directory(tmp_path: Path):
 
 
 def test_an_adapter_whose_base_is_missing_is_named(tmp_path: Path):
-    from runner.errors import RunnerError
-    from runner.train.inference import resolve
+    from runner.core.errors import RunnerError
+    from runner.train.tools.inference import resolve
 
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/nowhere/base"}))
     with pytest.raises(RunnerError, match=r"base model \('/nowhere/base'\) is not on this machine"):

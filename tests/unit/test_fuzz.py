@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from runner.errors import SpecError
-from runner.spec import load_job
-from runner.spec.job import DatasetSpec, DataSpec
-from runner.spec.load import load_image
-from runner.train import data
+from runner.core.data import readers as data
+from runner.core.errors import SpecError
+from runner.core.jobspec import load_job
+from runner.core.jobspec.job import DatasetSpec, DataSpec
+from runner.core.jobspec.load import load_image
 
 EXAMPLES = int(os.environ.get("RUNNER_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

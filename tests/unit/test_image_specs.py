@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from runner.build.lock import drop_with_exclusive_deps, parse_lock
-from runner.errors import SpecError
-from runner.render.dockerfile import render_dockerfile
-from runner.spec import ImageSpec, load_image
-from runner.spec.compat import base_entry, contradictions
+from runner.core.errors import SpecError
+from runner.core.jobspec import ImageSpec, load_image
+from runner.core.jobspec.compat import base_entry, contradictions
+from runner.host.images.lock import drop_with_exclusive_deps, parse_lock
+from runner.host.render.dockerfile import render_dockerfile
 from tests.conftest import ROOT
 
 IMAGES = sorted(p.stem for p in (ROOT / "images").glob("*.yaml"))

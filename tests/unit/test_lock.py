@@ -69,8 +69,8 @@ def test_a_torch_build_pypi_lacks_gets_a_hint(tmp_path: Path):
 
 
 def test_torch_hint_names_the_build_and_stays_quiet_otherwise():
-    from runner.build.lock import torch_hint
-    from runner.spec import load_image
+    from runner.core.jobspec import load_image
+    from runner.host.images.lock import torch_hint
 
     spec = load_image(ROOT / "images" / "cpu.yaml")
     cuda = spec.model_copy(update={"torch": "2.6.0+cu124"})

@@ -1,4 +1,4 @@
-"""One lockdown policy (runner.render.lockdown), the same in every launch form, root never."""
+"""One lockdown policy (runner.host.render.lockdown), the same in every launch form, root never."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 from ruamel.yaml import YAML
 
-from runner.render import lockdown
-from runner.spec import JobSpec
+from runner.core.jobspec import JobSpec
+from runner.host.render import lockdown
 from tests.conftest import ROOT
 
 RUN = PurePosixPath("/out/job/RUN")
@@ -36,7 +36,7 @@ EXPECTED_FLAGS = {"--cap-drop=ALL", "--security-opt=no-new-privileges", f"--pids
 @pytest.mark.parametrize("gpus", [0, 2])
 @pytest.mark.parametrize("uid", [0, 1234])
 def test_the_container_and_its_docker_run_line(gpus: int, uid: int):
-    from runner.render.container import docker_run_argv, render_container
+    from runner.host.render.container import docker_run_argv, render_container
 
     config = render_container(spec(gpus), RUN, uid, 50 if uid else 0, "RUN")
     assert config["cap_drop"] == ["ALL"] and config["security_opt"] == ["no-new-privileges"]
@@ -55,7 +55,7 @@ def test_the_container_and_its_docker_run_line(gpus: int, uid: int):
 
 
 def test_hosts_lines_carry_it_on_every_node():
-    from runner.render.container import render_hosts
+    from runner.host.render.container import render_hosts
 
     text = render_hosts(spec(8, nodes=2), RUN, ["a", "b"], 0, 0, "RUN")
     lines = [line.split() for line in text.splitlines() if line.startswith("docker run")]
@@ -66,7 +66,7 @@ def test_hosts_lines_carry_it_on_every_node():
 
 @pytest.mark.parametrize("uid", [0, 1234])
 def test_a_rendered_compose_file(uid: int):
-    from runner.render.compose import render_compose
+    from runner.host.render.compose import render_compose
 
     service = YAML(typ="safe").load(render_compose(spec(2), SPEC_FILE, uid, 50))["services"]["job"]
     assert {k: service[k] for k in lockdown.compose_keys()} == lockdown.compose_keys()
@@ -98,7 +98,7 @@ def _containers(objects: list[dict]) -> list[tuple[dict, dict]]:
 @pytest.mark.parametrize("api", ["v1", "v2"])
 @pytest.mark.parametrize("uid", [0, 1234])
 def test_k8s_manifests(api: str, uid: int):
-    from runner.render.k8s import render_k8s
+    from runner.host.render.k8s import render_k8s
 
     found = _containers(render_k8s(spec(8, nodes=2), uid, 50 if uid else 0, "l1", api))
     assert len(found) == (2 if api == "v1" else 1)
@@ -113,7 +113,7 @@ def test_k8s_manifests(api: str, uid: int):
 
 
 def test_slurm_scripts():
-    from runner.render.slurm import render_slurm
+    from runner.host.render.slurm import render_slurm
 
     docker = render_slurm(spec(8, nodes=2, cluster={"container_runtime": "docker"}), SPEC_FILE, 0, 0)
     (line,) = [line for line in docker.splitlines() if line.strip().startswith("exec docker run")]
@@ -123,8 +123,8 @@ def test_slurm_scripts():
 
 
 def test_the_dockerfile_leaves_no_setuid_binary():
-    from runner.render.dockerfile import render_dockerfile
-    from runner.spec import load_image
+    from runner.core.jobspec import load_image
+    from runner.host.render.dockerfile import render_dockerfile
 
     text = render_dockerfile(load_image(Path(ROOT / "images" / "cpu.yaml")))
     final = text.split("# --- stage 2")[1]

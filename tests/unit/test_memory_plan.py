@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from runner.errors import UnsupportedError  # noqa: E402
+from runner.core.errors import UnsupportedError  # noqa: E402
 from runner.train.memory import GIB, Checkpointing, Profile, candidates, choose  # noqa: E402
 
 # 8 layers keeping 100 KiB per token each, 2 KiB/token of layer input, 60 KiB/token outside.
@@ -46,7 +46,7 @@ def test_a_cap_nothing_fits_stops_with_what_it_would_take():
 def test_optimizer_state_and_gradients_are_split_as_zero_splits_them():
     import torch
 
-    from runner.spec.job import JobSpec
+    from runner.core.jobspec.job import JobSpec
     from runner.train.memory import static_bytes
 
     model = torch.nn.Sequential(torch.nn.Linear(100, 100, bias=False), torch.nn.Linear(100, 100, bias=False))

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("jieba", reason="the eval dependencies (.[train]) are not installed")
 
-from runner.train.metrics import corpus, scores, words  # noqa: E402
+from runner.train.tools.scores import corpus, scores, words  # noqa: E402
 
 
 def test_english_splits_at_whitespace_chinese_into_jieba_words():

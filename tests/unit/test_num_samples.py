@@ -8,8 +8,8 @@ import json
 import shutil
 from pathlib import Path
 
-from runner.spec import load_job, resolve
-from runner.train.data import draw, load
+from runner.core.data.readers import draw, load
+from runner.core.jobspec import load_job, resolve
 from tests.conftest import ROOT
 
 

@@ -8,9 +8,9 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from runner.render.deepspeed import render_deepspeed
-from runner.render.launch import render_launch
-from runner.spec import JobSpec
+from runner.core.deepspeed import render_deepspeed
+from runner.core.jobspec import JobSpec
+from runner.core.launch import render_launch
 from tests.conftest import ROOT
 
 GOLDEN = ROOT / "tests" / "golden"
@@ -79,7 +79,7 @@ def test_deepspeed_config_is_accepted_by_transformers():
 
 
 def test_container_config_golden():
-    from runner.render.container import render_container
+    from runner.host.render.container import render_container
 
     job = spec(
         image="cpu",
@@ -102,7 +102,7 @@ def test_container_config_golden():
 
 
 def test_cpu_job_requests_no_gpu_and_multi_node_uses_host_network():
-    from runner.render.container import render_container
+    from runner.host.render.container import render_container
 
     assert render_container(spec(resources={"gpus": 0}), RUN, 1, 1, "R")["device_requests"] == []
     two = spec(resources={"gpus": "all", "nodes": 2})
@@ -112,7 +112,7 @@ def test_cpu_job_requests_no_gpu_and_multi_node_uses_host_network():
 
 def test_compose_golden():
     """A 2-GPU job: torchrun with 2 processes, as submit runs it; gid 50 quoted (YAML 1.1)."""
-    from runner.render.compose import render_compose
+    from runner.host.render.compose import render_compose
 
     job = spec(image="cpu", resources={"gpus": 2, "shm": "32g"}, output={"dir": "/out"},
                distributed={"nccl": {"p2p_disable": True}})  # fmt: skip
@@ -129,7 +129,7 @@ def test_compose_golden():
 
 def test_hosts_golden():
     """Four 8-GPU hosts under ZeRO-3: one docker run each, node ranks 0-3, node 0 the rendezvous."""
-    from runner.render.container import render_hosts
+    from runner.host.render.container import render_hosts
 
     job = spec(image="default", resources={"gpus": "all", "nodes": 4, "procs_per_node": 8},
                distributed={"deepspeed": {"zero": 3}, "master_port": 29400})  # fmt: skip
@@ -147,9 +147,9 @@ def test_hosts_golden():
 
 def test_every_launch_form_carries_the_spec_nccl_settings(monkeypatch):
     """p2p_disable: true reaches the container, the compose file and the local process."""
-    from runner.execute.local import LocalExecutor
-    from runner.render.compose import compose_service
-    from runner.render.container import render_container
+    from runner.host.execute.local import LocalExecutor
+    from runner.host.render.compose import compose_service
+    from runner.host.render.container import render_container
 
     job = spec(resources={"gpus": 0, "procs_per_node": 2}, distributed={"nccl": {"p2p_disable": True}})
     assert render_container(job, RUN, 1, 1, "R")["environment"]["NCCL_P2P_DISABLE"] == "1"
@@ -161,14 +161,14 @@ def test_every_launch_form_carries_the_spec_nccl_settings(monkeypatch):
 
 @pytest.mark.parametrize(("gpus", "visible"), [(0, ""), (1, "0"), (2, "0,1"), ([2, 5], "2,5"), ("all", None)])
 def test_the_local_process_sees_the_gpus_the_spec_asks_for(gpus, visible):
-    from runner.render.launch import visible_devices
+    from runner.core.launch import visible_devices
 
     assert visible_devices(spec(resources={"gpus": gpus})) == visible
 
 
 def test_more_gpus_than_the_host_has_is_one_message():
-    from runner.errors import RunError
-    from runner.execute.gpus import require_gpus
+    from runner.core.errors import RunError
+    from runner.host.execute.gpus import require_gpus
 
     two = ["NVIDIA GeForce RTX 4090"] * 2
     require_gpus(spec(resources={"gpus": [0, 1]}), two, "this machine")
@@ -179,7 +179,7 @@ def test_more_gpus_than_the_host_has_is_one_message():
 
 
 def test_deepspeed_on_cpu_uses_its_cpu_backend_and_torchrun_waits_for_a_stop():
-    from runner.render.launch import launch_env
+    from runner.core.launch import launch_env
 
     env = launch_env(spec(resources={"gpus": 0}, distributed={"deepspeed": {"zero": 2}}), [])
     assert env["DS_ACCELERATOR"] == "cpu" and env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "3600"
@@ -204,7 +204,7 @@ def test_deepspeed_on_cpu_uses_its_cpu_backend_and_torchrun_waits_for_a_stop():
     ],
 )
 def test_nccl_policy(gpus, names, nccl, expected):
-    from runner.render.nccl import nccl_env
+    from runner.core.nccl import nccl_env
 
     assert nccl_env(spec(resources={"gpus": gpus}, distributed={"nccl": nccl}), names) == expected
 
@@ -217,8 +217,8 @@ def test_deepspeed_always_goes_through_the_launcher():
 def test_deepspeeds_compiled_ops_go_to_the_shells_cache_or_the_outputs(monkeypatch):
     """A local run uses the TORCH_EXTENSIONS_DIR its shell set (compiled once for every run);
     without one, and in a container, OUTPUT/.cache/torch_extensions."""
-    from runner.execute.local import LocalExecutor
-    from runner.render.container import render_container
+    from runner.host.execute.local import LocalExecutor
+    from runner.host.render.container import render_container
 
     job = spec(resources={"gpus": 0, "procs_per_node": 2}, distributed={"deepspeed": {"zero": 2}})
     outputs = f"{job.output.dir}/.cache/torch_extensions"
@@ -232,8 +232,8 @@ def test_deepspeeds_compiled_ops_go_to_the_shells_cache_or_the_outputs(monkeypat
 def test_ppo_mounts_its_reward_model_run_with_the_base_and_adapter_it_names(tmp_path):
     """An rm run's adapter/ is read with its run's spec.yaml (the base it trained on, the sft
     adapter it merged): the container sees all of them, read-only."""
-    from runner.render.container import render_container
-    from runner.render.launch import read_only_paths
+    from runner.core.launch import read_only_paths
+    from runner.host.render.container import render_container
 
     rm_run = tmp_path / "out" / "rm" / "20261130-000000-abcd"
     (rm_run / "adapter").mkdir(parents=True)

@@ -11,7 +11,7 @@ import pytest
 def test_runner_wheel_builds_without_an_index_and_reproducibly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from runner.build.image import runner_wheel
+    from runner.host.images.build import runner_wheel
 
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # as on the air-gapped side: no index,
     (tmp_path / "links").mkdir()

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from runner.execute.runs import RunRecord, latest_run, loss_summary, new_run_dir, read_record
+from runner.core.rundir import RunRecord, latest_run, loss_summary, new_run_dir, read_record
 
 
 def test_run_dirs_are_never_reused(tmp_path):
@@ -23,7 +23,7 @@ def test_loss_summary(tmp_path):
 
 
 def test_failures_are_explained(tmp_path):
-    from runner.execute.runs import explain_failure
+    from runner.core.rundir import explain_failure
 
     (tmp_path / "train.log").write_text(
         "...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import SpecError
-from runner.spec import load_job, resolve, to_yaml
-from runner.spec.job import JobSpec
-from runner.spec.yaml_loader import dotted, load_yaml
+from runner.core.errors import SpecError
+from runner.core.jobspec import load_job, resolve, to_yaml
+from runner.core.jobspec.job import JobSpec
+from runner.core.jobspec.yaml_loader import dotted, load_yaml
 
 GOOD = """\
 name: ok
@@ -79,7 +79,7 @@ def test_resolved_yaml_round_trips(tmp_path):
 def test_schema_covers_the_whole_product():
     stages = JobSpec.model_fields["stage"].annotation.__args__
     assert set(stages) == {"pt", "sft", "rm", "dpo", "kto", "ppo", "eval"}
-    from runner.spec.job import METHODS
+    from runner.core.jobspec.job import METHODS
 
     assert set(METHODS) == {"full", "freeze", "lora", "qlora", "prefix", "ptuning", "prompt", "ia3"}
 
@@ -102,7 +102,7 @@ def test_ppo_reward_model_resolves_as_model_adapter_does(tmp_path, monkeypatch):
     (an sft run) is refused, naming it."""
     import json
 
-    from runner.execute.runs import RunRecord, new_run_dir, register
+    from runner.core.rundir import RunRecord, new_run_dir, register
 
     monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
     runs = {}

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.build.lock import seal
-from runner.build.wheels import MANIFEST, WheelhouseError, verify, write_manifest
+from runner.host.images.lock import seal
+from runner.host.images.wheels import MANIFEST, WheelhouseError, verify, write_manifest
 from tests.conftest import ROOT, runner_cli
 
 WHEELS = {"alpha-1.0-py3-none-any.whl": b"alpha's wheel", "beta-2.1-py3-none-any.whl": b"beta's wheel"}
@@ -38,7 +38,7 @@ def lock_text(wheels: dict[str, bytes]) -> str:
 @pytest.fixture
 def project(tmp_path: Path):
     """images/cpu.yaml, its sealed lock, and a wheelhouse filled for it (offline_wheels/cpu)."""
-    from runner.spec import load_image
+    from runner.core.jobspec import load_image
 
     (tmp_path / "images").mkdir()
     shutil.copy(ROOT / "images" / "cpu.yaml", tmp_path / "images" / "cpu.yaml")
@@ -118,7 +118,7 @@ def test_the_untouched_wheelhouse_passes(project):
 
 @pytest.mark.parametrize("tamper", CASES, ids=[c.__name__ for c in CASES])
 def test_tampering_is_refused_at_build_and_verify(project, tamper, tmp_path: Path):
-    from runner.build.image import make_context
+    from runner.host.images.build import make_context
 
     root, spec, lock_file, out = project
     named = tamper(lock_file, out, spec)
@@ -143,7 +143,7 @@ def test_reliability_figures():
 def test_wheels_after_a_new_lock_keep_only_its_wheels(project, monkeypatch):
     """A lock that moved a package to another version (or dropped one): `runner wheels` leaves
     the wheelhouse with this lock's wheels alone, so the image never installs both versions."""
-    from runner.build import wheels
+    from runner.host.images import wheels
 
     root, spec, lock_file, out = project
     (out / "alpha-0.9-py3-none-any.whl").write_bytes(b"the wheel an earlier lock pinned")

@@ -1,0 +1,157 @@
+"""What a job's process is, whatever starts it: the command line, its environment, and the host
+paths it reads and writes.
+
+Every launch form is a projection of these three: the local executor runs the argv with the
+environment; a container (submit, compose, one `docker run` per host) mounts the paths at the
+same paths inside, so the resolved spec needs no rewriting and run records hold host paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePath
+
+from runner.core.jobspec.job import JobSpec
+from runner.core.nccl import nccl_policy
+from runner.core.offline import OFFLINE_ENV
+
+# torchrun gives its workers 30 s after a SIGTERM, then kills them, which can cut a checkpoint
+# save short. It waits this long instead, so the grace a stop gives (`runner stop --timeout`,
+# `docker stop -t`) is the one that counts.
+SHUTDOWN_GRACE_S = 3600
+
+
+def procs_per_node(spec: JobSpec) -> int | str:
+    """Processes on each machine: as asked, else one per GPU ('gpu' lets torchrun count them)."""
+    r = spec.resources
+    if r.procs_per_node:
+        return r.procs_per_node
+    if r.gpus == "all":
+        return "gpu"
+    if isinstance(r.gpus, list):
+        return len(r.gpus)
+    return max(r.gpus, 1)
+
+
+def uses_launcher(spec: JobSpec) -> bool:
+    # DeepSpeed expects the launcher's environment (RANK, MASTER_ADDR, ...) even for one process.
+    nproc = procs_per_node(spec)
+    return spec.resources.nodes > 1 or nproc != 1 or spec.distributed.deepspeed is not None
+
+
+def render_launch(
+    spec: JobSpec, run_dir: PurePath | None, python: str = "python", spec_file: PurePath | None = None
+) -> list[str]:
+    """argv that runs the training entrypoint: one process, or torchrun for several/nodes.
+
+    Without a run directory the entrypoint creates one itself (rank 0 does, for every rank)."""
+    if run_dir is None and spec_file is None:
+        raise ValueError("a launch needs the run directory or the spec file")
+    spec_file = spec_file or run_dir / "spec.yaml"  # type: ignore[operator]
+    entry = ["-m", "runner.train", str(spec_file), *(["--run-dir", str(run_dir)] if run_dir else [])]
+    if not uses_launcher(spec):
+        return [python, *entry]
+    argv = [python, "-m", "torch.distributed.run", f"--nproc-per-node={procs_per_node(spec)}"]
+    if spec.resources.nodes == 1:
+        # The loopback address, not the hostname: a container without network cannot resolve it.
+        argv += ["--standalone", "--local-addr=127.0.0.1"]
+    else:
+        d = spec.distributed
+        argv += [f"--nnodes={spec.resources.nodes}", f"--node-rank={d.node_rank}",
+                 f"--master-addr={d.master_addr}", f"--master-port={d.master_port}"]  # fmt: skip
+    return argv + entry
+
+
+def launch_env(spec: JobSpec, gpu_names: list[str] | None) -> dict[str, str]:
+    """The job's environment. `gpu_names`: the GPUs the job will see, or None where they are not
+    known yet (a compose file): NCCL's `auto` settings are then decided in the job's process."""
+    env = dict(OFFLINE_ENV)
+    env.update({key: value for key, value, _ in nccl_policy(spec, gpu_names)})
+    if spec.distributed.deepspeed is not None and spec.resources.gpus == 0:
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU backend (gloo): ZeRO on CPU processes
+    if uses_launcher(spec):
+        env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = str(SHUTDOWN_GRACE_S)
+    if spec.distributed.deepspeed is not None and (cache := cache_path(spec)):
+        # DeepSpeed compiles its ops (cpu_adam for offload, CPU collectives) on first use; kept
+        # in the writable cache, a container compiles them once per output directory, not per run.
+        env["TORCH_EXTENSIONS_DIR"] = str(PurePath(cache) / "torch_extensions")
+    return env
+
+
+def visible_devices(spec: JobSpec) -> str | None:
+    """CUDA_VISIBLE_DEVICES for a process on the host: exactly the GPUs the spec asks for."""
+    gpus = spec.resources.gpus
+    if gpus == "all":
+        return None
+    if isinstance(gpus, list):
+        return ",".join(str(i) for i in gpus)
+    return ",".join(str(i) for i in range(gpus))  # 0 GPUs: "" hides every GPU
+
+
+def read_only_paths(spec: JobSpec) -> list[str]:
+    """Model, adapter, data and ppo's reward model: what the job reads and must never write."""
+    paths = [spec.model.path, *(d.path for d in spec.data.datasets)]
+    paths += [spec.model.adapter] if spec.model.adapter else []
+    if spec.stage == "ppo" and spec.ppo.reward_model:
+        paths += reward_model_inputs(spec.ppo.reward_model)
+    return list(dict.fromkeys(paths))
+
+
+def reward_model_inputs(reward_model: str) -> list[str]:
+    """What stage ppo reads to build its reward model (runner/train/stages/ppo.py): an rm run's adapter/
+    with the run directory whose spec.yaml names the base it trained on and the sft adapter it
+    merged, and those two; another adapter or a whole model is its own directory."""
+    from ruamel.yaml import YAML
+
+    adapter = PurePath(reward_model)
+    run_spec = Path(adapter.parent) / "spec.yaml"
+    if not (Path(reward_model) / "adapter_config.json").is_file() or not run_spec.is_file():
+        return [reward_model]
+    try:
+        model = (YAML(typ="safe").load(run_spec.read_text(encoding="utf-8")) or {}).get("model") or {}
+    except (OSError, ValueError, AttributeError):
+        return [str(adapter.parent)]
+    return [
+        str(adapter.parent),
+        *(p for p in (model.get("path"), model.get("adapter")) if isinstance(p, str)),
+    ]
+
+
+def cache_path(spec: JobSpec) -> str | None:
+    """Where tokenized data is kept between runs (shared by the jobs of one output.dir)."""
+    return str(PurePath(spec.output.dir) / ".cache") if spec.data.cache else None
+
+
+def mounts(spec: JobSpec, run_dir: PurePath | None, spec_file: PurePath | None = None) -> dict[str, str]:
+    """Host path -> "ro" or "rw": inputs read-only; with a run directory, it and the data cache
+    writable; without one (the entrypoint makes it), the output directory."""
+    paths = {p: "ro" for p in read_only_paths(spec)}
+    if spec_file is not None:
+        paths[str(spec_file)] = "ro"
+    if run_dir is None:
+        paths[spec.output.dir] = "rw"
+        return paths
+    paths[str(run_dir)] = "rw"
+    if cache := cache_path(spec):
+        paths[cache] = "rw"
+    return paths
+
+
+def render_chat(run_dir: PurePath, message: str | None, system: str | None = None) -> list[str]:
+    """Module and arguments of a chat with a run's result (run as `python -m` + these)."""
+    argv = ["runner.train.tools.chat", str(run_dir)]
+    argv += ["--system", system] if system is not None else []
+    return argv + (["--message", message] if message is not None else [])
+
+
+def at_rendezvous(spec: JobSpec, node_rank: str, master_addr: str, master_port: str | None = None) -> JobSpec:
+    """The launch of one node of a multi-node job whose scheduler decides, per node, the node rank
+    and the rendezvous address (and port): given here as the references the scheduler fills in
+    (`$(PET_NODE_RANK)` for Kubernetes, a shell variable for Slurm). One node: the spec as is."""
+    if spec.resources.nodes == 1:
+        return spec
+    node = spec.model_copy(deep=True)
+    node.distributed.node_rank = node_rank  # type: ignore[assignment]  (a reference, not a number)
+    node.distributed.master_addr = master_addr
+    if master_port is not None:
+        node.distributed.master_port = master_port  # type: ignore[assignment]
+    return node

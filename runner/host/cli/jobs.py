@@ -1,0 +1,307 @@
+"""Commands on a job spec: validate, convert, preview, plan, submit, compose, render."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from runner.core.errors import RunError, RunnerError, SpecError
+from runner.host.cli.common import (
+    image_option,
+    load_spec,
+    note_root,
+    report,
+    sink,
+    spec_problem,
+    warn_if_not_loaded,
+)
+
+
+@click.command()
+@click.argument("jobs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--no-data", is_flag=True, help="Do not read the records of the data (its files are still checked)."
+)
+def validate(jobs: tuple[str, ...], no_data: bool) -> None:
+    """Check job specs, and read their data; report every problem with its file:line:col."""
+    from runner.core.jobspec import load_job
+    from runner.core.jobspec.checks import reading_data
+
+    problems = []
+    for job in jobs:
+        try:
+            with reading_data(not no_data):
+                load_job(job)
+            click.echo(f"ok  {job}")
+        except SpecError as e:
+            problems += e.problems
+    if problems:
+        raise SpecError(problems)
+
+
+@click.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
+              help="Write the job spec here instead of printing it.")  # fmt: skip
+def convert(config: str, out: str | None) -> None:
+    """Turn a LLaMA-Factory training YAML into a runner job spec; list what does not carry over."""
+    from runner.core.jobspec.convert import ConvertError, convert, dump
+    from runner.core.jobspec.yaml_loader import load_yaml
+
+    source = load_yaml(config, env={})
+    if source.data is None:
+        raise SpecError(source.problems)
+    try:
+        spec, notes = convert(source.data, Path(config).name, Path(config).parent)
+    except ConvertError as e:
+        raise RunnerError(f"{config}: {e}") from None
+    text = dump(spec, notes, config)
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}; check it with: runner validate {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+    for note in notes:
+        click.echo(f"{'not carried over' if note.at is None else 'note'}: {note}", err=True)
+
+
+@click.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--executor", type=click.Choice(["docker", "local"]), default="docker", show_default=True,
+              help="Show what this executor would run.")  # fmt: skip
+@image_option
+def plan(job: str, executor: str, image: str | None) -> None:
+    """Show the resolved spec and the exact command a submit would run."""
+    import os
+    import shlex
+
+    from runner.core import nccl
+    from runner.core.jobspec import to_yaml
+    from runner.core.launch import launch_env, render_launch, visible_devices
+    from runner.host.execute.gpus import host_gpu_names, visible_names
+    from runner.host.render.container import docker_run_argv, render_container
+
+    spec = load_spec(job, image)
+    run_dir = Path(spec.output.dir) / spec.name / "<run-id>"
+    names = visible_names(host_gpu_names(), spec) if spec.resources.gpus != 0 else []
+    click.echo(f"# resolved spec of {job}")
+    click.echo(to_yaml(spec))
+    click.echo("# NCCL")
+    for line in nccl.explain(spec, names):
+        click.echo(line)
+    if executor == "local":
+        click.echo("# environment (over this shell's)")
+        devices = visible_devices(spec)
+        extra = {"CUDA_VISIBLE_DEVICES": devices} if devices is not None else {}
+        for key, value in {**launch_env(spec, names), **extra}.items():
+            click.echo(f"{key}={value}")
+        click.echo("# command")
+        click.echo(shlex.join(render_launch(spec, run_dir, python=sys.executable)))
+        return
+    click.echo("# command (the docker executor; runner submit starts this container through the engine)")
+    config = render_container(spec, run_dir, os.getuid(), os.getgid(), "<run-id>", names)
+    click.echo(shlex.join(docker_run_argv(config)))
+
+
+@click.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", type=click.Path(file_okay=False), default=None,
+              help="Directory for docker-compose.yml and the resolved spec [default: OUTPUT_DIR/NAME/compose].")  # fmt: skip
+@image_option
+def compose(job: str, out: str | None, image: str | None) -> None:
+    """Render a compose file that runs JOB with `docker compose up` (no runner needed there)."""
+    import os
+
+    from runner.core import nccl
+    from runner.core.jobspec import to_yaml
+    from runner.host.render.compose import render_compose
+    from runner.host.render.container import image_ref
+
+    spec = load_spec(job, image)
+    target = Path(out).resolve() if out else Path(spec.output.dir) / spec.name / "compose"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        Path(spec.output.dir).mkdir(parents=True, exist_ok=True)  # yours, not made by docker as root
+        spec_file = target / f"{spec.name}.yaml"
+        spec_file.write_text(to_yaml(spec), encoding="utf-8")
+        (target / "docker-compose.yml").write_text(
+            render_compose(spec, spec_file, os.getuid(), os.getgid()), encoding="utf-8"
+        )
+    except OSError as e:
+        raise RunError(f"cannot write the compose files to {target}: {e.strerror}") from None
+    click.echo(f"{target / 'docker-compose.yml'}")
+    for line in nccl.explain(spec, None):
+        click.echo(f"  {line}")
+    warn_if_not_loaded(image_ref(spec))
+    note_root(spec)
+    click.echo(f"run it: cd {target} && docker compose up --exit-code-from {spec.name}")
+
+
+@click.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--target", type=click.Choice(["hosts", "k8s", "slurm"]), required=True,
+              help="hosts: one `docker run` per host; k8s: Kubeflow Trainer manifests; slurm: an sbatch script.")  # fmt: skip
+@click.option("--hostfile", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="hosts: one host per line (node 0 first; `host slots=N` as DeepSpeed writes it is fine).")  # fmt: skip
+@click.option("--api", type=click.Choice(["v2", "v1"]), default="v2", show_default=True,
+              help="k8s: v2 a TrainJob (Kubeflow Trainer), v1 a PyTorchJob (training operator).")  # fmt: skip
+@click.option("-o", "--output", "out", type=click.Path(), default=None,
+              help="k8s: write the manifests to this file [default: print them]; slurm: the directory for "
+              "the script and the resolved spec [default: OUTPUT_DIR/NAME/slurm].")  # fmt: skip
+@image_option
+def render(job: str, target: str, hostfile: str | None, api: str, out: str | None, image: str | None) -> None:
+    """Render JOB for another engine: hosts without runner, Kubernetes or Slurm.
+
+    hosts creates a run directory and prints the `docker run` each host runs; k8s and slurm
+    leave the run directory to the job (each apply or sbatch is a new run)."""
+    if target == "hosts":
+        _render_hosts(job, hostfile, image)
+    elif target == "k8s":
+        _render_k8s(job, api, out, image)
+    else:
+        _render_slurm(job, out, image)
+
+
+def _render_hosts(job: str, hostfile: str | None, image: str | None) -> None:
+    import os
+
+    from runner.core.rundir import prepare
+    from runner.host.execute.docker import hand_over
+    from runner.host.render.container import render_hosts
+
+    if hostfile is None:
+        raise click.UsageError("--target hosts needs --hostfile FILE (one host per line, node 0 first)")
+    hosts = _hosts(Path(hostfile))
+    nodes = load_spec(job, image).resources.nodes
+    if nodes != len(hosts):
+        raise spec_problem(job, ("resources", "nodes"), f"is {nodes} but {hostfile} lists {len(hosts)} host(s); "
+                  f"list {nodes} there (node 0 first) or set resources.nodes: {len(hosts)}")  # fmt: skip
+    record, spec = prepare(job, image=image)
+    record.update(executor="hosts")
+    hand_over(record, spec)
+    click.echo(render_hosts(spec, Path(record.run_dir), hosts, os.getuid(), os.getgid(), record.id), nl=False)
+
+
+def _launch_id() -> str:
+    import secrets
+    import time
+
+    return f"{time.strftime('%m%d%H%M')}-{secrets.token_hex(2)}"
+
+
+def _render_k8s(job: str, api: str, out: str | None, image: str | None) -> None:
+    import os
+
+    from runner.host.render.k8s import ClusterInputError, check_image, render_k8s, to_text
+
+    spec = load_spec(
+        job, image, files=False
+    )  # the model and data are on the cluster; the job checks them there
+    try:
+        check_image(spec, (Path.cwd() / "images" / f"{spec.image}.yaml").is_file())
+        text = to_text(spec, render_k8s(spec, os.getuid(), os.getgid(), _launch_id(), api), api)
+    except ClusterInputError as e:
+        raise spec_problem(job, e.loc, e.message) from None
+    note_root(spec)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(out).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise RunError(f"cannot write {out}: {e.strerror}") from None
+    click.echo(f"{out}\napply it: kubectl apply -f {out}")
+
+
+def _render_slurm(job: str, out: str | None, image: str | None) -> None:
+    import os
+
+    from runner.core.jobspec import to_yaml
+    from runner.host.render.k8s import ClusterInputError
+    from runner.host.render.slurm import default_image_note, render_slurm
+
+    spec = load_spec(job, image, files=False)  # the nodes' storage may not be mounted here; the job checks it
+    target = Path(out).resolve() if out else Path(spec.output.dir) / spec.name / "slurm"
+    spec_file = target / f"{spec.name}.yaml"
+    try:
+        script = render_slurm(spec, spec_file, os.getuid(), os.getgid())
+    except ClusterInputError as e:
+        raise spec_problem(job, e.loc, e.message) from None
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        spec_file.write_text(to_yaml(spec), encoding="utf-8")
+        (target / f"{spec.name}.sbatch").write_text(script, encoding="utf-8")
+    except OSError as e:
+        raise RunError(f"cannot write the Slurm files to {target}: {e.strerror}") from None
+    click.echo(f"{target / f'{spec.name}.sbatch'}")
+    if note := default_image_note(spec):
+        click.echo(f"the image file, made once on a node that has the image loaded: {note}")
+    note_root(spec)
+    click.echo(f"run it: sbatch {target / f'{spec.name}.sbatch'}")
+
+
+def _hosts(path: Path) -> list[str]:
+    hosts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        host = line.split()[0]
+        if not all(c.isalnum() or c in ".-_:" for c in host):
+            raise RunError(f"{path}:{n}: '{host}' is not a host name or address")
+        hosts.append(host)
+    if not hosts:
+        raise RunError(f"{path} lists no host")
+    return hosts
+
+
+@click.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--executor", type=click.Choice(["docker", "local"]), default="docker", show_default=True,
+              help="docker: in the job's image (GPUs, read-only inputs, no network); local: a process here.")  # fmt: skip
+@click.option("--detach", "-d", is_flag=True, help="Start and return; follow with `runner logs ID -f`.")
+@image_option
+def submit(job: str, executor: str, detach: bool, image: str | None) -> None:
+    """Validate JOB, create a new run directory and train."""
+    from runner.host.execute.submit import submit as do_submit
+
+    record = do_submit(job, executor, sink, detach=detach, image=image)
+    if detach:
+        click.echo(f"run {record.id}: started in container {record.container} -> {record.run_dir}")
+        click.echo(f"  runner logs {record.id} -f    runner stop {record.id}")
+        return
+    report(record)
+
+
+@click.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option(
+    "-n", "count", default=3, show_default=True, type=click.IntRange(min=0), help="Examples to show."
+)
+def preview(job: str, count: int) -> None:
+    """Show what training will see: N examples with their trained tokens marked, and the data's
+    figures (rows, tokens, records per dataset, samples dropped by cutoff_len). Runs the job's
+    own tokenization here (its cache is shared with training)."""
+    import os
+    import subprocess
+
+    from runner.core.jobspec import load_job
+    from runner.core.offline import OFFLINE_ENV
+
+    load_job(job)  # every problem of the spec, before any library loads
+    color = "always" if sys.stdout.isatty() else "never"
+    argv = [sys.executable, "-m", "runner.train.tools.preview", job, "-n", str(count), "--color", color]
+    sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
+
+
+COMMANDS = (
+    validate,
+    convert,
+    plan,
+    compose,
+    render,
+    submit,
+    preview,
+)

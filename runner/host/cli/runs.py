@@ -1,0 +1,98 @@
+"""Commands on runs: ls, status, logs, stop, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from runner.host.cli.common import (
+    record_of,
+    report,
+    sink,
+)
+
+
+@click.command("ls")
+def list_runs() -> None:
+    """Every run this user submitted, newest last."""
+    from runner.core.rundir import all_runs
+
+    rows = all_runs()
+    for r in rows:
+        if r.status == "running":
+            r = record_of(r.id)
+        click.echo(f"{r.id:<22} {r.name:<20} {r.status:<10} {r.executor:<7} {r.run_dir}")
+    if not rows:
+        click.echo("no runs yet")
+
+
+@click.command()
+@click.argument("run_id")
+def status(run_id: str) -> None:
+    """A run's state, exit code, cause and loss so far."""
+    import json as _json
+    from dataclasses import asdict
+
+    record = record_of(run_id)
+    click.echo(_json.dumps(asdict(record), indent=2, ensure_ascii=False))
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the run ends.")
+def logs(run_id: str, follow: bool) -> None:
+    """Print a run's log (train.log), and with -f follow it while the run goes on."""
+    import time
+
+    record = record_of(run_id)
+    path = Path(record.run_dir) / "train.log"
+    offset = 0
+    while True:
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+                offset += len(chunk)
+                sink(chunk)
+        if not follow or record.status != "running":
+            break
+        time.sleep(1)
+        record = record_of(run_id)
+    if follow:
+        click.echo(f"run {record.id}: {record.status} (exit {record.exit_code})")
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--timeout", default=300, show_default=True, help="Seconds to wait for the checkpoint.")
+def stop(run_id: str, timeout: int) -> None:
+    """Stop a detached run: it saves a checkpoint, then exits; `runner resume` continues it."""
+    from runner.host.docker_api import Docker
+    from runner.host.execute.docker import stop as do_stop
+
+    record = do_stop(record_of(run_id), Docker(), timeout)
+    click.echo(f"run {record.id}: {record.status} (exit {record.exit_code})")
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--detach", "-d", is_flag=True, help="Start and return.")
+def resume(run_id: str, detach: bool) -> None:
+    """Continue a stopped or failed run from its newest complete checkpoint, in place."""
+    from runner.host.execute.submit import resume as do_resume
+
+    record = do_resume(record_of(run_id), sink, detach)
+    if detach:
+        click.echo(f"run {record.id}: resumed in container {record.container}")
+        return
+    report(record)
+
+
+COMMANDS = (
+    list_runs,
+    status,
+    logs,
+    stop,
+    resume,
+)

@@ -1,0 +1,58 @@
+"""The `stage: eval` spec that evaluates a finished run (host side: no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.core.errors import RunError
+
+
+def is_eval_spec(path: str | Path) -> bool:
+    from runner.core.jobspec.yaml_loader import load_yaml
+
+    data = load_yaml(path, env=None).data
+    return isinstance(data, dict) and data.get("stage") == "eval"
+
+
+def eval_spec_for(
+    record, data: str | None = None, fmt: str = "alpaca", max_samples: int | None = None,
+    max_new_tokens: int | None = None,
+) -> Path:  # fmt: skip
+    """Write the eval spec of a run's result (beside the evaluation runs) and return its path:
+    the run's model, its data (or `data`), its generation defaults."""
+    from runner.core.jobspec import load_job, to_yaml
+    from runner.core.jobspec.job import DatasetSpec, DataSpec, DistributedSpec
+
+    run_dir = Path(record.run_dir)
+    spec = load_job(run_dir / "spec.yaml", files=False)
+    if spec.stage == "eval":
+        raise RunError(f"run {record.id} is an evaluation; evaluate the run it evaluated")
+    model = spec.model.model_copy()
+    if (run_dir / "adapter" / "adapter_config.json").exists():
+        model.adapter = str(run_dir / "adapter")
+    elif (run_dir / "model" / "config.json").exists():
+        model.path, model.adapter = str(run_dir / "model"), None
+    else:
+        raise RunError(f"run {record.id} has no result (no adapter/ or model/ in {run_dir}); "
+                       "only a run that finished training can be evaluated")  # fmt: skip
+    source = spec.data
+    if data:
+        source = source.model_copy(update={
+            "datasets": [DatasetSpec(path=str(Path(data).resolve()), format=fmt)], "val_size": 0.0,
+            "mix_probs": None, "max_samples": None,
+        })  # fmt: skip
+    generation = {"max_new_tokens": max_new_tokens or spec.eval.max_new_tokens,
+                  "max_samples": max_samples or spec.eval.max_samples}  # fmt: skip
+    # One process evaluates, on one GPU at most: training's launcher and DeepSpeed stay behind.
+    gpus = spec.resources.gpus
+    gpus = gpus[:1] if isinstance(gpus, list) else (0 if gpus == 0 else 1)
+    resources = spec.resources.model_copy(update={"gpus": gpus, "nodes": 1, "procs_per_node": None})
+    out = spec.model_copy(update={
+        "name": f"{spec.name}-eval", "stage": "eval", "model": model, "data": DataSpec(**source.model_dump()),
+        "eval": spec.eval.model_copy(update=generation), "resources": resources,
+        "distributed": DistributedSpec(),
+    })  # fmt: skip
+    path = Path(spec.output.dir) / out.name / f"{record.id}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_yaml(out), encoding="utf-8")
+    return path

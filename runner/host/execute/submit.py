@@ -1,0 +1,51 @@
+"""submit: a validated spec becomes a run directory and a running process."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from runner.core.errors import RunError
+from runner.core.jobspec import load_job
+from runner.core.rundir import RunRecord, prepare
+from runner.host.execute.docker import DockerExecutor
+from runner.host.execute.local import LocalExecutor
+
+EXECUTORS = {"local": LocalExecutor, "docker": DockerExecutor}
+
+
+def submit(
+    spec_path: str | Path, executor: str, sink: Callable[[bytes], None], base: Path | None = None,
+    detach: bool = False, image: str | None = None,
+) -> RunRecord:  # fmt: skip
+    """Run a job to its end (or start it, detached); the record on disk says how it went."""
+    if executor not in EXECUTORS:
+        raise RunError(f"unknown executor '{executor}'; available: {', '.join(EXECUTORS)}")
+    if detach and executor != "docker":
+        raise RunError("--detach needs the docker executor (a container outlives this command)")
+    runner_ = EXECUTORS[executor](sink, tty=sys.stdout.isatty())
+    record, spec = prepare(spec_path, base, runner_, image=image)
+    if detach:
+        runner_.start(record, spec)
+    else:
+        runner_.run(record, spec)
+    return record
+
+
+def resume(record: RunRecord, sink: Callable[[bytes], None], detach: bool = False) -> RunRecord:
+    """Continue a stopped or failed run in place, from its newest complete checkpoint, with the
+    executor it ran on."""
+    if record.status in ("running", "succeeded"):
+        raise RunError(f"run {record.id} is {record.status}; only a stopped or failed run resumes")
+    name = record.executor if record.executor in EXECUTORS else "local"
+    if detach and name != "docker":
+        raise RunError("--detach needs the docker executor (a container outlives this command)")
+    spec = load_job(Path(record.run_dir) / "spec.yaml")
+    executor = EXECUTORS[name](sink, tty=sys.stdout.isatty())
+    executor.check(spec)
+    if detach:
+        executor.start(record, spec, resume=True)
+    else:
+        executor.run(record, spec, resume=True)
+    return record

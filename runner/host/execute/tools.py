@@ -1,0 +1,82 @@
+"""Commands that run a model besides training (chat, export, serve) go through the same
+executor as the run: in its image with the network off, or as a local process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from runner.core.errors import RunError
+from runner.core.launch import cache_path
+from runner.core.offline import OFFLINE_ENV
+from runner.core.rundir import RunRecord
+from runner.host.render.container import render_container
+
+
+def run_tool(
+    record: RunRecord,
+    module_args: list[str],
+    executor: str,
+    sink: Callable[[bytes], None],
+    interactive: bool,
+    writes: tuple[str, ...] = (),
+) -> int:
+    """`python -m <module_args>` for a finished run; the run directory is read-only to it, the
+    directories in `writes` writable."""
+    if executor == "local":
+        return subprocess.call([sys.executable, "-m", *module_args], env={**os.environ, **OFFLINE_ENV})
+    docker, config = tool_container(record, module_args, sink, writes)
+    if interactive:
+        return _attached(config)
+    container = docker.start(config)
+    try:
+        for chunk in container.logs(stream=True, follow=True):
+            sink(chunk)
+        return container.wait()["StatusCode"]
+    finally:
+        container.remove(force=True)
+
+
+def tool_container(
+    record: RunRecord, module_args: list[str], sink: Callable[[bytes], None], writes: tuple[str, ...] = ()
+):
+    """The engine and the container config of a tool: the run's own container (image, user,
+    mounts, no network), one GPU at most, the run directory read-only, `writes` writable."""
+    from runner.core.jobspec import load_job
+    from runner.host.docker_api import Docker
+    from runner.host.execute.docker import DockerExecutor
+
+    spec = load_job(Path(record.run_dir) / "spec.yaml", files=False)
+    docker = Docker()
+    DockerExecutor(sink, docker=docker).check(
+        spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpus": 0})})
+    )
+    config = render_container(
+        spec, Path(record.run_dir), os.getuid(), os.getgid(), f"{record.id}-tool{int(time.time())}"
+    )
+    config.update(command=["python", "-m", *module_args], device_requests=config["device_requests"][:1])
+    config["volumes"][record.run_dir]["mode"] = "ro"
+    config["volumes"].pop(cache_path(spec) or "", None)  # a tool reads the result, no data
+    for path in writes:
+        config["volumes"][path] = {"bind": path, "mode": "rw"}
+    return docker, config
+
+
+def _attached(config: dict) -> int:
+    """The same container, run by the docker command line attached to this terminal (an
+    interactive chat in the image)."""
+    import shutil
+
+    from runner.host.render.container import docker_run_argv
+
+    docker = shutil.which("docker")
+    if docker is None:
+        raise RunError("an interactive chat in the image needs the docker command line; use --executor "
+                       "local, or ask one question with -m MESSAGE")  # fmt: skip
+    argv = docker_run_argv(config)
+    argv[2:2] = ["--interactive", *(["--tty"] if sys.stdin.isatty() else [])]
+    return subprocess.call([docker, *argv[1:]])

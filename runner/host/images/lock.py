@@ -1,0 +1,187 @@
+"""`runner lock IMAGE`: pinned, hashed requirements resolved for the image's platform.
+
+Resolution is done by uv for the target python and platform, not the host's. torch is pinned
+to the version the image uses; when the base image already carries torch, torch and what
+only torch needs are left out of the lock, so an install never replaces the base's CUDA build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from runner.core.errors import RunnerError
+from runner.core.jobspec.image import ImageSpec
+
+EXTRA_REQUIREMENTS = {
+    "trl": "trl>=1.0",
+    "deepspeed": "deepspeed>=0.16",
+    "bitsandbytes": "bitsandbytes>=0.45",
+    "flash-attn": "flash-attn>=2.7",
+    "liger-kernel": "liger-kernel>=0.6",
+}
+REQUIREMENTS_IN = "requirements.in"  # the name the lock's `# via -r` lines show
+_BLOCK = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>\S+)", re.M)
+
+
+class LockError(RunnerError):
+    pass
+
+
+def requirements(spec: ImageSpec) -> list[str]:
+    """What the image must carry: runner's own needs (host and training side) and the extras."""
+    reqs = []
+    for line in metadata.requires("runner") or []:
+        req, _, marker = line.partition(";")
+        if not marker or 'extra == "train"' in marker.replace("'", '"'):
+            reqs.append(req.strip())
+    reqs = [r for r in reqs if not re.match(r"^torch\b", r)]
+    reqs.append(f"torch=={spec.torch}")
+    reqs += [EXTRA_REQUIREMENTS[e] for e in spec.extras]
+    return reqs + list(spec.requirements)
+
+
+def lock_path(images_dir: Path, spec: ImageSpec) -> Path:
+    return images_dir / f"{spec.name}.lock"
+
+
+def spec_hash(spec: ImageSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+
+
+def lock(spec: ImageSpec, images_dir: Path, find_links: list[str] | None = None) -> Path:
+    """Resolve and write images/NAME.lock; returns its path.
+
+    The same resolution gives the same bytes: uv runs inside a scratch directory on
+    `requirements.in` by that relative name, so no temporary path reaches the `# via` lines.
+    """
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    if not Path(uv).exists():
+        raise LockError("runner lock needs uv on the connected machine: pip install uv")
+    links = []
+    for link in find_links or []:
+        if "://" not in link:  # a folder: uv runs elsewhere, so it goes by its absolute path
+            if not Path(link).is_dir():
+                raise LockError(f"--find-links {link}: no such directory")
+            link = str(Path(link).resolve())
+        links.append(link)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / REQUIREMENTS_IN).write_text("\n".join(requirements(spec)) + "\n", encoding="utf-8")
+        argv = [uv, "pip", "compile", REQUIREMENTS_IN, "-o", "lock.txt", "--generate-hashes",
+                "--python-version", spec.python, "--python-platform", spec.platform,
+                "--no-header", "--quiet"]  # fmt: skip
+        for link in links:
+            argv += ["--find-links", link]
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp)
+        if proc.returncode != 0:
+            uv_says = proc.stderr.strip().removeprefix("error: ")
+            message = f"resolving the requirements of image {spec.name} failed:\n{uv_says}"
+            hint = torch_hint(spec, proc.stderr)
+            raise LockError(message + (f"\n{hint}" if hint else ""))
+        text = (Path(tmp) / "lock.txt").read_text(encoding="utf-8")
+    if spec.torch_from == "base":
+        text = drop_with_exclusive_deps(text, "torch")
+    path = lock_path(images_dir, spec)
+    header = (f"# lock of image '{spec.name}' (spec {spec_hash(spec)}), for python {spec.python} on "
+              f"{spec.platform}; written by `runner lock {spec.name}`\n")  # fmt: skip
+    try:
+        path.write_text(seal(header + text), encoding="utf-8")
+    except OSError as e:
+        raise LockError(f"cannot write {path}: {e.strerror}") from None
+    return path
+
+
+_SEAL = "# sha256 of this lock without this line: "
+_SEAL_LINE = re.compile(rf"^{re.escape(_SEAL)}([0-9a-f]{{64}})\n", re.M)
+
+
+def seal(text: str) -> str:
+    """The lock with its own digest as its second line: an edit by hand breaks it."""
+    first, _, rest = text.partition("\n")
+    digest = hashlib.sha256((first + "\n" + rest).encode()).hexdigest()
+    return f"{first}\n{_SEAL}{digest}\n{rest}"
+
+
+def check_seal(path: Path, name: str) -> str | None:
+    """What is wrong with a lock's seal (edited by hand, or written before locks were sealed);
+    None when the lock is as `runner lock` wrote it."""
+    text = path.read_text(encoding="utf-8")
+    m = _SEAL_LINE.search(text)
+    again = f"run `runner lock {name}` again (and `runner wheels {name}`) instead of editing it"
+    if m is None:
+        return f"{path} carries no sha256 of its own, so an edit by hand could not be told; {again}"
+    rest = text[: m.start()] + text[m.end() :]
+    if hashlib.sha256(rest.encode()).hexdigest() != m[1]:
+        return f"{path} was edited by hand: it no longer matches the sha256 in its header; {again}"
+    return None
+
+
+def torch_hint(spec: ImageSpec, stderr: str) -> str | None:
+    """One line on what to pass when uv finds no torch build with a local version (+cpu, +cu124):
+    PyPI carries none of them."""
+    version, plus, build = spec.torch.partition("+")
+    if not plus or not re.search(rf"\btorch(==|\s*\(v?){re.escape(version)}", stderr):
+        return None
+    return (
+        f"hint: torch=={spec.torch} is a PyTorch build that PyPI does not carry: pass the folder that "
+        f"holds its wheel (python {spec.python}, {spec.platform}) with `runner lock {spec.name} "
+        f"--find-links DIR`, or PyTorch's page for the build: "
+        f"`--find-links https://download.pytorch.org/whl/{build}/torch/`"
+    )
+
+
+def parse_lock(text: str) -> dict[str, dict]:
+    """name -> {version, hashes, via} from a uv/pip-compile requirements file with hashes."""
+    entries: dict[str, dict] = {}
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", text)
+    for block in blocks:
+        m = _BLOCK.match(block.strip())
+        if not m:
+            continue
+        via = re.findall(r"#[ \t]+via[ \t]+(\S+)|#[ \t]{3,}(\S+)", block)
+        entries[normalize(m["name"])] = {
+            "name": m["name"],
+            "version": m["version"],
+            "hashes": re.findall(r"--hash=sha256:([0-9a-f]{64})", block),
+            "via": {normalize(a or b) for a, b in via if (a or b) != "via"},
+            "text": block.strip(),
+        }
+    return entries
+
+
+def drop_with_exclusive_deps(text: str, package: str) -> str:
+    """Remove `package`, every entry required only by removed entries, and the CUDA runtime
+    pieces of its closure (nvidia-*, triton): the base image carries exactly those builds."""
+    entries = parse_lock(text)
+    closure = {normalize(package)}
+    changed = True
+    while changed:
+        changed = False
+        for name, e in entries.items():
+            if name not in closure and e["via"] & closure:
+                closure.add(name)
+                changed = True
+    removed = {normalize(package)} | {n for n in closure if n.startswith("nvidia-") or n == "triton"}
+    changed = True
+    while changed:
+        changed = False
+        for name, e in entries.items():
+            if name in removed or not e["via"]:
+                continue
+            if all(v in removed for v in e["via"]):
+                removed.add(name)
+                changed = True
+    kept = [e["text"] for n, e in entries.items() if n not in removed]
+    dropped = ", ".join(sorted(entries[n]["name"] for n in removed if n in entries))
+    return f"# carried by the base image, not locked: {dropped}\n" + "\n".join(kept) + "\n"
+
+
+def normalize(name: str) -> str:
+    """PEP 503 project name: lower case, runs of -_. as one '-'."""
+    return re.sub(r"[-_.]+", "-", name).lower()

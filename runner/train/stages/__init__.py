@@ -1,0 +1,1 @@
+"""One module per stage, each `run(spec, run_dir) -> metrics`."""

@@ -1,0 +1,237 @@
+"""What chat, eval, export and serve load and generate with: a run's result (base + adapter,
+or a fully trained model) or an exported model directory, strictly from local files."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.core.errors import RunnerError
+
+PROMPT_PEFT_TYPES = ("PREFIX_TUNING", "P_TUNING", "PROMPT_TUNING")
+
+
+@dataclass
+class Target:
+    """Where the weights of something to talk to are."""
+
+    base: str  # a model directory (the base of an adapter, or the whole model)
+    adapter: str | None  # a PEFT adapter directory on top of base
+    tokenizer: str  # the directory whose tokenizer (and chat template) to use
+    template: str = "auto"  # the job's model.template, where known
+    trust_remote_code: bool = False
+    name: str = "model"
+    default_system: str | None = None  # the job's model.default_system, where its spec has one
+    # The tokenizer is one a run or an export saved: it carries the job's chat template (and what
+    # the job added to it) already, and is used as it is.
+    saved_tokenizer: bool = False
+
+
+def resolve(path: str | Path) -> Target:
+    """A run directory (its adapter/ or model/), an exported model, or an exported adapter."""
+    path = Path(path)
+    if (path / "run.json").exists():
+        from runner.core.jobspec import load_job
+
+        spec = load_job(path / "spec.yaml", files=False)
+        m = spec.model
+        name = f"{spec.name}/{path.name}"
+        system = getattr(m, "default_system", None)
+        if (path / "adapter" / "adapter_config.json").exists():
+            adapter = path / "adapter"
+            tokenizer = _tokenizer_dir(adapter, m.path)
+            return Target(m.path, str(adapter), tokenizer, m.template, m.trust_remote_code, name, system,
+                          tokenizer != m.path)  # fmt: skip
+        if (path / "model" / "config.json").exists():
+            full = str(path / "model")
+            return Target(full, None, full, m.template, m.trust_remote_code, name, system, True)
+        raise RunnerError(f"run {path.name} has no result (no adapter/ or model/ in {path}); "
+                          "only a run that finished training can be used")  # fmt: skip
+    if (path / "config.json").exists():
+        return Target(str(path), None, str(path), name=path.name, saved_tokenizer=True)
+    if (path / "adapter_config.json").exists():
+        base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))[
+            "base_model_name_or_path"
+        ]
+        if not base or not Path(base, "config.json").exists():
+            raise RunnerError(f"{path} is an adapter whose base model ({base!r}) is not on this machine")
+        tokenizer = _tokenizer_dir(path, base)
+        return Target(base, str(path), tokenizer, name=path.name, saved_tokenizer=tokenizer != base)
+    raise RunnerError(f"{path} is neither a run directory nor a model directory (no run.json, config.json "
+                      "or adapter_config.json)")  # fmt: skip
+
+
+def of_spec(spec) -> Target:
+    """What a job spec names: model.path, with model.adapter on top where given."""
+    m = spec.model
+    tokenizer = _tokenizer_dir(Path(m.adapter), m.path) if m.adapter else m.path
+    # A run's model/ (runner eval of a fully trained run) holds the tokenizer the run saved.
+    saved = tokenizer != m.path or Path(m.path, "..", "run.json").exists()
+    return Target(m.path, m.adapter, tokenizer, m.template, m.trust_remote_code, spec.name,
+                  getattr(m, "default_system", None), saved)  # fmt: skip
+
+
+def prepare_tokenizer(target: Target):
+    """The target's tokenizer with the job's chat template; a saved one is used as it is."""
+    from runner.core.data.templates import apply_template
+    from runner.train.model import load_tokenizer
+
+    tokenizer = load_tokenizer(target.tokenizer, target.trust_remote_code)
+    if not target.saved_tokenizer:
+        extra = {"default_system": target.default_system} if target.default_system is not None else {}
+        apply_template(tokenizer, target.template, **extra)
+    elif not getattr(tokenizer, "chat_template", None):
+        raise RunnerError(f"the tokenizer in {target.tokenizer} has no chat template")
+    return tokenizer
+
+
+def fit_vocabulary(model, tokenizer) -> None:
+    """Grow the base's embeddings to a tokenizer the run added tokens to; the adapter then brings
+    the trained rows (embeddings and head are trained in full when tokens are added)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+
+
+def _tokenizer_dir(adapter: Path, base: str) -> str:
+    return str(adapter) if (adapter / "tokenizer_config.json").exists() else base
+
+
+def peft_type(adapter: str | Path) -> str:
+    return json.loads(Path(adapter, "adapter_config.json").read_text(encoding="utf-8")).get("peft_type", "")
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    stop_ids: list[int]
+    name: str
+    context: int  # the longest sequence the model takes (prompt + answer)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one generation at a time
+
+
+def default_dtype():
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load(path: str | Path, dtype=None) -> Loaded:
+    """Model and tokenizer ready to generate (eval mode, left padding, the chat template)."""
+    return load_target(resolve(path), dtype)
+
+
+def load_target(target: Target, dtype=None) -> Loaded:
+    from transformers import AutoModelForCausalLM
+
+    from runner.core.data.templates import stop_token_ids
+
+    tokenizer = prepare_tokenizer(target)
+    tokenizer.padding_side = "left"  # batched generation continues every row from its end
+    model = AutoModelForCausalLM.from_pretrained(
+        target.base, local_files_only=True, trust_remote_code=target.trust_remote_code,
+        dtype=dtype or default_dtype(),
+    )  # fmt: skip
+    if target.adapter:
+        from peft import PeftModel
+
+        fit_vocabulary(model, tokenizer)
+        model = PeftModel.from_pretrained(model, target.adapter)
+    import torch
+
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    stop = stop_token_ids(tokenizer, target.template)
+    saved = getattr(model.generation_config, "eos_token_id", None)
+    for tid in saved if isinstance(saved, list) else [saved]:
+        if tid is not None and tid not in stop:
+            stop.append(tid)
+    context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
+    return Loaded(model, tokenizer, stop, target.name, int(context))
+
+
+@dataclass
+class Settings:
+    """Generation settings (as in transformers' GenerationConfig)."""
+
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def kwargs(self, loaded: Loaded) -> dict:
+        out = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
+               "repetition_penalty": self.repetition_penalty, "eos_token_id": loaded.stop_ids,
+               "pad_token_id": loaded.tokenizer.pad_token_id, "do_sample": self.do_sample}  # fmt: skip
+        if self.do_sample:
+            out.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        else:  # greedy: no sampling knobs (transformers warns about unused ones)
+            out.update(temperature=None, top_p=None, top_k=None)
+        return out
+
+
+def prompt_ids(loaded: Loaded, messages: list[dict]) -> list[int]:
+    from runner.core.data.templates import render
+
+    text = render(loaded.tokenizer, messages, generation_prompt=True)
+    return loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def generate(loaded: Loaded, conversations: list[list[dict]], settings: Settings) -> list[str]:
+    """One answer per conversation, generated as a left-padded batch."""
+    import torch
+
+    tok = loaded.tokenizer
+    rows = [prompt_ids(loaded, messages) for messages in conversations]
+    batch = tok.pad({"input_ids": rows}, padding=True, return_tensors="pt").to(loaded.model.device)
+    _seed(settings)
+    with loaded.lock, torch.no_grad():
+        out = loaded.model.generate(**batch, **settings.kwargs(loaded))
+    width = batch["input_ids"].shape[1]
+    return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+
+
+def stream(loaded: Loaded, messages: list[dict], settings: Settings) -> Iterator[str]:
+    """The answer's text piece by piece, as the model produces it."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    ids = torch.tensor([prompt_ids(loaded, messages)], device=loaded.model.device)
+    streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with torch.no_grad():
+                loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
+                                      **settings.kwargs(loaded))  # fmt: skip
+        except BaseException as e:  # handed to the reader, which would otherwise wait forever
+            failure.append(e)
+            streamer.end()
+
+    with loaded.lock:
+        _seed(settings)
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        yield from (piece for piece in streamer if piece)
+        thread.join()
+    if failure:
+        raise failure[0]
+
+
+def _seed(settings: Settings) -> None:
+    if settings.do_sample and settings.seed is not None:
+        from transformers import set_seed
+
+        set_seed(settings.seed)
