@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner.core.jobspec import load_image
+from runner.core.jobspec.load import load_image
 from runner.host.docker_api import Docker
 from runner.host.images import build as image_mod
 from runner.host.images.bundle import bundle, load

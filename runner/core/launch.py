@@ -8,11 +8,16 @@ same paths inside, so the resolved spec needs no rewriting and run records hold 
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path, PurePath
 
+from runner.core.deepspeed import render_deepspeed
 from runner.core.jobspec.job import JobSpec
+from runner.core.jobspec.load import load_job, resolve, to_yaml
 from runner.core.nccl import nccl_policy
 from runner.core.offline import OFFLINE_ENV
+from runner.core.rundir import RunRecord, new_run_dir, now, register
 
 # torchrun gives its workers 30 s after a SIGTERM, then kills them, which can cut a checkpoint
 # save short. It waits this long instead, so the grace a stop gives (`runner stop --timeout`,
@@ -155,3 +160,35 @@ def at_rendezvous(spec: JobSpec, node_rank: str, master_addr: str, master_port: 
     if master_port is not None:
         node.distributed.master_port = master_port  # type: ignore[assignment]
     return node
+
+
+# --- a new run: the resolved spec and its rendered configs in a new directory ---------------
+
+
+def prepare(
+    spec_path: str | Path, base: Path | None = None, executor=None, image: str | None = None
+) -> tuple[RunRecord, JobSpec]:
+    """Validate, let the executor refuse what it cannot run, then create the run directory and
+    write the resolved spec (with `image` instead of the spec's, if given). Any refusal happens
+    before anything exists on disk."""
+    base = base or Path.cwd()
+    spec = resolve(load_job(spec_path, base=base), base)
+    if image:
+        spec.image = image
+    if executor is not None:
+        executor.check(spec)
+    run_dir = new_run_dir(spec.output.dir, spec.name)
+    if cache := cache_path(spec):
+        Path(cache).mkdir(exist_ok=True)  # made here, so it belongs to the user, not to a container
+    (run_dir / "spec.yaml").write_text(to_yaml(spec), encoding="utf-8")
+    ds_config = render_deepspeed(spec)
+    if ds_config is not None:
+        (run_dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=2) + "\n", encoding="utf-8")
+    record = RunRecord(
+        id=run_dir.name, name=spec.name, run_dir=str(run_dir), spec_file=str(spec_path),
+        command=render_launch(spec, run_dir, python=sys.executable), created=now(),
+        executor=getattr(executor, "name", "entrypoint"),
+    )  # fmt: skip
+    record.save()
+    register(record)
+    return record, spec

@@ -11,17 +11,13 @@ import json
 import os
 import re
 import secrets
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runner.core import atomic
-from runner.core.deepspeed import render_deepspeed
 from runner.core.errors import NoSuchRunError, RunError
-from runner.core.jobspec import JobSpec, load_job, resolve, to_yaml
-from runner.core.launch import cache_path, render_launch
 
 RECORD = "run.json"
 LOG_NAME = "train.log"
@@ -209,35 +205,3 @@ def _last_error(log_tail: str) -> str | None:
         if line.startswith("error:") or re.match(r"^[A-Za-z_.]*(Error|Exception)\b.*:", line):
             return line[:500] + f" (see {LOG_NAME})"
     return None
-
-
-# --- a new run: the resolved spec and its rendered configs in a new directory ---------------
-
-
-def prepare(
-    spec_path: str | Path, base: Path | None = None, executor=None, image: str | None = None
-) -> tuple[RunRecord, JobSpec]:
-    """Validate, let the executor refuse what it cannot run, then create the run directory and
-    write the resolved spec (with `image` instead of the spec's, if given). Any refusal happens
-    before anything exists on disk."""
-    base = base or Path.cwd()
-    spec = resolve(load_job(spec_path, base=base), base)
-    if image:
-        spec.image = image
-    if executor is not None:
-        executor.check(spec)
-    run_dir = new_run_dir(spec.output.dir, spec.name)
-    if cache := cache_path(spec):
-        Path(cache).mkdir(exist_ok=True)  # made here, so it belongs to the user, not to a container
-    (run_dir / "spec.yaml").write_text(to_yaml(spec), encoding="utf-8")
-    ds_config = render_deepspeed(spec)
-    if ds_config is not None:
-        (run_dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=2) + "\n", encoding="utf-8")
-    record = RunRecord(
-        id=run_dir.name, name=spec.name, run_dir=str(run_dir), spec_file=str(spec_path),
-        command=render_launch(spec, run_dir, python=sys.executable), created=now(),
-        executor=getattr(executor, "name", "entrypoint"),
-    )  # fmt: skip
-    record.save()
-    register(record)
-    return record, spec

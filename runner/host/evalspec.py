@@ -20,8 +20,8 @@ def eval_spec_for(
 ) -> Path:  # fmt: skip
     """Write the eval spec of a run's result (beside the evaluation runs) and return its path:
     the run's model, its data (or `data`), its generation defaults."""
-    from runner.core.jobspec import load_job, to_yaml
     from runner.core.jobspec.job import DatasetSpec, DataSpec, DistributedSpec
+    from runner.core.jobspec.load import load_job, to_yaml
 
     run_dir = Path(record.run_dir)
     spec = load_job(run_dir / "spec.yaml", files=False)

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     record = None
     try:
         run_dir, record = _run_dir(args)
-        from runner.core.jobspec import load_job
+        from runner.core.jobspec.load import load_job
 
         # Checked again here, with what this process really has: in a container, the mounts.
         spec = load_job(run_dir / "spec.yaml", writes=run_dir)
@@ -126,7 +126,7 @@ def _run_dir(args: argparse.Namespace) -> tuple[Path, RunRecord | None]:
                        "(torchrun --standalone or --rdzv-id) to share one run directory")  # fmt: skip
     if rank > 0:
         return _wait_for_run_dir(args.spec, launch_id), None
-    from runner.core.rundir import prepare
+    from runner.core.launch import prepare
 
     record, spec = prepare(args.spec)
     record.update(status="running", started=now(), command=[sys.executable, *sys.orig_argv[1:]])
@@ -140,7 +140,7 @@ def _run_dir(args: argparse.Namespace) -> tuple[Path, RunRecord | None]:
 def _wait_for_run_dir(spec_file: str, launch_id: str, timeout: float = 600) -> Path:
     import time
 
-    from runner.core.jobspec import load_job, resolve
+    from runner.core.jobspec.load import load_job, resolve
 
     spec = resolve(load_job(spec_file, files=False), Path.cwd())  # rank 0 checks it whole
     pointer = Path(spec.output.dir) / spec.name / f".launch-{launch_id}"

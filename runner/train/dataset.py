@@ -22,14 +22,13 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
 from runner.core.data import readers as data
 from runner.core.data.readers import DataError
-from runner.core.data.templates import BUILTIN, IGNORE, encode
+from runner.core.data.templates import BUILTIN, IGNORE, LENGTH, encode
 from runner.core.jobspec.job import JobSpec
 
 log = logging.getLogger(__name__)
 # The preprocessing code, hashed into the key (paths under the runner package).
 CODE = ("core/data/readers.py", "core/data/templates.py", "core/data/preference.py", "train/dataset.py")
 _TOKENIZER_FILES = ("tokenizer", "vocab", "merges", "special_tokens_map", "added_tokens", "chat_template")
-LENGTH = "length"  # tokens per row, kept for length-aware samplers; collators drop it
 STATS = "runner-stats.json"  # the figures of a tokenized set, kept beside it in the cache
 last_stats: dict = {}  # those of the set this process built last (results.json, preview)
 _PARALLEL_FROM = 20_000  # records; below this one process is faster than starting workers

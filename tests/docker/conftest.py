@@ -58,7 +58,7 @@ def wheels_root() -> Path:
 
 @pytest.fixture(scope="session")
 def cpu_spec(images_dir):
-    from runner.core.jobspec import load_image
+    from runner.core.jobspec.load import load_image
 
     return load_image(images_dir / "cpu.yaml")
 

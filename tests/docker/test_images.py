@@ -42,7 +42,7 @@ def test_lock_is_pinned_and_hashed_for_the_target(locked: Path):
 
 
 def test_base_carried_torch_is_left_out_of_the_lock(tmp_path: Path):
-    from runner.core.jobspec import load_image
+    from runner.core.jobspec.load import load_image
     from runner.host.images.lock import lock, parse_lock
 
     shutil.copy(ROOT / "images" / "default.yaml", tmp_path / "default.yaml")

@@ -156,7 +156,7 @@ def test_a_gpu_job_container_keeps_the_lockdown_where_memlock_cannot_be_raised(d
     """A GPU job's container as rendered (raised memlock and stack limits), its device request
     left out: this engine has no NVIDIA runtime, and, nested, may not raise memlock. Started the
     way the executor starts it, the container runs all the same, locked down."""
-    from runner.core.jobspec import JobSpec
+    from runner.core.jobspec.job import JobSpec
     from runner.host.render.container import render_container
 
     spec = JobSpec.model_validate({

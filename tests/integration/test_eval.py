@@ -47,7 +47,7 @@ def test_eval_writes_predictions_and_metrics_that_agree(evaluated: Path):
 
 def test_the_trained_model_has_a_lower_loss_than_its_base(evaluated: Path, lora_run: Path, tmp_path: Path):  # noqa: F811
     """The same evaluation as a `stage: eval` spec, of the untrained base."""
-    from runner.core.jobspec import load_job
+    from runner.core.jobspec.load import load_job
 
     trained = load_job(lora_run / "spec.yaml", files=False)
     spec = tmp_path / "eval.yaml"
@@ -105,14 +105,15 @@ def test_batched_generation_is_left_padded(lora_run: Path):  # noqa: F811
 def test_the_loss_is_the_trainers_on_the_rows_training_held_out(lora_run: Path):  # noqa: F811
     """The validation split is found again (same data, same seed), and its loss is the one the
     Trainer reported at the end of training (results.json)."""
-    from runner.core.jobspec import load_job
+    from runner.core.jobspec.load import load_job
     from runner.core.rundir import read_record
+    from runner.core.target import of_spec
     from runner.host.evalspec import eval_spec_for
     from runner.train.stages import evaluate
     from runner.train.tools import inference
 
     spec = load_job(eval_spec_for(read_record(lora_run)))
-    loaded = inference.load_target(inference.of_spec(spec))
+    loaded = inference.load_target(of_spec(spec))
     _, rows = evaluate.records(spec, loaded.tokenizer)
     assert len(rows) == 4
     ours, tokens = evaluate.loss(loaded, rows, batch_size=3)  # batches of another size: the same mean

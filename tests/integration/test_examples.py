@@ -24,7 +24,7 @@ def test_example_trains_on_the_tiny_model(job: Path, tmp_path, tiny_model, monke
     import torch
 
     from runner.core.errors import UnsupportedError
-    from runner.core.jobspec import load_job, resolve
+    from runner.core.jobspec.load import load_job, resolve
     from runner.core.rundir import new_run_dir
 
     monkeypatch.setenv("MODEL_DIR", str(tiny_model))

@@ -28,7 +28,7 @@ def test_merged_export_reloads_with_the_same_logits(lora_run: Path, tmp_path: Pa
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from runner.core.jobspec import load_job
+    from runner.core.jobspec.load import load_job
 
     out = tmp_path / "exported"
     result = runner_cli("export", str(lora_run), "--out", str(out), "--executor", "local")

@@ -298,7 +298,7 @@ def test_ppo_moves_the_policy_against_a_frozen_reward_model(tmp_path, tiny_model
 
 def test_ppo_reward_model_is_frozen(tmp_path, tiny_model):
     """The reward model ppo loads from an rm run: its adapter and value head merged, nothing trainable."""
-    from runner.core.jobspec import load_job, resolve
+    from runner.core.jobspec.load import load_job, resolve
     from runner.train.model import tokenizer_for
     from runner.train.stages.ppo import load_reward_model
 

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from runner.core.jobspec import JobSpec
+from runner.core.jobspec.job import JobSpec
 from runner.host.render.k8s import render_k8s, to_text
 from runner.host.render.slurm import render_slurm
 from tests.conftest import ROOT, runner_cli

@@ -39,7 +39,7 @@ def test_export_refuses_a_file_as_its_directory(tmp_path: Path):
 
 def test_an_adapter_whose_base_is_missing_is_named(tmp_path: Path):
     from runner.core.errors import RunnerError
-    from runner.train.tools.inference import resolve
+    from runner.core.target import resolve
 
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/nowhere/base"}))
     with pytest.raises(RunnerError, match=r"base model \('/nowhere/base'\) is not on this machine"):

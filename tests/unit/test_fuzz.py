@@ -15,9 +15,8 @@ from ruamel.yaml import YAML
 
 from runner.core.data import readers as data
 from runner.core.errors import SpecError
-from runner.core.jobspec import load_job
 from runner.core.jobspec.job import DatasetSpec, DataSpec
-from runner.core.jobspec.load import load_image
+from runner.core.jobspec.load import load_image, load_job
 
 EXAMPLES = int(os.environ.get("RUNNER_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from runner.core.errors import SpecError
-from runner.core.jobspec import ImageSpec, load_image
 from runner.core.jobspec.compat import base_entry, contradictions
+from runner.core.jobspec.image import ImageSpec
+from runner.core.jobspec.load import load_image
 from runner.host.images.lock import drop_with_exclusive_deps, parse_lock
 from runner.host.render.dockerfile import render_dockerfile
 from tests.conftest import ROOT

@@ -69,7 +69,7 @@ def test_a_torch_build_pypi_lacks_gets_a_hint(tmp_path: Path):
 
 
 def test_torch_hint_names_the_build_and_stays_quiet_otherwise():
-    from runner.core.jobspec import load_image
+    from runner.core.jobspec.load import load_image
     from runner.host.images.lock import torch_hint
 
     spec = load_image(ROOT / "images" / "cpu.yaml")

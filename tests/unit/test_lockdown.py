@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from ruamel.yaml import YAML
 
-from runner.core.jobspec import JobSpec
+from runner.core.jobspec.job import JobSpec
 from runner.host.render import lockdown
 from tests.conftest import ROOT
 
@@ -123,7 +123,7 @@ def test_slurm_scripts():
 
 
 def test_the_dockerfile_leaves_no_setuid_binary():
-    from runner.core.jobspec import load_image
+    from runner.core.jobspec.load import load_image
     from runner.host.render.dockerfile import render_dockerfile
 
     text = render_dockerfile(load_image(Path(ROOT / "images" / "cpu.yaml")))

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from runner.core.data.readers import draw, load
-from runner.core.jobspec import load_job, resolve
+from runner.core.jobspec.load import load_job, resolve
 from tests.conftest import ROOT
 
 

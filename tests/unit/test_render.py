@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from runner.core.deepspeed import render_deepspeed
-from runner.core.jobspec import JobSpec
+from runner.core.jobspec.job import JobSpec
 from runner.core.launch import render_launch
 from tests.conftest import ROOT
 

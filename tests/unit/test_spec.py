@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from runner.core.errors import SpecError
-from runner.core.jobspec import load_job, resolve, to_yaml
 from runner.core.jobspec.job import JobSpec
+from runner.core.jobspec.load import load_job, resolve, to_yaml
 from runner.core.jobspec.yaml_loader import dotted, load_yaml
 
 GOOD = """\

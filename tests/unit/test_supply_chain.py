@@ -38,7 +38,7 @@ def lock_text(wheels: dict[str, bytes]) -> str:
 @pytest.fixture
 def project(tmp_path: Path):
     """images/cpu.yaml, its sealed lock, and a wheelhouse filled for it (offline_wheels/cpu)."""
-    from runner.core.jobspec import load_image
+    from runner.core.jobspec.load import load_image
 
     (tmp_path / "images").mkdir()
     shutil.copy(ROOT / "images" / "cpu.yaml", tmp_path / "images" / "cpu.yaml")

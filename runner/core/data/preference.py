@@ -23,8 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from runner.core.data import readers as data
-from runner.core.data.readers import DataError
+from runner.core.data import records as data
+from runner.core.data.records import DataError
+from runner.core.data.templates import LENGTH
 from runner.core.jobspec.job import DatasetSpec
 
 Converter = Callable[[Any, DatasetSpec, tuple, str], dict]
@@ -64,7 +65,7 @@ def _labelled(record: Any, ds: DatasetSpec, origin: tuple, where: str, fmt: str)
     _need(record, ds, origin, where, ("kto_tag",), "kto")
     if fmt == "alpaca":
         prompt = data.alpaca_prompt(record, ds, origin, where, "kto")
-        answer = data._text(record, ds, origin, where, "output", stage="kto")
+        answer = data.text_field(record, ds, origin, where, "output", stage="kto")
     else:
         messages = data.sharegpt_messages(record, ds, origin, where, "kto")
         prompt, answer = messages[:-1], messages[-1]["content"]
@@ -76,7 +77,7 @@ def _need(
 ) -> None:
     """One message for a record that lacks the preference fields altogether: what the stage needs."""
     if not isinstance(record, dict):
-        return  # data._field says what it is
+        return  # data.field says what it is
     columns = [ds.columns.get(f, f) for f in fields]
     missing = [c for c in columns if c not in record]
     if not missing:
@@ -87,13 +88,13 @@ def _need(
     else:
         what = (f"stage {stage} needs preference pairs: columns '{columns[0]}' (the better answer) and "
                 f"'{columns[1]}' (the worse one)")  # fmt: skip
-    _, fix = data._missing(ds, [str(k) for k in record], where, stage)
-    raise data._error(origin, f"{what}; it has {have}. Add them, or {fix}")
+    _, fix = data.missing_columns(ds, [str(k) for k in record], where, stage)
+    raise data.record_error(origin, f"{what}; it has {have}. Add them, or {fix}")
 
 
 def _answer(record: Any, ds: DatasetSpec, origin: tuple, where: str, key: str, fmt: str, stage: str) -> str:
     """chosen or rejected: text (alpaca), or one assistant message (sharegpt; text is accepted)."""
-    value = data._field(record, ds, key, origin, where, stage=stage)
+    value = data.field(record, ds, key, origin, where, stage=stage)
     column = ds.columns.get(key, key)
     if fmt == "sharegpt" and isinstance(value, dict):
         role_keys, content_keys = data.turn_keys(ds)
@@ -104,15 +105,15 @@ def _answer(record: Any, ds: DatasetSpec, origin: tuple, where: str, key: str, f
             or content is None
             or isinstance(content, (dict, list))
         ):
-            raise data._error(
+            raise data.record_error(
                 origin, f"'{column}' must be the assistant's message, e.g. {{\"from\": \"gpt\", \"value\": "
                 f"\"...\"}} (got {value!r:.80}); map other names in {where}.tags",
             )  # fmt: skip
         value = content
     if isinstance(value, (dict, list)):
-        raise data._error(origin, f"'{column}' must be text, got {data._kind(value)}")
+        raise data.record_error(origin, f"'{column}' must be text, got {data.kind_of(value)}")
     if not str(value).strip():
-        raise data._error(origin, f"'{column}' is empty; give it text, or drop the record")
+        raise data.record_error(origin, f"'{column}' is empty; give it text, or drop the record")
     return str(value)
 
 
@@ -125,7 +126,7 @@ def _tag(record: dict, ds: DatasetSpec, origin: tuple) -> bool:
         return value.strip().lower() in ("true", "1")
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise data._error(origin, f"'{column}' must be true (a desirable answer) or false (an undesirable "
+    raise data.record_error(origin, f"'{column}' must be true (a desirable answer) or false (an undesirable "
                               f"one), got {value!r:.40}")  # fmt: skip
 
 
@@ -176,8 +177,6 @@ def encode_batch(batch: dict[str, list], tokenizer, stage: str, cutoff_len: int,
     """Rows for `stage` (datasets.map, batched): dpo: prompt_ids, chosen_ids, rejected_ids; rm: chosen_ids
     and rejected_ids, each the whole sequence; kto: prompt_ids, completion_ids, label; ppo: input_ids,
     the prompt."""
-    from runner.train.dataset import LENGTH
-
     if stage == "ppo":
         prompts = [encode_prompt(tokenizer, item["prompt"], cutoff_len) for item in batch["item"]]
         kept = [ids for ids in prompts if ids is not None]

@@ -12,10 +12,10 @@ import json
 from dataclasses import dataclass
 
 from runner.core.errors import RunnerError
-from runner.core.jobspec.checks import missing_controls
 from runner.core.jobspec.job import CONTROL_TOKENS
 
 IGNORE = -100
+LENGTH = "length"  # tokens per row, kept for length-aware samplers; collators drop it
 
 
 @dataclass(frozen=True)
@@ -233,3 +233,14 @@ def _tokenize(tokenizer, text: str, pieces: list[tuple[str, bool]], *, offsets: 
         for i in range(same, len(ids)):
             owner[i] = k
     return ids, owner
+
+
+def missing_controls(template: str, missing: list[str], where: str) -> str:
+    listed = ", ".join(repr(t) for t in missing)
+    return (
+        f"template {template} needs {listed} as special tokens, which the tokenizer at {where} "
+        f"lacks: they would be trained as plain text pieces and chat would never stop at the end "
+        f"of a turn. Choose the template made for this model (or auto, the tokenizer's own), or "
+        f"add them to model.add_special_tokens: [{', '.join(json.dumps(t) for t in missing)}] (the "
+        f"embeddings grow to match and train with the method)"
+    )

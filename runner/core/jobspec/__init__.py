@@ -1,7 +1,3 @@
-"""Specs: parse (YAML with positions) -> validate (every problem at once) -> resolve."""
-
-from runner.core.jobspec.image import ImageSpec
-from runner.core.jobspec.job import JobSpec
-from runner.core.jobspec.load import load_image, load_job, resolve, to_yaml, validate
-
-__all__ = ["ImageSpec", "JobSpec", "load_image", "load_job", "resolve", "to_yaml", "validate"]
+"""Specs: parse (YAML with positions, yaml_loader) -> validate (every problem at once: the schema in
+job and image, the cross-field and file checks in checks) -> resolve (load). Import from the
+modules themselves: this package re-exports nothing, so importing one of them loads no other."""

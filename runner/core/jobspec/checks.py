@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.core.data import registry
+from runner.core.data.templates import missing_controls
 from runner.core.jobspec.job import CONTROL_TOKENS, DATA_FORMATS, PROMPT_LEARNING, TEMPLATES
 from runner.core.jobspec.yaml_loader import Loc
 
@@ -661,17 +662,6 @@ def _check_output(value: Any, base: Path, found: Found, writes: Path | None = No
             (("output", "dir"),
              f"'{shown}' is not a writable directory; choose another output.dir or fix its "
              "permissions"))  # fmt: skip
-
-
-def missing_controls(template: str, missing: list[str], where: str) -> str:
-    listed = ", ".join(repr(t) for t in missing)
-    return (
-        f"template {template} needs {listed} as special tokens, which the tokenizer at {where} "
-        f"lacks: they would be trained as plain text pieces and chat would never stop at the end "
-        f"of a turn. Choose the template made for this model (or auto, the tokenizer's own), or "
-        f"add them to model.add_special_tokens: [{', '.join(json.dumps(t) for t in missing)}] (the "
-        f"embeddings grow to match and train with the method)"
-    )
 
 
 def _vocabulary(model_dir: Path) -> set[str]:

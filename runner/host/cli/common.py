@@ -19,7 +19,7 @@ image_option = click.option(
 def load_spec(job: str, image: str | None, files: bool = True):
     """The resolved spec; --image replaces the spec's image. `files=False`: the schema only, for
     a job whose files are where it will run (a cluster's volumes), not here."""
-    from runner.core.jobspec import load_job, resolve
+    from runner.core.jobspec.load import load_job, resolve
 
     spec = resolve(load_job(job, files=files), Path.cwd())
     if image:

@@ -19,7 +19,7 @@ _find_links = click.option(
 @_find_links
 def lock(image: str, find_links: tuple[str, ...]) -> None:
     """Resolve IMAGE's requirements for its platform into images/IMAGE.lock (pinned, hashed)."""
-    from runner.core.jobspec import load_image
+    from runner.core.jobspec.load import load_image
     from runner.host.images.lock import lock as do_lock
     from runner.host.images.lock import parse_lock
 
@@ -33,7 +33,7 @@ def lock(image: str, find_links: tuple[str, ...]) -> None:
 @_find_links
 def wheels(image: str, verify: bool, find_links: tuple[str, ...]) -> None:
     """Fill offline_wheels/IMAGE/ with every wheel the lock needs (or --verify it)."""
-    from runner.core.jobspec import load_image
+    from runner.core.jobspec.load import load_image
     from runner.host.images.wheels import WheelhouseError, fill
     from runner.host.images.wheels import verify as check
 
@@ -52,7 +52,7 @@ def wheels(image: str, verify: bool, find_links: tuple[str, ...]) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Do not stream the build log.")
 def build(image: str, quiet: bool) -> None:
     """Build IMAGE from its wheelhouse with the network off for every step."""
-    from runner.core.jobspec import load_image
+    from runner.core.jobspec.load import load_image
     from runner.host.images.build import build as do_build
 
     built = do_build(

@@ -26,8 +26,8 @@ from runner.host.cli.common import (
 )
 def validate(jobs: tuple[str, ...], no_data: bool) -> None:
     """Check job specs, and read their data; report every problem with its file:line:col."""
-    from runner.core.jobspec import load_job
     from runner.core.jobspec.checks import reading_data
+    from runner.core.jobspec.load import load_job
 
     problems = []
     for job in jobs:
@@ -78,7 +78,7 @@ def plan(job: str, executor: str, image: str | None) -> None:
     import shlex
 
     from runner.core import nccl
-    from runner.core.jobspec import to_yaml
+    from runner.core.jobspec.load import to_yaml
     from runner.core.launch import launch_env, render_launch, visible_devices
     from runner.host.execute.gpus import host_gpu_names, visible_names
     from runner.host.render.container import docker_run_argv, render_container
@@ -115,7 +115,7 @@ def compose(job: str, out: str | None, image: str | None) -> None:
     import os
 
     from runner.core import nccl
-    from runner.core.jobspec import to_yaml
+    from runner.core.jobspec.load import to_yaml
     from runner.host.render.compose import render_compose
     from runner.host.render.container import image_ref
 
@@ -167,7 +167,7 @@ def render(job: str, target: str, hostfile: str | None, api: str, out: str | Non
 def _render_hosts(job: str, hostfile: str | None, image: str | None) -> None:
     import os
 
-    from runner.core.rundir import prepare
+    from runner.core.launch import prepare
     from runner.host.execute.docker import hand_over
     from runner.host.render.container import render_hosts
 
@@ -218,7 +218,7 @@ def _render_k8s(job: str, api: str, out: str | None, image: str | None) -> None:
 def _render_slurm(job: str, out: str | None, image: str | None) -> None:
     import os
 
-    from runner.core.jobspec import to_yaml
+    from runner.core.jobspec.load import to_yaml
     from runner.host.render.k8s import ClusterInputError
     from runner.host.render.slurm import default_image_note, render_slurm
 
@@ -287,7 +287,7 @@ def preview(job: str, count: int) -> None:
     import os
     import subprocess
 
-    from runner.core.jobspec import load_job
+    from runner.core.jobspec.load import load_job
     from runner.core.offline import OFFLINE_ENV
 
     load_job(job)  # every problem of the spec, before any library loads

@@ -23,7 +23,7 @@ def run_of(ref: str):
     from runner.core.rundir import find_run, latest_run
 
     if Path(ref).is_file():
-        from runner.core.jobspec import load_job
+        from runner.core.jobspec.load import load_job
 
         spec = load_job(ref, files=False)
         return latest_run(spec.output.dir, spec.name)
@@ -50,9 +50,8 @@ def export(run: str, out: str | None, force: bool, dtype: str, executor: str | N
 
     RUN is a run directory, a run id, or a job spec (its latest succeeded run). Prefix, P-Tuning
     and prompt-tuning adapters cannot merge: the adapter is exported with how to load it."""
+    from runner.core.target import check_out, resolve
     from runner.host.execute.tools import run_tool
-    from runner.train.tools.export import check_out
-    from runner.train.tools.inference import resolve
 
     record = run_of(run)
     resolve(record.run_dir)  # a run without a result is refused here, before anything starts
@@ -152,7 +151,7 @@ def serve(target: str, host: str, port: int, api_key: str | None, name: str | No
     import os
 
     from runner.core.offline import OFFLINE_ENV
-    from runner.train.tools.inference import resolve
+    from runner.core.target import resolve
 
     exported = Path(target, "config.json").exists() or Path(target, "adapter_config.json").exists()
     record = None if exported else run_of(target)
@@ -205,7 +204,7 @@ def chat(run: str, message: str | None, system: str | None, executor: str | None
         argv = [sys.executable, "-m", *render_chat(Path(run).resolve(), message, system)]
         sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
     if Path(run).is_file():
-        from runner.core.jobspec import load_job
+        from runner.core.jobspec.load import load_job
 
         spec = load_job(run)
         record = latest_run(spec.output.dir, spec.name)

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner.core.errors import RunError
-from runner.core.jobspec import load_job
-from runner.core.rundir import RunRecord, prepare
+from runner.core.jobspec.load import load_job
+from runner.core.launch import prepare
+from runner.core.rundir import RunRecord
 from runner.host.execute.docker import DockerExecutor
 from runner.host.execute.local import LocalExecutor
 

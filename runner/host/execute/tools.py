@@ -46,7 +46,7 @@ def tool_container(
 ):
     """The engine and the container config of a tool: the run's own container (image, user,
     mounts, no network), one GPU at most, the run directory read-only, `writes` writable."""
-    from runner.core.jobspec import load_job
+    from runner.core.jobspec.load import load_job
     from runner.host.docker_api import Docker
     from runner.host.execute.docker import DockerExecutor
 

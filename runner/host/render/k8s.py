@@ -109,7 +109,7 @@ def spec_file(spec: JobSpec) -> PurePosixPath:
 
 
 def config_map(spec: JobSpec, name: str) -> dict[str, Any]:
-    from runner.core.jobspec import to_yaml
+    from runner.core.jobspec.load import to_yaml
 
     data = {spec_file(spec).name: to_yaml(spec)}
     if (ds := render_deepspeed(spec)) is not None:

@@ -90,6 +90,7 @@ def run(spec: JobSpec, run_dir: Path) -> dict:
     import os
 
     from runner.core.data.templates import render
+    from runner.core.target import of_spec
     from runner.train.tools import inference
     from runner.train.tools import scores as metrics
     from runner.train.trainer import seed_everything
@@ -97,7 +98,7 @@ def run(spec: JobSpec, run_dir: Path) -> dict:
     if int(os.environ.get("RANK", "0")) != 0:
         return {}  # one process evaluates; others a launcher started have nothing to do
     seed_everything(spec)
-    loaded = inference.load_target(inference.of_spec(spec))
+    loaded = inference.load_target(of_spec(spec))
     conversations, rows = records(spec, loaded.tokenizer)
     batch = spec.training.per_device_eval_batch_size
     log.info("evaluating %s on %d record(s)", loaded.name, len(rows))

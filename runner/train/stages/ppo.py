@@ -98,7 +98,7 @@ def _reward_base(path: Path, spec: JobSpec) -> tuple[str | None, list[str]]:
         return None, []
     run_spec = path.parent / "spec.yaml"
     if run_spec.is_file():  # an rm run's adapter/: its own base and the sft adapter it merged
-        from runner.core.jobspec import load_job
+        from runner.core.jobspec.load import load_job
 
         rm = load_job(run_spec, files=False)
         return rm.model.path, [rm.model.adapter] if rm.model.adapter else []

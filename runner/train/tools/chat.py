@@ -20,7 +20,7 @@ def load(run_dir: Path):
     import torch  # noqa: F401  (fail here, not halfway, if torch is missing)
     from transformers import AutoModelForCausalLM
 
-    from runner.core.jobspec import load_job
+    from runner.core.jobspec.load import load_job
     from runner.train.model import fit_vocab, load_tokenizer
 
     spec = load_job(run_dir / "spec.yaml", files=False)

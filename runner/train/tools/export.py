@@ -24,23 +24,12 @@ from pathlib import Path
 
 from runner.core import offline
 from runner.core.errors import RunnerError
-from runner.train.tools.inference import PROMPT_PEFT_TYPES, Target, fit_vocabulary, peft_type, resolve
+from runner.core.target import PROMPT_PEFT_TYPES, ExportError, Target, check_out, peft_type, resolve
+from runner.train.tools.inference import fit_vocabulary
 
 log = logging.getLogger(__name__)
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 SHARD = "5GB"
-
-
-class ExportError(RunnerError):
-    exit_code = 2
-
-
-def check_out(out: Path, force: bool) -> None:
-    """Refuse a non-empty OUT unless forced; nothing is written before this passes."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ExportError(f"{out} is not empty; choose a new directory, or pass --force to replace it")
 
 
 def quantized_base(base: str) -> str | None:

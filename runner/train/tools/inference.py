@@ -3,75 +3,13 @@ or a fully trained model) or an exported model directory, strictly from local fi
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.core.errors import RunnerError
-
-PROMPT_PEFT_TYPES = ("PREFIX_TUNING", "P_TUNING", "PROMPT_TUNING")
-
-
-@dataclass
-class Target:
-    """Where the weights of something to talk to are."""
-
-    base: str  # a model directory (the base of an adapter, or the whole model)
-    adapter: str | None  # a PEFT adapter directory on top of base
-    tokenizer: str  # the directory whose tokenizer (and chat template) to use
-    template: str = "auto"  # the job's model.template, where known
-    trust_remote_code: bool = False
-    name: str = "model"
-    default_system: str | None = None  # the job's model.default_system, where its spec has one
-    # The tokenizer is one a run or an export saved: it carries the job's chat template (and what
-    # the job added to it) already, and is used as it is.
-    saved_tokenizer: bool = False
-
-
-def resolve(path: str | Path) -> Target:
-    """A run directory (its adapter/ or model/), an exported model, or an exported adapter."""
-    path = Path(path)
-    if (path / "run.json").exists():
-        from runner.core.jobspec import load_job
-
-        spec = load_job(path / "spec.yaml", files=False)
-        m = spec.model
-        name = f"{spec.name}/{path.name}"
-        system = getattr(m, "default_system", None)
-        if (path / "adapter" / "adapter_config.json").exists():
-            adapter = path / "adapter"
-            tokenizer = _tokenizer_dir(adapter, m.path)
-            return Target(m.path, str(adapter), tokenizer, m.template, m.trust_remote_code, name, system,
-                          tokenizer != m.path)  # fmt: skip
-        if (path / "model" / "config.json").exists():
-            full = str(path / "model")
-            return Target(full, None, full, m.template, m.trust_remote_code, name, system, True)
-        raise RunnerError(f"run {path.name} has no result (no adapter/ or model/ in {path}); "
-                          "only a run that finished training can be used")  # fmt: skip
-    if (path / "config.json").exists():
-        return Target(str(path), None, str(path), name=path.name, saved_tokenizer=True)
-    if (path / "adapter_config.json").exists():
-        base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))[
-            "base_model_name_or_path"
-        ]
-        if not base or not Path(base, "config.json").exists():
-            raise RunnerError(f"{path} is an adapter whose base model ({base!r}) is not on this machine")
-        tokenizer = _tokenizer_dir(path, base)
-        return Target(base, str(path), tokenizer, name=path.name, saved_tokenizer=tokenizer != base)
-    raise RunnerError(f"{path} is neither a run directory nor a model directory (no run.json, config.json "
-                      "or adapter_config.json)")  # fmt: skip
-
-
-def of_spec(spec) -> Target:
-    """What a job spec names: model.path, with model.adapter on top where given."""
-    m = spec.model
-    tokenizer = _tokenizer_dir(Path(m.adapter), m.path) if m.adapter else m.path
-    # A run's model/ (runner eval of a fully trained run) holds the tokenizer the run saved.
-    saved = tokenizer != m.path or Path(m.path, "..", "run.json").exists()
-    return Target(m.path, m.adapter, tokenizer, m.template, m.trust_remote_code, spec.name,
-                  getattr(m, "default_system", None), saved)  # fmt: skip
+from runner.core.target import Target, resolve
 
 
 def prepare_tokenizer(target: Target):
@@ -94,14 +32,6 @@ def fit_vocabulary(model, tokenizer) -> None:
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-
-
-def _tokenizer_dir(adapter: Path, base: str) -> str:
-    return str(adapter) if (adapter / "tokenizer_config.json").exists() else base
-
-
-def peft_type(adapter: str | Path) -> str:
-    return json.loads(Path(adapter, "adapter_config.json").read_text(encoding="utf-8")).get("peft_type", "")
 
 
 @dataclass

@@ -43,7 +43,7 @@ def render(tokenizer, row: dict, color: bool) -> str:
 
 def preview(spec_file: str, n: int, color: bool) -> str:
     from runner.core.data.templates import IGNORE
-    from runner.core.jobspec import load_job, resolve
+    from runner.core.jobspec.load import load_job, resolve
     from runner.train import dataset
     from runner.train.model import tokenizer_for
 
