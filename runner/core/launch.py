@@ -9,15 +9,17 @@ same paths inside, so the resolved spec needs no rewriting and run records hold 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path, PurePath
 
 from runner.core.deepspeed import render_deepspeed
+from runner.core.jobspec.image import image_ref
 from runner.core.jobspec.job import JobSpec
 from runner.core.jobspec.load import load_job, resolve, to_yaml
 from runner.core.nccl import nccl_policy
 from runner.core.offline import OFFLINE_ENV
-from runner.core.rundir import RunRecord, new_run_dir, now, register
+from runner.core.rundir import RunDir, RunRecord, new_record
 
 # torchrun gives its workers 30 s after a SIGTERM, then kills them, which can cut a checkpoint
 # save short. It waits this long instead, so the grace a stop gives (`runner stop --timeout`,
@@ -51,7 +53,7 @@ def render_launch(
     Without a run directory the entrypoint creates one itself (rank 0 does, for every rank)."""
     if run_dir is None and spec_file is None:
         raise ValueError("a launch needs the run directory or the spec file")
-    spec_file = spec_file or run_dir / "spec.yaml"  # type: ignore[operator]
+    spec_file = spec_file or RunDir(run_dir).spec_file  # type: ignore[arg-type]
     entry = ["-m", "runner.train", str(spec_file), *(["--run-dir", str(run_dir)] if run_dir else [])]
     if not uses_launcher(spec):
         return [python, *entry]
@@ -82,6 +84,13 @@ def launch_env(spec: JobSpec, gpu_names: list[str] | None) -> dict[str, str]:
     return env
 
 
+def started_by(launcher: str, spec: JobSpec) -> dict[str, str]:
+    """For a launch whose job creates its own run directory (a compose file, a cluster): what its
+    record says of where it ran, so that later commands on its result (chat, eval, export) run
+    in that image too."""
+    return {"RUNNER_EXECUTOR": launcher, "RUNNER_IMAGE": image_ref(spec.image)}
+
+
 def visible_devices(spec: JobSpec) -> str | None:
     """CUDA_VISIBLE_DEVICES for a process on the host: exactly the GPUs the spec asks for."""
     gpus = spec.resources.gpus
@@ -102,23 +111,13 @@ def read_only_paths(spec: JobSpec) -> list[str]:
 
 
 def reward_model_inputs(reward_model: str) -> list[str]:
-    """What stage ppo reads to build its reward model (runner/train/stages/ppo.py): an rm run's adapter/
-    with the run directory whose spec.yaml names the base it trained on and the sft adapter it
-    merged, and those two; another adapter or a whole model is its own directory."""
-    from ruamel.yaml import YAML
-
-    adapter = PurePath(reward_model)
-    run_spec = Path(adapter.parent) / "spec.yaml"
-    if not (Path(reward_model) / "adapter_config.json").is_file() or not run_spec.is_file():
+    """What stage ppo reads to build its reward model (runner/train/stages/ppo.py): an rm run's
+    adapter/ with the run directory whose spec.yaml names the base it trained on and the sft
+    adapter it merged, and those two; another adapter or a whole model is its own directory."""
+    run = RunDir(PurePath(reward_model).parent)
+    if not (Path(reward_model) / "adapter_config.json").is_file() or not run.spec_file.is_file():
         return [reward_model]
-    try:
-        model = (YAML(typ="safe").load(run_spec.read_text(encoding="utf-8")) or {}).get("model") or {}
-    except (OSError, ValueError, AttributeError):
-        return [str(adapter.parent)]
-    return [
-        str(adapter.parent),
-        *(p for p in (model.get("path"), model.get("adapter")) if isinstance(p, str)),
-    ]
+    return [str(run.path), *(p for p in run.trained_on() if p)]
 
 
 def cache_path(spec: JobSpec) -> str | None:
@@ -170,25 +169,25 @@ def prepare(
 ) -> tuple[RunRecord, JobSpec]:
     """Validate, let the executor refuse what it cannot run, then create the run directory and
     write the resolved spec (with `image` instead of the spec's, if given). Any refusal happens
-    before anything exists on disk."""
+    before anything exists on disk. Without an executor this is the job's own process (a compose
+    file, a cluster): RUNNER_EXECUTOR and RUNNER_IMAGE, set by what launched it, say where it runs."""
     base = base or Path.cwd()
     spec = resolve(load_job(spec_path, base=base), base)
-    if image:
-        spec.image = image
+    launched_in = os.environ.get("RUNNER_IMAGE") if executor is None else None
+    if image or launched_in:
+        spec.image = image or launched_in
     if executor is not None:
         executor.check(spec)
-    run_dir = new_run_dir(spec.output.dir, spec.name)
+    run = RunDir.create(spec.output.dir, spec.name)
     if cache := cache_path(spec):
         Path(cache).mkdir(exist_ok=True)  # made here, so it belongs to the user, not to a container
-    (run_dir / "spec.yaml").write_text(to_yaml(spec), encoding="utf-8")
+    run.spec_file.write_text(to_yaml(spec), encoding="utf-8")
     ds_config = render_deepspeed(spec)
     if ds_config is not None:
-        (run_dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=2) + "\n", encoding="utf-8")
-    record = RunRecord(
-        id=run_dir.name, name=spec.name, run_dir=str(run_dir), spec_file=str(spec_path),
-        command=render_launch(spec, run_dir, python=sys.executable), created=now(),
-        executor=getattr(executor, "name", "entrypoint"),
-    )  # fmt: skip
-    record.save()
-    register(record)
-    return record, spec
+        run.deepspeed_config.write_text(json.dumps(ds_config, indent=2) + "\n", encoding="utf-8")
+    if executor is not None:
+        name, ran_in = executor.name, executor.image_of(spec)
+    else:
+        name, ran_in = os.environ.get("RUNNER_EXECUTOR") or "entrypoint", launched_in
+    command = render_launch(spec, run.path, python=sys.executable)
+    return new_record(run, spec.name, str(spec_path), command, name, ran_in), spec

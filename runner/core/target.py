@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.core.errors import RunnerError
+from runner.core.rundir import ADAPTER, RunDir
 
 PROMPT_PEFT_TYPES = ("PREFIX_TUNING", "P_TUNING", "PROMPT_TUNING")
 
@@ -32,21 +33,21 @@ class Target:
 def resolve(path: str | Path) -> Target:
     """A run directory (its adapter/ or model/), an exported model, or an exported adapter."""
     path = Path(path)
-    if (path / "run.json").exists():
+    if RunDir.holds_run(path):
         from runner.core.jobspec.load import load_job
 
-        spec = load_job(path / "spec.yaml", files=False)
+        run = RunDir(path)
+        spec = load_job(run.spec_file, files=False)
         m = spec.model
         name = f"{spec.name}/{path.name}"
         system = getattr(m, "default_system", None)
-        if (path / "adapter" / "adapter_config.json").exists():
-            adapter = path / "adapter"
-            tokenizer = _tokenizer_dir(adapter, m.path)
-            return Target(m.path, str(adapter), tokenizer, m.template, m.trust_remote_code, name, system,
+        result = run.result()
+        if result is not None and result.name == ADAPTER:
+            tokenizer = _tokenizer_dir(result, m.path)
+            return Target(m.path, str(result), tokenizer, m.template, m.trust_remote_code, name, system,
                           tokenizer != m.path)  # fmt: skip
-        if (path / "model" / "config.json").exists():
-            full = str(path / "model")
-            return Target(full, None, full, m.template, m.trust_remote_code, name, system, True)
+        if result is not None:
+            return Target(str(result), None, str(result), m.template, m.trust_remote_code, name, system, True)
         raise RunnerError(f"run {path.name} has no result (no adapter/ or model/ in {path}); "
                           "only a run that finished training can be used")  # fmt: skip
     if (path / "config.json").exists():
@@ -68,7 +69,7 @@ def of_spec(spec) -> Target:
     m = spec.model
     tokenizer = _tokenizer_dir(Path(m.adapter), m.path) if m.adapter else m.path
     # A run's model/ (runner eval of a fully trained run) holds the tokenizer the run saved.
-    saved = tokenizer != m.path or Path(m.path, "..", "run.json").exists()
+    saved = tokenizer != m.path or RunDir.holds_run(Path(m.path).parent)
     return Target(m.path, m.adapter, tokenizer, m.template, m.trust_remote_code, spec.name,
                   getattr(m, "default_system", None), saved)  # fmt: skip
 

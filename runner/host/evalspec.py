@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.core.errors import RunError
+from runner.core.rundir import ADAPTER
 
 
 def is_eval_spec(path: str | Path) -> bool:
@@ -23,18 +24,19 @@ def eval_spec_for(
     from runner.core.jobspec.job import DatasetSpec, DataSpec, DistributedSpec
     from runner.core.jobspec.load import load_job, to_yaml
 
-    run_dir = Path(record.run_dir)
-    spec = load_job(run_dir / "spec.yaml", files=False)
+    run = record.dir
+    spec = load_job(run.spec_file, files=False)
     if spec.stage == "eval":
         raise RunError(f"run {record.id} is an evaluation; evaluate the run it evaluated")
     model = spec.model.model_copy()
-    if (run_dir / "adapter" / "adapter_config.json").exists():
-        model.adapter = str(run_dir / "adapter")
-    elif (run_dir / "model" / "config.json").exists():
-        model.path, model.adapter = str(run_dir / "model"), None
-    else:
-        raise RunError(f"run {record.id} has no result (no adapter/ or model/ in {run_dir}); "
+    result = run.result()
+    if result is None:
+        raise RunError(f"run {record.id} has no result (no adapter/ or model/ in {run.path}); "
                        "only a run that finished training can be evaluated")  # fmt: skip
+    if result.name == ADAPTER:
+        model.adapter = str(result)
+    else:
+        model.path, model.adapter = str(result), None
     source = spec.data
     if data:
         source = source.model_copy(update={

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from runner.core import offline
 from runner.core.errors import RunError, RunnerError, SpecError
-from runner.core.rundir import STOP_MARK, STOPPED, RunRecord, now
+from runner.core.rundir import STOPPED, RunDir, RunRecord, launch_pointer, now
 
 STAGES = {"sft": "runner.train.stages.sft", "pt": "runner.train.stages.pt", "dpo": "runner.train.stages.dpo",
           "rm": "runner.train.stages.rm", "kto": "runner.train.stages.kto", "ppo": "runner.train.stages.ppo",
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", help="existing run directory to write into")
     args = parser.parse_args(argv)
     if args.run_dir and os.environ.get("RUNNER_TEE") == "1":
-        _tee(Path(args.run_dir) / "train.log")
+        _tee(RunDir(args.run_dir).log)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         from runner.core.jobspec.load import load_job
 
         # Checked again here, with what this process really has: in a container, the mounts.
-        spec = load_job(run_dir / "spec.yaml", writes=run_dir)
+        spec = load_job(RunDir(run_dir).spec_file, writes=run_dir)
         _launch_env(spec)
         stage = importlib.import_module(STAGES[spec.stage])
         metrics = stage.run(spec, run_dir)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     if metrics.get("stopped"):
         if int(os.environ.get("RANK", "0")) == 0:
-            (run_dir / STOP_MARK).write_text(f"{metrics['global_step']}\n", encoding="utf-8")
+            RunDir(run_dir).stop_mark.write_text(f"{metrics['global_step']}\n", encoding="utf-8")
         if record:
             record.update(status="stopped", exit_code=STOPPED, ended=now())
         return STOPPED
@@ -131,8 +131,7 @@ def _run_dir(args: argparse.Namespace) -> tuple[Path, RunRecord | None]:
     record, spec = prepare(args.spec)
     record.update(status="running", started=now(), command=[sys.executable, *sys.orig_argv[1:]])
     if world > 1:
-        pointer = Path(spec.output.dir) / spec.name / f".launch-{launch_id}"
-        pointer.write_text(record.run_dir, encoding="utf-8")
+        launch_pointer(spec.output.dir, spec.name, launch_id).write_text(record.run_dir, encoding="utf-8")
     print(f"run directory: {record.run_dir}")
     return Path(record.run_dir), record
 
@@ -143,7 +142,7 @@ def _wait_for_run_dir(spec_file: str, launch_id: str, timeout: float = 600) -> P
     from runner.core.jobspec.load import load_job, resolve
 
     spec = resolve(load_job(spec_file, files=False), Path.cwd())  # rank 0 checks it whole
-    pointer = Path(spec.output.dir) / spec.name / f".launch-{launch_id}"
+    pointer = launch_pointer(spec.output.dir, spec.name, launch_id)
     deadline = time.time() + timeout
     while not pointer.exists():
         if time.time() > deadline:

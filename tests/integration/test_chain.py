@@ -88,13 +88,13 @@ def test_sft_then_dpo_and_rm_from_the_sft_run(tmp_path, tiny_model):
 
 
 def test_a_run_that_cannot_be_continued_is_refused(tmp_path, tiny_model):
-    from runner.core.rundir import RunRecord, new_run_dir
+    from runner.core.rundir import RunDir, RunRecord
 
     out = tmp_path / "out"
     env = {"MODEL_DIR": str(tiny_model), "OUTPUT_DIR": str(out)}
-    failed = new_run_dir(out, "chain-sft")
+    failed = RunDir.create(out, "chain-sft").path
     RunRecord(id=failed.name, name="chain-sft", run_dir=str(failed), spec_file="x", status="failed").save()
-    full = new_run_dir(out, "full-sft")
+    full = RunDir.create(out, "full-sft").path
     RunRecord(id=full.name, name="full-sft", run_dir=str(full), spec_file="x", status="succeeded").save()
     (full / "model").mkdir()
     (full / "model" / "config.json").write_text("{}")

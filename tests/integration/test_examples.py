@@ -25,7 +25,7 @@ def test_example_trains_on_the_tiny_model(job: Path, tmp_path, tiny_model, monke
 
     from runner.core.errors import UnsupportedError
     from runner.core.jobspec.load import load_job, resolve
-    from runner.core.rundir import new_run_dir
+    from runner.core.rundir import RunDir
 
     monkeypatch.setenv("MODEL_DIR", str(tiny_model))
     monkeypatch.setenv("OUTPUT_DIR", str(tmp_path / "out"))
@@ -34,7 +34,7 @@ def test_example_trains_on_the_tiny_model(job: Path, tmp_path, tiny_model, monke
     spec.training.max_steps, spec.training.save_steps = 2, 1000
     spec.resources.gpus, spec.distributed.deepspeed = 0, None
     spec.ppo.response_length = 8
-    run_dir = new_run_dir(spec.output.dir, spec.name)
+    run_dir = RunDir.create(spec.output.dir, spec.name).path
     stage = importlib.import_module(f"runner.train.{spec.stage}")
     if spec.method.type == "qlora" and not torch.cuda.is_available():
         with pytest.raises(UnsupportedError, match="needs a CUDA GPU; none is visible here"):

@@ -51,10 +51,11 @@ def test_method_trains_saves_reloads_generates(name: str, tmp_path: Path, tiny_m
             assert trainable == sum(v.numel() for k, v in original.items() if k.startswith("model.layers.1."))
         else:
             assert "model.layers.0.self_attn.q_proj.weight" in changed
-    from runner.train.tools.chat import load, reply
+    from runner.train.tools.inference import Settings, generate, load
 
-    spec_obj, model, tokenizer = load(run_dir)
-    answer = reply(spec_obj, model, tokenizer, [{"role": "user", "content": "你是谁？"}], max_new_tokens=4)
+    (answer,) = generate(
+        load(run_dir), [[{"role": "user", "content": "你是谁？"}]], Settings(max_new_tokens=4)
+    )
     assert isinstance(answer, str)
 
 

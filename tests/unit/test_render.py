@@ -154,7 +154,7 @@ def test_every_launch_form_carries_the_spec_nccl_settings(monkeypatch):
     job = spec(resources={"gpus": 0, "procs_per_node": 2}, distributed={"nccl": {"p2p_disable": True}})
     assert render_container(job, RUN, 1, 1, "R")["environment"]["NCCL_P2P_DISABLE"] == "1"
     assert compose_service(job, PurePosixPath("/c/job.yaml"), 1, 1)["environment"]["NCCL_P2P_DISABLE"] == "1"
-    env = LocalExecutor(print).environment(job)
+    env = LocalExecutor(print).plan(job, RUN).env
     assert env["NCCL_P2P_DISABLE"] == "1" and env["CUDA_VISIBLE_DEVICES"] == ""
     assert "NCCL_IB_DISABLE" not in env  # auto, and no GPUs: nothing to turn off
 
@@ -223,9 +223,9 @@ def test_deepspeeds_compiled_ops_go_to_the_shells_cache_or_the_outputs(monkeypat
     job = spec(resources={"gpus": 0, "procs_per_node": 2}, distributed={"deepspeed": {"zero": 2}})
     outputs = f"{job.output.dir}/.cache/torch_extensions"
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
-    assert LocalExecutor(print).environment(job)["TORCH_EXTENSIONS_DIR"] == outputs
+    assert LocalExecutor(print).plan(job, RUN).env["TORCH_EXTENSIONS_DIR"] == outputs
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/home/me/.cache/ops")
-    assert LocalExecutor(print).environment(job)["TORCH_EXTENSIONS_DIR"] == "/home/me/.cache/ops"
+    assert "TORCH_EXTENSIONS_DIR" not in LocalExecutor(print).plan(job, RUN).env  # the shell's stays
     assert render_container(job, RUN, 1, 1, "R")["environment"]["TORCH_EXTENSIONS_DIR"] == outputs
 
 

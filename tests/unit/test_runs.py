@@ -1,17 +1,17 @@
 from __future__ import annotations
 
-from runner.core.rundir import RunRecord, latest_run, loss_summary, new_run_dir, read_record
+from runner.core.rundir import RunDir, RunRecord, latest_run, loss_summary, read_record
 
 
 def test_run_dirs_are_never_reused(tmp_path):
-    dirs = {new_run_dir(tmp_path, "job") for _ in range(30)}
+    dirs = {RunDir.create(tmp_path, "job").path for _ in range(30)}
     assert len(dirs) == 30
     assert all(d.parent == tmp_path / "job" for d in dirs)
 
 
 def test_record_round_trip_and_latest(tmp_path):
     for status in ("succeeded", "failed"):
-        d = new_run_dir(tmp_path, "job")
+        d = RunDir.create(tmp_path, "job").path
         RunRecord(id=d.name, name="job", run_dir=str(d), spec_file="j.yaml", status=status).save()
     assert read_record(d).status == "failed"
     assert latest_run(tmp_path, "job").status == "succeeded"

@@ -102,12 +102,12 @@ def test_ppo_reward_model_resolves_as_model_adapter_does(tmp_path, monkeypatch):
     (an sft run) is refused, naming it."""
     import json
 
-    from runner.core.rundir import RunRecord, new_run_dir, register
+    from runner.core.rundir import RunDir, RunRecord, register
 
     monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
     runs = {}
     for name, task in (("rm", "SEQ_CLS"), ("sft", "CAUSAL_LM")):
-        run = runs[name] = new_run_dir(tmp_path / "out", name)
+        run = runs[name] = RunDir.create(tmp_path / "out", name).path
         record = RunRecord(id=run.name, name=name, run_dir=str(run), spec_file="x", status="succeeded")
         record.save()
         register(record)

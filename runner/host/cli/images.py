@@ -123,7 +123,9 @@ def tiny_model(out_dir: str, seed: int) -> None:
     import subprocess
 
     from runner.core.offline import OFFLINE_ENV
+    from runner.host.execute.local import require_training_libraries
 
+    require_training_libraries("building the tiny model", "Build it on a machine that has them")
     argv = [sys.executable, "-m", "runner.train.tools.tiny", out_dir, "--seed", str(seed)]
     sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
 

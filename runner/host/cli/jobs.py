@@ -74,35 +74,23 @@ def convert(config: str, out: str | None) -> None:
 @image_option
 def plan(job: str, executor: str, image: str | None) -> None:
     """Show the resolved spec and the exact command a submit would run."""
-    import os
-    import shlex
-
     from runner.core import nccl
     from runner.core.jobspec.load import to_yaml
-    from runner.core.launch import launch_env, render_launch, visible_devices
-    from runner.host.execute.gpus import host_gpu_names, visible_names
-    from runner.host.render.container import docker_run_argv, render_container
+    from runner.core.rundir import job_dir
+    from runner.host.execute.submit import EXECUTORS
 
     spec = load_spec(job, image)
-    run_dir = Path(spec.output.dir) / spec.name / "<run-id>"
-    names = visible_names(host_gpu_names(), spec) if spec.resources.gpus != 0 else []
+    run_dir = job_dir(spec.output.dir, spec.name) / "<run-id>"
+    planned = EXECUTORS[executor](sink).plan(spec, run_dir, "<run-id>")
     click.echo(f"# resolved spec of {job}")
     click.echo(to_yaml(spec))
     click.echo("# NCCL")
-    for line in nccl.explain(spec, names):
+    for line in nccl.explain(spec, planned.gpu_names):
         click.echo(line)
-    if executor == "local":
-        click.echo("# environment (over this shell's)")
-        devices = visible_devices(spec)
-        extra = {"CUDA_VISIBLE_DEVICES": devices} if devices is not None else {}
-        for key, value in {**launch_env(spec, names), **extra}.items():
-            click.echo(f"{key}={value}")
-        click.echo("# command")
-        click.echo(shlex.join(render_launch(spec, run_dir, python=sys.executable)))
-        return
-    click.echo("# command (the docker executor; runner submit starts this container through the engine)")
-    config = render_container(spec, run_dir, os.getuid(), os.getgid(), "<run-id>", names)
-    click.echo(shlex.join(docker_run_argv(config)))
+    if executor == "docker":
+        click.echo("# the docker executor: runner submit starts this container through the engine")
+    for line in planned.lines():
+        click.echo(line)
 
 
 @click.command()
@@ -289,8 +277,12 @@ def preview(job: str, count: int) -> None:
 
     from runner.core.jobspec.load import load_job
     from runner.core.offline import OFFLINE_ENV
+    from runner.host.execute.local import require_training_libraries
 
     load_job(job)  # every problem of the spec, before any library loads
+    require_training_libraries(
+        "preview (it tokenizes with the model's tokenizer)", "Run it on a machine that has them"
+    )
     color = "always" if sys.stdout.isatty() else "never"
     argv = [sys.executable, "-m", "runner.train.tools.preview", job, "-n", str(count), "--color", color]
     sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))

@@ -20,7 +20,7 @@ _executor = click.option(
 
 def run_of(ref: str):
     """A run's record: a job spec (its latest succeeded run), a run directory, or a run id."""
-    from runner.core.rundir import find_run, latest_run
+    from runner.core.rundir import RunDir, find_run, latest_run
 
     if Path(ref).is_file():
         from runner.core.jobspec.load import load_job
@@ -28,13 +28,14 @@ def run_of(ref: str):
         spec = load_job(ref, files=False)
         return latest_run(spec.output.dir, spec.name)
     record = find_run(ref)  # refuses anything that is not a run
-    if Path(ref, "run.json").exists():
+    if RunDir.holds_run(ref):
         record.run_dir = str(Path(ref).resolve())
     return record
 
 
 def where(record, executor: str | None) -> str:
-    return executor or ("docker" if record.executor == "docker" else "local")
+    """Where a tool on a run's result runs: as asked, else where the run trained."""
+    return executor or ("docker" if record.in_image else "local")
 
 
 @click.command("export")
@@ -55,7 +56,7 @@ def export(run: str, out: str | None, force: bool, dtype: str, executor: str | N
 
     record = run_of(run)
     resolve(record.run_dir)  # a run without a result is refused here, before anything starts
-    target = Path(out).resolve() if out else Path(record.run_dir) / "export"
+    target = Path(out).resolve() if out else record.dir.export
     check_out(target, force)
     args = [
         "runner.train.tools.export",
@@ -175,6 +176,11 @@ def serve(target: str, host: str, port: int, api_key: str | None, name: str | No
         raise RunError(
             "an exported model directory is served here (--executor local); serve the run to use its image"
         )
+    from runner.host.execute.local import require_training_libraries
+
+    require_training_libraries(
+        "serving here (--executor local)", "Serve the run instead (runner serve RUN: in its image)"
+    )
     argv = [sys.executable, "-m", *module_args, "--host", host, "--port", str(port)]
     env = {k: v for k, v in os.environ.items() if k != "RUNNER_API_KEY"}
     env.update(OFFLINE_ENV, **({"RUNNER_API_KEY": api_key} if api_key else {}))
@@ -182,17 +188,17 @@ def serve(target: str, host: str, port: int, api_key: str | None, name: str | No
 
 
 @click.command()
-@click.argument("run", type=click.Path(exists=True))
+@click.argument("run")
 @click.option("-m", "--message", help="Ask one question and exit; omit for an interactive chat.")
 @click.option("--system", help="System prompt.")
 @click.option("--executor", type=click.Choice(["docker", "local"]), default=None,
               help="Where the model runs; default: where the run trained.")  # fmt: skip
 def chat(run: str, message: str | None, system: str | None, executor: str | None) -> None:
-    """Talk to what a run trained. RUN is a run directory, a job spec for its latest run, or an
-    exported model directory. Interactive: answers stream, the conversation is kept, /reset
+    """Talk to what a run trained. RUN is a run directory, a run id, a job spec (its latest
+    succeeded run), or an exported model directory. Interactive: answers stream, the conversation is kept, /reset
     forgets it."""
     from runner.core.launch import render_chat
-    from runner.core.rundir import latest_run, read_record
+    from runner.host.execute.local import require_training_libraries
     from runner.host.execute.tools import run_tool
 
     if Path(run, "config.json").exists() or Path(run, "adapter_config.json").exists():  # an exported model
@@ -201,19 +207,14 @@ def chat(run: str, message: str | None, system: str | None, executor: str | None
 
         from runner.core.offline import OFFLINE_ENV
 
+        require_training_libraries(
+            "chatting with an exported model", "Chat with the run instead (runner chat RUN: in its image)"
+        )
         argv = [sys.executable, "-m", *render_chat(Path(run).resolve(), message, system)]
         sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
-    if Path(run).is_file():
-        from runner.core.jobspec.load import load_job
-
-        spec = load_job(run)
-        record = latest_run(spec.output.dir, spec.name)
-    else:
-        record = read_record(run)  # refuses anything that is not a run directory
-        record.run_dir = str(Path(run).resolve())
-    executor = executor or ("docker" if record.executor == "docker" else "local")
+    record = run_of(run)
     module_args = render_chat(Path(record.run_dir), message, system)
-    sys.exit(run_tool(record, module_args, executor, sink, interactive=message is None))
+    sys.exit(run_tool(record, module_args, where(record, executor), sink, interactive=message is None))
 
 
 COMMANDS = (chat, evaluate, export, serve)

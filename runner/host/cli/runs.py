@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from runner.host.cli.common import (
@@ -14,15 +12,25 @@ from runner.host.cli.common import (
 
 
 @click.command("ls")
-def list_runs() -> None:
-    """Every run this user submitted, newest last."""
+@click.argument("output_dirs", nargs=-1, type=click.Path(file_okay=False))
+def list_runs(output_dirs: tuple[str, ...]) -> None:
+    """Every run, newest last: those this user started, and those found under OUTPUT_DIRS (runs a
+    compose file, another host or a cluster started) [default: the output directories of the
+    known runs, $OUTPUT_DIR, and ./outputs]."""
+    import os
+    from pathlib import Path
+
     from runner.core.rundir import all_runs
 
-    rows = all_runs()
+    dirs = [Path(d) for d in output_dirs]
+    if not dirs:
+        known = {Path(r.run_dir).parent.parent for r in all_runs()}
+        dirs = [*sorted(known), *(Path(d) for d in (os.environ.get("OUTPUT_DIR"), "outputs") if d)]
+    rows = all_runs([d for d in dict.fromkeys(dirs) if d.is_dir()])
     for r in rows:
         if r.status == "running":
             r = record_of(r.id)
-        click.echo(f"{r.id:<22} {r.name:<20} {r.status:<10} {r.executor:<7} {r.run_dir}")
+        click.echo(f"{r.id:<22} {r.name:<20} {r.status:<10} {r.executor:<10} {r.run_dir}")
     if not rows:
         click.echo("no runs yet")
 
@@ -46,7 +54,7 @@ def logs(run_id: str, follow: bool) -> None:
     import time
 
     record = record_of(run_id)
-    path = Path(record.run_dir) / "train.log"
+    path = record.dir.log
     offset = 0
     while True:
         if path.exists():

@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from runner.core.errors import RunError, RunnerError
 from runner.core.jobspec.job import JobSpec
 from runner.core.launch import cache_path, read_only_paths
-from runner.core.rundir import STOP_MARK, RunRecord, ended, now
+from runner.core.rundir import RunRecord, ended, now
 from runner.host.docker_api import Docker, DockerUnavailable
-from runner.host.execute.gpus import require_gpus, visible_names
-from runner.host.execute.local import LOG
-from runner.host.render.container import image_ref, missing_on_host, render_container
+from runner.host.execute.gpus import host_gpu_names, require_gpus, visible_names
+from runner.host.execute.plan import Plan
+from runner.host.render.container import docker_run_argv, image_ref, missing_on_host, render_container
 from runner.host.render.lockdown import job_user
 
 
@@ -58,26 +58,35 @@ class DockerExecutor:
         if spec.resources.gpus != 0:
             require_gpus(spec, self.gpu_names, "this machine")
 
+    def image_of(self, spec: JobSpec) -> str:
+        return image_ref(spec)
+
+    def plan(self, spec: JobSpec, run_dir: PurePath, run_id: str) -> Plan:
+        """The job's container (as `docker run` flags): the GPUs the engine reports, or, where it
+        is not reachable (`runner plan` on another machine), those nvidia-smi lists here."""
+        names = self.gpu_names
+        if spec.resources.gpus != 0 and not names:
+            try:
+                names = (self.docker or Docker(timeout=10)).gpu_names()
+            except DockerUnavailable:
+                names = host_gpu_names()
+        names = visible_names(names, spec) if spec.resources.gpus != 0 else []
+        config = render_container(spec, run_dir, os.getuid(), os.getgid(), run_id, names)
+        return Plan(docker_run_argv(config), {}, names, config)
+
     def start(self, record: RunRecord, spec: JobSpec, resume: bool = False, tee: bool = True):
         """Start the job's container and return it; with `tee` it writes its own train.log."""
         if self.docker is None:
             self.check(spec)
         hand_over(record, spec)
-        config = render_container(
-            spec,
-            Path(record.run_dir),
-            os.getuid(),
-            os.getgid(),
-            record.id,
-            visible_names(self.gpu_names, spec),
-        )
+        config = self.plan(spec, record.dir.path, record.id).container
         config["environment"].update(
             {"RUNNER_TEE": "1" if tee else "0", "RUNNER_RESUME": "1" if resume else "0"}
         )
         if resume:
             config["name"] += f"-r{int(time.time())}"
-            (Path(record.run_dir) / STOP_MARK).unlink(missing_ok=True)
-        record.update(command=config["command"], executor=self.name)
+            record.dir.stop_mark.unlink(missing_ok=True)
+        record.update(command=config["command"], executor=self.name, image=config["image"])
         try:
             container = self.docker.start(config)
         except RunnerError as e:
@@ -91,7 +100,7 @@ class DockerExecutor:
     def run(self, record: RunRecord, spec: JobSpec, resume: bool = False) -> int:
         container = self.start(record, spec, resume=resume, tee=False)
         stopped = False
-        with open(Path(record.run_dir) / LOG, "ab") as log:
+        with open(record.dir.log, "ab") as log:
             try:
                 for chunk in container.logs(stream=True, follow=True):
                     log.write(chunk)

@@ -42,7 +42,7 @@ def resume(record: RunRecord, sink: Callable[[bytes], None], detach: bool = Fals
     name = record.executor if record.executor in EXECUTORS else "local"
     if detach and name != "docker":
         raise RunError("--detach needs the docker executor (a container outlives this command)")
-    spec = load_job(Path(record.run_dir) / "spec.yaml")
+    spec = load_job(record.dir.spec_file)
     executor = EXECUTORS[name](sink, tty=sys.stdout.isatty())
     executor.check(spec)
     if detach:

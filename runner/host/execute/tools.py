@@ -14,6 +14,7 @@ from runner.core.errors import RunError
 from runner.core.launch import cache_path
 from runner.core.offline import OFFLINE_ENV
 from runner.core.rundir import RunRecord
+from runner.host.execute.local import require_training_libraries
 from runner.host.render.container import render_container
 
 
@@ -28,6 +29,8 @@ def run_tool(
     """`python -m <module_args>` for a finished run; the run directory is read-only to it, the
     directories in `writes` writable."""
     if executor == "local":
+        require_training_libraries(f"`{module_args[0].rsplit('.', 1)[-1]}` here (--executor local)",
+                                   "Run it in the run's image (--executor docker)")  # fmt: skip
         return subprocess.call([sys.executable, "-m", *module_args], env={**os.environ, **OFFLINE_ENV})
     docker, config = tool_container(record, module_args, sink, writes)
     if interactive:
@@ -50,7 +53,9 @@ def tool_container(
     from runner.host.docker_api import Docker
     from runner.host.execute.docker import DockerExecutor
 
-    spec = load_job(Path(record.run_dir) / "spec.yaml", files=False)
+    spec = load_job(record.dir.spec_file, files=False)
+    if record.image:  # the image it ran in, which a compose file or a cluster may have chosen
+        spec = spec.model_copy(update={"image": record.image})
     docker = Docker()
     DockerExecutor(sink, docker=docker).check(
         spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpus": 0})})

@@ -14,7 +14,7 @@ from pathlib import PurePath
 from typing import Any
 
 from runner.core.jobspec.job import JobSpec
-from runner.core.launch import launch_env, mounts, render_launch
+from runner.core.launch import launch_env, mounts, render_launch, started_by
 from runner.host.render import lockdown
 from runner.host.render.container import STACK, gpu_request, image_ref
 
@@ -29,7 +29,7 @@ def compose_service(spec: JobSpec, spec_file: PurePath, uid: int, gid: int) -> d
         "network_mode": "none",
         "shm_size": spec.resources.shm,
         "working_dir": spec.output.dir,
-        "environment": {**launch_env(spec, None), "HOME": "/tmp"},
+        "environment": {**launch_env(spec, None), **started_by("compose", spec), "HOME": "/tmp"},
         "volumes": [f"{p}:{p}:{mode}" for p, mode in mounts(spec, None, spec_file).items()],
         "labels": {"runner.job": spec.name},
         **lockdown.compose_keys(),

@@ -21,7 +21,7 @@ from typing import Any
 from runner.core.deepspeed import render_deepspeed
 from runner.core.jobspec.image import REPOSITORY
 from runner.core.jobspec.job import JobSpec
-from runner.core.launch import at_rendezvous, launch_env, mounts, procs_per_node, render_launch
+from runner.core.launch import at_rendezvous, launch_env, mounts, procs_per_node, render_launch, started_by
 from runner.host.render import lockdown
 from runner.host.render.container import image_ref
 
@@ -160,7 +160,7 @@ def pod_volumes(spec: JobSpec, config: str) -> tuple[list[dict[str, Any]], list[
 
 
 def _env(spec: JobSpec, launch_id: str) -> list[dict[str, str]]:
-    env = {**launch_env(spec, None), "HOME": "/tmp"}
+    env = {**launch_env(spec, None), **started_by("k8s", spec), "HOME": "/tmp"}
     if spec.resources.nodes > 1:
         # torchrun's --rdzv-id: the launch all nodes share, under which rank 0 leaves the path
         # of the run directory it created for the others.

@@ -14,7 +14,7 @@ import shlex
 from pathlib import PurePath
 
 from runner.core.jobspec.job import JobSpec
-from runner.core.launch import at_rendezvous, launch_env, mounts, render_launch
+from runner.core.launch import at_rendezvous, launch_env, mounts, render_launch, started_by
 from runner.host.render import lockdown
 from runner.host.render.container import docker_run_argv, image_ref, render_container
 from runner.host.render.k8s import gpus_per_node
@@ -48,7 +48,7 @@ def node_command(spec: JobSpec, spec_file: PurePath, uid: int, gid: int) -> list
     """What each node runs (for enroot, inside the container pyxis starts)."""
     node = at_rendezvous(spec, _MARK["SLURM_NODEID"], _MARK["MASTER_ADDR"])
     runtime = spec.cluster.container_runtime
-    env = dict(launch_env(spec, None))
+    env = {**launch_env(spec, None), **started_by("slurm", spec)}
     if spec.resources.nodes > 1:
         env["PET_RDZV_ID"] = _MARK["SLURM_JOB_ID"]  # torchrun's --rdzv-id: one launch per Slurm job
     if runtime == "docker":
@@ -99,7 +99,7 @@ def render_slurm(spec: JobSpec, spec_file: PurePath, uid: int, gid: int) -> str:
     srun = ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     command = node_command(spec, spec_file, uid, gid)
     if runtime == "enroot":
-        env = {**launch_env(spec, None), "HOME": "/tmp"}
+        env = {**launch_env(spec, None), **started_by("slurm", spec), "HOME": "/tmp"}
         if nodes > 1:
             env["PET_RDZV_ID"] = _MARK["SLURM_JOB_ID"]
         lines.append("# The job's environment; srun passes it into each node's container.")

@@ -14,51 +14,6 @@ from pathlib import Path
 from runner.core import offline
 from runner.core.errors import RunnerError
 
-
-def load(run_dir: Path):
-    """The trained model of a run (base + adapter, or the full model) and its tokenizer."""
-    import torch  # noqa: F401  (fail here, not halfway, if torch is missing)
-    from transformers import AutoModelForCausalLM
-
-    from runner.core.jobspec.load import load_job
-    from runner.train.model import fit_vocab, load_tokenizer
-
-    spec = load_job(run_dir / "spec.yaml", files=False)
-    adapter, full = run_dir / "adapter", run_dir / "model"
-    if adapter.is_dir():
-        from peft import PeftModel
-
-        base = AutoModelForCausalLM.from_pretrained(
-            spec.model.path, local_files_only=True, trust_remote_code=spec.model.trust_remote_code
-        )
-        tokenizer = load_tokenizer(str(adapter), spec.model.trust_remote_code)
-        fit_vocab(base, tokenizer)  # tokens the run added (model.add_special_tokens)
-        model, tok_dir = PeftModel.from_pretrained(base, str(adapter)), adapter
-    elif full.is_dir():
-        model, tok_dir = AutoModelForCausalLM.from_pretrained(str(full), local_files_only=True), full
-    else:
-        raise RunnerError(f"{run_dir} holds no trained model yet (no adapter/ or model/)")
-    model.eval()
-    return spec, model, load_tokenizer(str(tok_dir), spec.model.trust_remote_code)
-
-
-def reply(spec, model, tokenizer, messages: list[dict], max_new_tokens: int = 128) -> str:
-    import torch
-
-    from runner.core.data.templates import stop_token_ids
-
-    inputs = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    with torch.no_grad():
-        out = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=stop_token_ids(tokenizer, spec.model.template),
-            pad_token_id=tokenizer.pad_token_id,
-        )  # fmt: skip
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-
-
 HELP = "/reset forgets the conversation, /system TEXT sets the system prompt, /exit ends (or Ctrl-D)"
 
 
