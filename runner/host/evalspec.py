@@ -38,6 +38,11 @@ def eval_spec_for(
     else:
         model.path, model.adapter = str(result), None
     source = spec.data
+    absent = [d.path for d in source.datasets if d.path and not Path(d.path).exists()]
+    if absent and not data:
+        raise RunError(f"the data run {record.id} trained on is not on this machine ({absent[0]}: it ran "
+                       f"under {record.executor}, which mounted it there); evaluate on a test set here with "
+                       "--data FILE")  # fmt: skip
     if data:
         source = source.model_copy(update={
             "datasets": [DatasetSpec(path=str(Path(data).resolve()), format=fmt)], "val_size": 0.0,

@@ -16,6 +16,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -237,9 +238,8 @@ def compose_as(user: User, *args: str, cwd: Path, env: dict[str, str]) -> subpro
 
 
 def test_compose_up_as_the_plain_user(plain_user: User, cpu_image, shared_model: Path, work: Path):
-    """`runner compose` then the documented `up`, and the top-level file with its documented
-    variables, both as the plain user (uid 1234, gid 1234, not 1000): each trains one run that
-    belongs to it."""
+    """`runner compose` then the documented `up`, as the plain user (uid 1234, gid 1234, not
+    1000): it trains one run that belongs to it."""
     me = (plain_user.uid, plain_user.gid)
     spec = job(work, shared_model, me, name="composed")
     rendered = runner_cli("compose", str(spec), "-o", str(work / "c"), user=plain_user.name)
@@ -257,6 +257,35 @@ def test_compose_up_as_the_plain_user(plain_user: User, cpu_image, shared_model:
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert owned_by_others(run_dir, plain_user.uid) == []
 
+
+@pytest.fixture(scope="session")
+def host_install(wheelhouse: Path, plain_user: User) -> Iterator[Path]:
+    """runner as a GPU server's host has it: Debian's own python3, `pip install runner` without
+    the train extra (no torch, no transformers), from the wheelhouse, readable by every user."""
+    from runner.host.images.build import runner_wheel
+
+    top = shared_dir(0, 0, "runner-host-install-")
+    venv = top / "venv"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+    wheel = runner_wheel(top / "dist")
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet"]
+    subprocess.run([*pip, "--no-index", "--find-links", str(wheelhouse), str(wheel)], check=True)
+    probe = subprocess.run([venv / "bin" / "python", "-c", "import torch"], capture_output=True)
+    assert probe.returncode != 0, "a host install must not carry torch"
+    subprocess.run(["chmod", "-R", "a+rX", str(top)], check=True)
+    yield venv / "bin" / "runner"
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_compose_run_from_a_host_install(
+    plain_user: User, cpu_image, shared_model: Path, work: Path, host_install: Path
+):
+    """The top-level docker-compose.yml with its documented variables, as the plain user; then,
+    from a host install without the training libraries: `runner ls` lists the run compose
+    started, and chat, export and eval on it run in the image it trained in."""
+    from tests.conftest import as_user, user_home
+
+    me = (plain_user.uid, plain_user.gid)
     out = work / "top"
     out.mkdir()
     os.chown(out, *me)
@@ -280,3 +309,47 @@ def test_compose_up_as_the_plain_user(plain_user: User, cpu_image, shared_model:
     run_dir = only_run(out, "demo")
     assert json.loads((run_dir / "results.json").read_text())["global_step"] > 0
     assert owned_by_others(run_dir, plain_user.uid) == []
+    record = read_record(run_dir)
+    assert (record.executor, record.image, record.status) == (
+        "compose",
+        "localhost/runner/cpu:latest",
+        "succeeded",
+    )
+
+    _, _, switch = as_user(plain_user.name)
+    home = user_home(*me)
+    fresh = {
+        **os.environ,
+        "HOME": str(home),
+        "RUNNER_HOME": str(home / "host-install"),
+        "OUTPUT_DIR": str(out),
+    }
+
+    def host(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*switch, str(host_install), *args], capture_output=True, text=True, cwd=work,
+                              env=fresh, timeout=600)  # fmt: skip
+
+    listed = host("ls")  # nothing indexed yet: found under $OUTPUT_DIR
+    assert listed.returncode == 0, tail(listed)
+    assert record.id in listed.stdout and "compose" in listed.stdout, listed.stdout
+
+    chat = host("chat", record.id, "-m", "你是谁？")  # by id, as `runner ls` showed it
+    assert chat.returncode == 0, tail(chat)
+    assert "assistant>" in chat.stdout
+
+    exported = host("export", str(run_dir), "--out", str(work / "exported"))
+    assert exported.returncode == 0, tail(exported)
+    assert (work / "exported" / "config.json").is_file()
+    assert owned_by_others(work / "exported", plain_user.uid) == []
+
+    evaluated = host("eval", str(run_dir), "--data", str(ROOT / "data" / "identity.json"), "--max-samples", "2",
+                     "--max-new-tokens", "8")  # fmt: skip
+    assert evaluated.returncode == 0, tail(evaluated)
+    (eval_run,) = (out / "demo-eval").glob("*/run.json")
+    assert (read_record(eval_run.parent).executor, read_record(eval_run.parent).image) == (
+        "docker", "localhost/runner/cpu:latest",
+    )  # fmt: skip
+
+    local = host("chat", str(run_dir), "--executor", "local", "-m", "你是谁？")
+    assert local.returncode != 0 and "Traceback" not in local.stderr, tail(local)
+    assert "pip install 'runner[train]'" in local.stderr and "--executor docker" in local.stderr, tail(local)

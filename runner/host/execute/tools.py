@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner.core.errors import RunError
-from runner.core.launch import cache_path
 from runner.core.offline import OFFLINE_ENV
 from runner.core.rundir import RunRecord
 from runner.host.execute.local import require_training_libraries
@@ -54,6 +53,9 @@ def tool_container(
     from runner.host.execute.docker import DockerExecutor
 
     spec = load_job(record.dir.spec_file, files=False)
+    # A tool reads the result (and the base it needs), not the training data, which need not be
+    # on this host: a run that compose or a cluster started saw it in its own mounts.
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"datasets": [], "cache": False})})
     if record.image:  # the image it ran in, which a compose file or a cluster may have chosen
         spec = spec.model_copy(update={"image": record.image})
     docker = Docker()
@@ -65,7 +67,6 @@ def tool_container(
     )
     config.update(command=["python", "-m", *module_args], device_requests=config["device_requests"][:1])
     config["volumes"][record.run_dir]["mode"] = "ro"
-    config["volumes"].pop(cache_path(spec) or "", None)  # a tool reads the result, no data
     for path in writes:
         config["volumes"][path] = {"bind": path, "mode": "rw"}
     return docker, config
