@@ -7,13 +7,17 @@ export HF_HUB_OFFLINE := 1
 .PHONY: demo test test-all lint fmt clean install reliability
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# The tests run what ships: every package the CPU image locks is installed at its locked version
+# (the lock's pins, without its hashes: the dev tools beside them are not in the lock).
+$(VENV)/.installed: pyproject.toml constraints.txt images/cpu.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[train,dev,test-serve]'
+	grep -E '^[A-Za-z0-9_.-]+==' images/cpu.lock | sed 's/ *\\$$//' > $(VENV)/image-lock.txt
+	$(BIN)/pip install --quiet -c constraints.txt -c $(VENV)/image-lock.txt -e '.[train,dev,test-serve]'
 	# deepspeed is an sdist whose setup imports torch: build it against the torch just installed;
 	# its CUDA ops compile on first use on a GPU machine.
-	DS_BUILD_OPS=0 $(BIN)/pip install --quiet --no-build-isolation -c constraints.txt 'deepspeed>=0.16'
+	DS_BUILD_OPS=0 $(BIN)/pip install --quiet --no-build-isolation -c constraints.txt \
+		-c $(VENV)/image-lock.txt 'deepspeed>=0.16'
 	touch $@
 
 models/tiny/config.json: | $(VENV)/.installed
