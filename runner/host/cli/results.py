@@ -52,7 +52,7 @@ def export(run: str, out: str | None, force: bool, dtype: str, executor: str | N
     RUN is a run directory, a run id, or a job spec (its latest succeeded run). Prefix, P-Tuning
     and prompt-tuning adapters cannot merge: the adapter is exported with how to load it."""
     from runner.core.target import check_out, resolve
-    from runner.host.execute.tools import run_tool
+    from runner.host.execute.result_tools import run_tool
 
     record = run_of(run)
     resolve(record.run_dir)  # a run without a result is refused here, before anything starts
@@ -79,7 +79,7 @@ def _export_in_image(record, args: list[str], target: Path) -> int:
     import shutil
     import tempfile
 
-    from runner.host.execute.tools import run_tool
+    from runner.host.execute.result_tools import run_tool
     from runner.host.render.lockdown import job_user
 
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
@@ -199,7 +199,7 @@ def chat(run: str, message: str | None, system: str | None, executor: str | None
     forgets it."""
     from runner.core.launch import render_chat
     from runner.host.execute.local import require_training_libraries
-    from runner.host.execute.tools import run_tool
+    from runner.host.execute.result_tools import run_tool
 
     if Path(run, "config.json").exists() or Path(run, "adapter_config.json").exists():  # an exported model
         import os

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from runner.core.errors import RunError
 from runner.core.rundir import RunRecord
-from runner.host.execute.tools import tool_container
+from runner.host.execute.result_tools import tool_container
 from runner.host.render.lockdown import job_user
 
 
