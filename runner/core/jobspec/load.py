@@ -15,7 +15,7 @@ from runner.core.errors import Problem, SpecError
 from runner.core.jobspec.checks import check, run_adapter
 from runner.core.jobspec.convert import MARKERS, is_llamafactory
 from runner.core.jobspec.image import ImageSpec
-from runner.core.jobspec.job import METHODS, DatasetSpec, JobSpec
+from runner.core.jobspec.job import METHODS, JobSpec
 from runner.core.jobspec.yaml_loader import RESOLVED_HEADER, Loc, Source, load_yaml
 
 M = typing.TypeVar("M", bound=BaseModel)
@@ -98,11 +98,7 @@ def resolve(spec: JobSpec, base: Path) -> JobSpec:
     registry_dir = base / (spec.data.dataset_dir or ".")
     for i, ds in enumerate(spec.data.datasets):
         if ds.name and not ds.path:  # a registry entry becomes an explicit file, format and columns
-            fields = registry.expand(ds.name, registry_dir, spec.stage)
-            fields["max_samples"] = ds.max_samples or fields.get("max_samples")
-            fields["num_samples"] = ds.num_samples or fields.get("num_samples")
-            fields["encoding"] = ds.encoding  # dataset_info.json has no encoding: the spec's
-            spec.data.datasets[i] = ds = DatasetSpec(**fields)
+            spec.data.datasets[i] = ds = registry.dataset(ds, registry_dir, spec.stage)
         ds.path = str((base / ds.path).resolve())  # type: ignore[operator]
     spec.data.dataset_dir = None  # every dataset is a path now
     spec.output.dir = str((base / spec.output.dir).resolve())
