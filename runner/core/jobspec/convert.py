@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.core import stages
-from runner.core.jobspec.checks import is_hub_id
+from runner.core.jobspec.checks.files import is_hub_id
 from runner.core.jobspec.job import TEMPLATES, TrainingSpec
 
 # Any of these at the top level (and no runner `model:`/`method:` section) marks the file.
