@@ -13,13 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from runner.core import offline
+from runner.core import offline, stages
 from runner.core.errors import RunError, RunnerError, SpecError
 from runner.core.rundir import STOPPED, RunDir, RunRecord, launch_pointer, now
-
-STAGES = {"sft": "runner.train.stages.sft", "pt": "runner.train.stages.pt", "dpo": "runner.train.stages.dpo",
-          "rm": "runner.train.stages.rm", "kto": "runner.train.stages.kto", "ppo": "runner.train.stages.ppo",
-          "eval": "runner.train.stages.evaluate"}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         # Checked again here, with what this process really has: in a container, the mounts.
         spec = load_job(RunDir(run_dir).spec_file, writes=run_dir)
         _launch_env(spec)
-        stage = importlib.import_module(STAGES[spec.stage])
+        stage = importlib.import_module(stages.STAGES[spec.stage].module)
         metrics = stage.run(spec, run_dir)
     except BaseException as raised:
         e = raised if isinstance(raised, (SpecError, RunnerError)) else offline_error(raised)

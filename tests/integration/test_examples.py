@@ -23,6 +23,7 @@ JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
 def test_example_trains_on_the_tiny_model(job: Path, tmp_path, tiny_model, monkeypatch):
     import torch
 
+    from runner.core import stages
     from runner.core.errors import UnsupportedError
     from runner.core.jobspec.load import load_job, resolve
     from runner.core.rundir import RunDir
@@ -35,7 +36,7 @@ def test_example_trains_on_the_tiny_model(job: Path, tmp_path, tiny_model, monke
     spec.resources.gpus, spec.distributed.deepspeed = 0, None
     spec.ppo.response_length = 8
     run_dir = RunDir.create(spec.output.dir, spec.name).path
-    stage = importlib.import_module(f"runner.train.{spec.stage}")
+    stage = importlib.import_module(stages.STAGES[spec.stage].module)
     if spec.method.type == "qlora" and not torch.cuda.is_available():
         with pytest.raises(UnsupportedError, match="needs a CUDA GPU; none is visible here"):
             stage.run(spec, run_dir)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from runner.core import stages
 from runner.core.data import records as data
 from runner.core.data.records import DataError
 from runner.core.data.templates import LENGTH
@@ -32,11 +33,13 @@ Converter = Callable[[Any, DatasetSpec, tuple, str], dict]
 
 
 def converter(fmt: str, stage: str) -> Converter:
-    """The function turning one record of format `fmt` into a preference item for `stage`."""
-    if stage == "kto":
-        return lambda record, ds, origin, where: _labelled(record, ds, origin, where, fmt)
-    if stage == "ppo":
-        return lambda record, ds, origin, where: {"prompt": _question(record, ds, origin, where, fmt)}
+    """The function turning one record of format `fmt` into the preference item `stage` reads
+    (its data in core/stages.py): a pair, a labelled answer or a prompt."""
+    reads = stages.STAGES[stage].data
+    if reads is stages.LABELLED:
+        return lambda record, ds, origin, where: _labelled(record, ds, origin, where, fmt, stage)
+    if reads is stages.PROMPTS:
+        return lambda record, ds, origin, where: {"prompt": _question(record, ds, origin, where, fmt, stage)}
     return lambda record, ds, origin, where: _pair(record, ds, origin, where, fmt, stage)
 
 
@@ -46,11 +49,11 @@ def _prompt(record: Any, ds: DatasetSpec, origin: tuple, where: str, fmt: str, s
     return data.sharegpt_messages(record, ds, origin, where, stage, ends_with="user")
 
 
-def _question(record: Any, ds: DatasetSpec, origin: tuple, where: str, fmt: str) -> list[dict]:
-    """The messages a ppo prompt is made of, up to the user's last question."""
+def _question(record: Any, ds: DatasetSpec, origin: tuple, where: str, fmt: str, stage: str) -> list[dict]:
+    """The messages a prompt (ppo's) is made of, up to the user's last question."""
     if fmt == "alpaca":
-        return data.alpaca_prompt(record, ds, origin, where, "ppo")
-    messages = data.sharegpt_messages(record, ds, origin, where, "ppo", ends_with="either")
+        return data.alpaca_prompt(record, ds, origin, where, stage)
+    messages = data.sharegpt_messages(record, ds, origin, where, stage, ends_with="either")
     return messages[:-1] if messages[-1]["role"] == "assistant" else messages
 
 
@@ -61,13 +64,13 @@ def _pair(record: Any, ds: DatasetSpec, origin: tuple, where: str, fmt: str, sta
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def _labelled(record: Any, ds: DatasetSpec, origin: tuple, where: str, fmt: str) -> dict:
-    _need(record, ds, origin, where, ("kto_tag",), "kto")
+def _labelled(record: Any, ds: DatasetSpec, origin: tuple, where: str, fmt: str, stage: str) -> dict:
+    _need(record, ds, origin, where, ("kto_tag",), stage)
     if fmt == "alpaca":
-        prompt = data.alpaca_prompt(record, ds, origin, where, "kto")
-        answer = data.text_field(record, ds, origin, where, "output", stage="kto")
+        prompt = data.alpaca_prompt(record, ds, origin, where, stage)
+        answer = data.text_field(record, ds, origin, where, "output", stage=stage)
     else:
-        messages = data.sharegpt_messages(record, ds, origin, where, "kto")
+        messages = data.sharegpt_messages(record, ds, origin, where, stage)
         prompt, answer = messages[:-1], messages[-1]["content"]
     return {"prompt": prompt, "completion": answer, "label": _tag(record, ds, origin)}
 
@@ -83,8 +86,9 @@ def _need(
     if not missing:
         return
     have = ", ".join(map(str, record))
-    if stage == "kto":
-        what = f"stage kto needs each answer labelled: a column '{columns[0]}' of true (desirable) or false (undesirable)"
+    if stages.STAGES[stage].data is stages.LABELLED:
+        what = (f"stage {stage} needs each answer labelled: a column '{columns[0]}' of true (desirable) or "
+                "false (undesirable)")  # fmt: skip
     else:
         what = (f"stage {stage} needs preference pairs: columns '{columns[0]}' (the better answer) and "
                 f"'{columns[1]}' (the worse one)")  # fmt: skip
@@ -177,15 +181,20 @@ def encode_batch(batch: dict[str, list], tokenizer, stage: str, cutoff_len: int,
     """Rows for `stage` (datasets.map, batched): dpo: prompt_ids, chosen_ids, rejected_ids; rm: chosen_ids
     and rejected_ids, each the whole sequence; kto: prompt_ids, completion_ids, label; ppo: input_ids,
     the prompt."""
-    if stage == "ppo":
+    reads = stages.STAGES[stage].data
+    if reads is stages.PROMPTS:
         prompts = [encode_prompt(tokenizer, item["prompt"], cutoff_len) for item in batch["item"]]
         kept = [ids for ids in prompts if ids is not None]
         return {"input_ids": kept, LENGTH: [len(ids) for ids in kept]}
-    keys = {"dpo": ("prompt_ids", "chosen_ids", "rejected_ids"), "rm": ("chosen_ids", "rejected_ids"),
-            "kto": ("prompt_ids", "completion_ids", "label")}[stage]  # fmt: skip
+    if reads is stages.LABELLED:
+        keys: tuple[str, ...] = ("prompt_ids", "completion_ids", "label")
+    elif stage == "rm":  # TRL's RewardTrainer scores whole sequences: the prompt goes into each
+        keys = ("chosen_ids", "rejected_ids")
+    else:
+        keys = ("prompt_ids", "chosen_ids", "rejected_ids")
     out: dict[str, list] = {k: [] for k in (*keys, LENGTH)}
     for item in batch["item"]:
-        if stage == "kto":
+        if reads is stages.LABELLED:
             encoded = encode_answer(tokenizer, item["prompt"], item["completion"], cutoff_len, efficient_eos)
             if encoded is None:
                 continue
@@ -197,8 +206,8 @@ def encode_batch(batch: dict[str, list], tokenizer, stage: str, cutoff_len: int,
                 continue
             p = pair["prompt_ids"]
             length = len(p) + max(len(pair["chosen_ids"]), len(pair["rejected_ids"]))
-            row = pair if stage == "dpo" else {"chosen_ids": p + pair["chosen_ids"],
-                                               "rejected_ids": p + pair["rejected_ids"]}  # fmt: skip
+            row = pair if "prompt_ids" in keys else {"chosen_ids": p + pair["chosen_ids"],
+                                                     "rejected_ids": p + pair["rejected_ids"]}  # fmt: skip
         for k in keys:
             out[k].append(row[k])
         out[LENGTH].append(length)

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from runner.core import stages
 from runner.core.data import preference
 from runner.core.data.records import (
     DataError,
@@ -22,12 +23,12 @@ from runner.core.data.records import (
 from runner.core.jobspec.job import DatasetSpec, DataSpec
 
 log = logging.getLogger(__name__)
-PREFERENCE_STAGES = ("rm", "dpo", "kto", "ppo")
+PREFERENCE_STAGES = stages.PREFERENCE  # read into preference items, not conversations
 __all__ = ["PREFERENCE_STAGES", "DataError", "check", "draw", "files", "items_of", "load"]
 
 
 def load(
-    data: DataSpec, seed: int = 42, skipped_per_dataset: list[int] | None = None, stage: str = "sft"
+    data: DataSpec, seed: int = 42, skipped_per_dataset: list[int] | None = None, stage: str = stages.DEFAULT
 ) -> list[list[Any]]:
     """Each dataset's items in file order: conversations (lists of messages) or texts; for the
     preference stages, pairs or labelled answers (runner/core/data/preference.py).
@@ -70,7 +71,7 @@ def draw(items: list[Any], n: int, seed: int) -> list[Any]:
 
 def items_of(
     ds: DatasetSpec, data: DataSpec, where: str, bad: list[int],
-    report: Callable[[DataError], None] | None = None, stage: str = "sft",
+    report: Callable[[DataError], None] | None = None, stage: str = stages.DEFAULT,
 ) -> Iterator[Any]:  # fmt: skip
     """One dataset's items. A bad record raises DataError (on_bad_record: error) or is counted
     in bad[0] (skip); with `report`, it is passed there instead and reading goes on, so a check
@@ -109,7 +110,7 @@ def items_of(
 
 def check(
     ds: DatasetSpec, data: DataSpec, where: str, limit: int = 3, tick: Callable[[], None] | None = None,
-    stage: str = "sft",
+    stage: str = stages.DEFAULT,
 ) -> tuple[list[DataError], int]:  # fmt: skip
     """Read every record of one dataset as training would: the first `limit` errors that
     training would stop at, and how many there are in all. tick() follows each record."""

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from runner.core import stages
 from runner.core.errors import RunnerError
 from runner.core.jobspec.job import DatasetSpec
 
@@ -92,7 +93,7 @@ def _not_data(path: Path) -> str:
 
 
 def read_records(
-    ds: DatasetSpec, where: str, stage: str = "sft"
+    ds: DatasetSpec, where: str, stage: str = stages.DEFAULT
 ) -> Iterator[tuple[tuple[Path, int | None, int], Any]]:
     """(origin, record) of every file; origin is (file, line or None, record number). A record
     that does not parse comes as a DataError in place of the record; a file that cannot be
@@ -250,7 +251,7 @@ def _json_lines(path: Path, text: str) -> Iterator[tuple[tuple[Path, int | None,
 
 
 def _csv(
-    path: Path, text: str, ds: DatasetSpec, where: str, stage: str = "sft"
+    path: Path, text: str, ds: DatasetSpec, where: str, stage: str = stages.DEFAULT
 ) -> Iterator[tuple[tuple[Path, int | None, int], Any]]:
     delimiter = "\t" if path.suffix == ".tsv" else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -315,19 +316,10 @@ def fill_placeholders(value: Any, placeholders: dict[str, str]) -> Any:
 
 # --- records -> conversations -------------------------------------------------------------
 
-_REQUIRED = {"alpaca": ("instruction", "output"), "sharegpt": ("conversations",), "text": ("text",)}
-# What the preference stages need besides a prompt: a pair, an answer with its label, or nothing
-# (ppo generates its answers).
-_PREFERENCE = {"rm": ("chosen", "rejected"), "dpo": ("chosen", "rejected"), "kto": ("kto_tag",), "ppo": ()}
 
-
-def required(fmt: str, stage: str = "sft") -> tuple[str, ...]:
-    """The fields a record of format `fmt` must have for `stage`."""
-    if stage not in _PREFERENCE or fmt == "text":
-        return _REQUIRED[fmt]
-    prompt = ("instruction",) if fmt == "alpaca" else ("conversations",)
-    answer = ("output",) if fmt == "alpaca" and stage == "kto" else ()
-    return prompt + answer + _PREFERENCE[stage]
+def required(fmt: str, stage: str = stages.DEFAULT) -> tuple[str, ...]:
+    """The fields a record of format `fmt` must have for `stage` (its record in core/stages.py)."""
+    return stages.STAGES[stage].data.required(fmt)
 
 
 def kind_of(value: Any) -> str:
@@ -336,7 +328,7 @@ def kind_of(value: Any) -> str:
 
 
 def missing_columns(
-    ds: DatasetSpec, have: list[str], where: str, stage: str = "sft"
+    ds: DatasetSpec, have: list[str], where: str, stage: str = stages.DEFAULT
 ) -> tuple[list[str], str]:
     """The format's required fields whose column is missing, and the fix."""
     fields = required(ds.format, stage)
@@ -360,7 +352,9 @@ def missing_columns(
     return missing, f"map it in {where}.columns{fix}"
 
 
-def _check_header(header: list[str], ds: DatasetSpec, origin: tuple, where: str, stage: str = "sft") -> None:
+def _check_header(
+    header: list[str], ds: DatasetSpec, origin: tuple, where: str, stage: str = stages.DEFAULT
+) -> None:
     missing, fix = missing_columns(ds, header, where, stage)
     if missing:
         column = ds.columns.get(missing[0], missing[0])
@@ -380,7 +374,7 @@ def field(
     origin: tuple,
     where: str,
     required: bool = True,
-    stage: str = "sft",
+    stage: str = stages.DEFAULT,
 ) -> Any:
     column = ds.columns.get(name, name)
     if not isinstance(record, dict):
@@ -402,7 +396,7 @@ def text_field(
     where: str,
     name: str,
     required: bool = True,
-    stage: str = "sft",
+    stage: str = stages.DEFAULT,
 ) -> str:
     """A text field: a string or number; required ones must not be blank."""
     value = field(record, ds, name, origin, where, required, stage)
@@ -423,7 +417,7 @@ def alpaca_conversation(record: Any, ds: DatasetSpec, origin: tuple, where: str)
 
 
 def alpaca_prompt(
-    record: Any, ds: DatasetSpec, origin: tuple, where: str, stage: str = "sft"
+    record: Any, ds: DatasetSpec, origin: tuple, where: str, stage: str = stages.DEFAULT
 ) -> list[dict[str, str]]:
     """An alpaca record's messages up to and including the user's question."""
     instruction = text_field(record, ds, origin, where, "instruction", stage=stage)
@@ -451,7 +445,12 @@ def sharegpt_conversation(record: Any, ds: DatasetSpec, origin: tuple, where: st
 
 
 def sharegpt_messages(
-    record: Any, ds: DatasetSpec, origin: tuple, where: str, stage: str = "sft", ends_with: str = "assistant"
+    record: Any,
+    ds: DatasetSpec,
+    origin: tuple,
+    where: str,
+    stage: str = stages.DEFAULT,
+    ends_with: str = "assistant",
 ) -> list[dict[str, str]]:
     """A sharegpt record's messages, checked to alternate and to end with `ends_with`'s turn."""
     turns = field(record, ds, "conversations", origin, where, stage=stage)

@@ -19,7 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runner.core.jobspec.job import SHAREGPT_TAGS
+from runner.core import stages
+from runner.core.jobspec.job import SHAREGPT_TAGS, DatasetSpec
 
 REGISTRY = "dataset_info.json"
 _ONLINE = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
@@ -86,27 +87,7 @@ def expand(name: str, dataset_dir: Path, stage: str, shown: str | None = None) -
         )
     if not entry.get("file_name"):
         raise RegistryError(f"{where}: '{name}' has no file_name")
-    ranking, columns_given = bool(entry.get("ranking")), entry.get("columns") or {}
-    if ranking and stage not in ("rm", "dpo", "ppo"):  # ppo: the pairs' prompts
-        raise RegistryError(
-            f"{where}: '{name}' is a ranking (preference) dataset, for stages rm/dpo; "
-            f"stage '{stage}' needs plain samples"
-        )
-    if stage in ("rm", "dpo") and not ranking:
-        raise RegistryError(
-            f"{where}: stage '{stage}' trains on preference pairs, and '{name}' is no ranking dataset; "
-            'choose one with "ranking": true and chosen/rejected columns, or add them to this entry'
-        )
-    if isinstance(columns_given, dict) and "kto_tag" in columns_given and stage not in ("kto", "ppo"):
-        raise RegistryError(
-            f"{where}: '{name}' labels its answers desirable or not (columns.kto_tag), for stage kto; "
-            f"stage '{stage}' would train on the undesirable ones too; choose another dataset"
-        )
-    if stage == "kto" and not (isinstance(columns_given, dict) and "kto_tag" in columns_given):
-        raise RegistryError(
-            f"{where}: stage kto needs answers labelled desirable or not, and '{name}' has no "
-            "columns.kto_tag; add it to the entry, or choose a dataset that has one"
-        )
+    _fits(entry, name, stages.STAGES[stage], where)
     path = dataset_dir / entry["file_name"]
     if not path.exists():
         raise RegistryError(f"{where}: '{name}' names file_name '{entry['file_name']}', which does not exist")
@@ -136,7 +117,7 @@ def expand(name: str, dataset_dir: Path, stage: str, shown: str | None = None) -
     out: dict[str, Any] = {"name": name, "path": str(path.resolve())}
     if entry.get("num_samples"):
         out["num_samples"] = int(entry["num_samples"])  # drawn at random, as LLaMA-Factory does
-    if stage == "pt":
+    if stages.STAGES[stage].data is stages.TEXT:
         # LLaMA-Factory trains pt on the prompt column.
         return {**out, "format": "text", "columns": {"text": columns.get("prompt", "instruction")}}
     mapped = {fields[k]: v for k, v in columns.items() if k in fields and v and fields[k] != v}
@@ -144,3 +125,49 @@ def expand(name: str, dataset_dir: Path, stage: str, shown: str | None = None) -
     if formatting == "sharegpt":
         out["tags"] = {k: v for k, v in tags.items() if k in SHAREGPT_TAGS and v}
     return out
+
+
+def _fits(entry: dict[str, Any], name: str, stage: stages.Stage, where: str) -> None:
+    """An entry of pairs ("ranking": true) or labelled answers (columns.kto_tag) serves the stages
+    whose data they are (core/stages.py); other data, the stages that read conversations or text."""
+    ranking = bool(entry.get("ranking"))
+    columns = entry.get("columns") or {}
+    labelled = isinstance(columns, dict) and "kto_tag" in columns
+    if ranking and stage.data.ranking is False:
+        raise RegistryError(
+            f"{where}: '{name}' is a ranking (preference) dataset, for stages {_by(ranking=True)}; "
+            f"stage '{stage.name}' needs plain samples"
+        )
+    if stage.data.ranking and not ranking:
+        raise RegistryError(
+            f"{where}: stage '{stage.name}' trains on {stage.data.what}, and '{name}' is no ranking dataset; "
+            'choose one with "ranking": true and chosen/rejected columns, or add them to this entry'
+        )
+    if labelled and stage.data.labelled is False:
+        raise RegistryError(
+            f"{where}: '{name}' labels its answers desirable or not (columns.kto_tag), for stage "
+            f"{_by(labelled=True)}; stage '{stage.name}' would train on the undesirable ones too; choose "
+            "another dataset"
+        )
+    if stage.data.labelled and not labelled:
+        raise RegistryError(
+            f"{where}: stage {stage.name} needs {stage.data.what}, and '{name}' has no columns.kto_tag; add "
+            "it to the entry, or choose a dataset that has one"
+        )
+
+
+def _by(**wanted: bool) -> str:
+    """The stages whose data wants what the entry holds, e.g. rm/dpo for pairs."""
+    return "/".join(
+        s.name for s in stages.STAGES.values() if all(getattr(s.data, k) is v for k, v in wanted.items())
+    )
+
+
+def dataset(ds: DatasetSpec, dataset_dir: Path, stage: str, shown: str | None = None) -> DatasetSpec:
+    """A dataset given by name, as the explicit one it stands for: the entry's file, format, columns
+    and tags; the spec's max_samples, num_samples (else the entry's) and encoding (an entry has none)."""
+    fields = expand(ds.name or "", dataset_dir, stage, shown)
+    fields["max_samples"] = ds.max_samples or fields.get("max_samples")
+    fields["num_samples"] = ds.num_samples or fields.get("num_samples")
+    fields["encoding"] = ds.encoding
+    return DatasetSpec(**fields)

@@ -23,14 +23,9 @@ def base_entry(image: str) -> dict[str, str] | None:
     return next((b for b in table()["bases"] if b["image"] == image), None)
 
 
-def image_checks(data: Any, base: Path) -> list[tuple[Loc, str]]:
-    """Spec checks hook: table contradictions, once the schema itself holds."""
-    from pydantic import ValidationError
-
-    try:
-        return contradictions(ImageSpec.model_validate(data))
-    except ValidationError:
-        return []  # the schema errors are reported already
+def image_checks(spec: ImageSpec, base: Path) -> list[tuple[Loc, str]]:
+    """Spec checks hook: table contradictions, on the validated spec."""
+    return contradictions(spec)
 
 
 def contradictions(spec: ImageSpec) -> list[tuple[Loc, str]]:

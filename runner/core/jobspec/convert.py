@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.core.jobspec.checks import is_hub_id
+from runner.core import stages
+from runner.core.jobspec.checks.files import is_hub_id
 from runner.core.jobspec.job import TEMPLATES, TrainingSpec
 
 # Any of these at the top level (and no runner `model:`/`method:` section) marks the file.
@@ -108,8 +109,8 @@ def convert(data: Any, file_name: str = "job", near: Path | None = None) -> tupl
         return lf.get(key, default)
 
     spec: dict[str, Any] = {"name": _name(take("output_dir"), file_name)}
-    stage = take("stage", "sft")
-    if stage != "sft":
+    stage = take("stage", stages.DEFAULT)
+    if stage != stages.DEFAULT:
         spec["stage"] = stage
     spec["model"] = _model(take, notes)
     spec["method"] = _method(take, notes)

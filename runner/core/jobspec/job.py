@@ -12,8 +12,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo", "eval")
-Stage = Literal["pt", "sft", "rm", "dpo", "kto", "ppo", "eval"]
+from runner.core import stages
+
+StageName = Literal[stages.NAMES]  # type: ignore[valid-type]
 DATA_FORMATS = ("alpaca", "sharegpt", "text")
 # Built-in chat templates; "auto" means the tokenizer's own chat_template.
 TEMPLATES = ("auto", "default", "alpaca", "chatml", "qwen", "llama3", "chatglm3", "mistral", "baichuan2")
@@ -198,8 +199,8 @@ PROMPT_LEARNING = ("prefix", "ptuning", "prompt")
 # --- data ---------------------------------------------------------------------------------
 
 
-# The fields of each format, which `columns` maps to a file's columns.
-# chosen/rejected (stages rm, dpo) and kto_tag (stage kto) are the preference fields.
+# The fields of each format, which `columns` maps to a file's columns. chosen, rejected and
+# kto_tag are the preference fields; which of them a stage reads is its record in core/stages.py.
 FORMAT_FIELDS = {
     "alpaca": ("instruction", "input", "output", "system", "history", "chosen", "rejected", "kto_tag"),
     "sharegpt": ("conversations", "system", "chosen", "rejected", "kto_tag"),
@@ -398,10 +399,12 @@ class TrainingSpec(_Spec):
 # --- preference stages (rm, dpo, kto) ----------------------------------------------------
 
 PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge", "orpo", "simpo")
+# dpo's losses that keep no reference model (TRL's experimental ORPO and CPO trainers).
+REFERENCE_FREE = ("orpo", "simpo")
 
 
 class PreferenceSpec(_Spec):
-    loss: Literal["sigmoid", "ipo", "hinge", "orpo", "simpo"] = Field(
+    loss: Literal[PREFERENCE_LOSSES] = Field(  # type: ignore[valid-type]
         "sigmoid", description="dpo: sigmoid (DPO), ipo or hinge against a reference model; orpo and "
         "simpo need no reference.",
     )  # fmt: skip
@@ -526,11 +529,12 @@ class JobSpec(_Spec):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="Job name; letters, digits, '.', '_' and '-'.",
     )
-    stage: Stage = Field(
-        "sft", description="pt, sft, rm, dpo, kto or ppo (with a reward model from an rm run); eval: loss, "
-        "generated answers and BLEU/ROUGE of model.path (+ model.adapter) on the data, as `runner eval` "
-        "runs it.",
-    )  # fmt: skip
+    stage: StageName = Field(
+        stages.DEFAULT,
+        description="What the job does: "
+        + "; ".join(f"{s.name}: {s.summary}" for s in stages.STAGES.values())
+        + ".",
+    )
     model: ModelSpec
     method: Method
     data: DataSpec
@@ -545,9 +549,11 @@ class JobSpec(_Spec):
 
     @model_validator(mode="before")
     @classmethod
-    def _eval_needs_no_method(cls, data: Any) -> Any:
-        """An evaluation trains nothing: its spec may leave out the method."""
-        if isinstance(data, dict) and data.get("stage") == "eval" and "method" not in data:
+    def _method_optional(cls, data: Any) -> Any:
+        """A stage that trains nothing (eval): its spec may leave out the method."""
+        name = data.get("stage") if isinstance(data, dict) else None
+        stage = stages.STAGES.get(name) if isinstance(name, str) else None
+        if stage is not None and not stage.trains and "method" not in data:
             return {**data, "method": {"type": "full"}}
         return data
 

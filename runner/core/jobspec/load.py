@@ -15,10 +15,12 @@ from runner.core.errors import Problem, SpecError
 from runner.core.jobspec.checks import check, run_adapter
 from runner.core.jobspec.convert import MARKERS, is_llamafactory
 from runner.core.jobspec.image import ImageSpec
-from runner.core.jobspec.job import METHODS, DatasetSpec, JobSpec
+from runner.core.jobspec.job import METHODS, JobSpec
+from runner.core.jobspec.partial import Unchecked, salvage
 from runner.core.jobspec.yaml_loader import RESOLVED_HEADER, Loc, Source, load_yaml
 
 M = typing.TypeVar("M", bound=BaseModel)
+# Checks beyond the schema, on the validated spec (or the parts of it that validated).
 Checks = typing.Callable[[Any, Path], list[tuple[Loc, str]]]
 
 
@@ -37,10 +39,10 @@ def load_job(
     if source.problems and source.data is None:
         raise SpecError(source.problems)
     if not files:
-        return validate(source, base or Path.cwd(), JobSpec, lambda data, b: [])
+        return validate(source, base or Path.cwd(), JobSpec, lambda spec, b: [])
     if writes is None:
         return validate(source, base or Path.cwd())
-    return validate(source, base or Path.cwd(), JobSpec, lambda data, b: check(data, b, writes=writes))
+    return validate(source, base or Path.cwd(), JobSpec, lambda spec, b: check(spec, b, writes=writes))
 
 
 def load_image(name_or_path: str | Path, images_dir: Path | None = None) -> ImageSpec:
@@ -66,7 +68,8 @@ def load_image(name_or_path: str | Path, images_dir: Path | None = None) -> Imag
 
 
 def validate(source: Source, base: Path, model: type[M] = JobSpec, checks: Checks = check) -> M:  # type: ignore[assignment]
-    """Schema and checks on parsed data; every problem is collected before raising."""
+    """Schema and checks on parsed data; every problem is collected before raising. The checks
+    run on the typed spec; where the schema refused parts of it, on the parts it did not."""
     problems = list(source.problems)
     spec = None
     if not isinstance(source.data, dict):
@@ -77,14 +80,24 @@ def validate(source: Source, base: Path, model: type[M] = JobSpec, checks: Check
                                 f"runner job spec; convert it with: runner convert {source.file}"))  # fmt: skip
     else:
         try:
-            spec = model.model_validate(source.data)
+            typed = spec = model.model_validate(source.data)
         except ValidationError as e:
             problems += [_problem(source, err, model) for err in e.errors()]
-        problems += [source.problem(loc, msg) for loc, msg in checks(source.data, base)]
+            locs = [_data_loc(source.data, tuple(err["loc"])) for err in e.errors()]
+            typed = salvage(model, source.data, locs)  # the checks run on the parts that validated
+        if typed is not None:
+            problems += [source.problem(loc, msg) for loc, msg in _checked(checks, typed, base)]
     if problems:
         raise SpecError(_unique(problems))
     assert spec is not None
     return spec
+
+
+def _checked(checks: Checks, spec: Any, base: Path) -> list[tuple[Loc, str]]:
+    try:
+        return checks(spec, base)
+    except Unchecked:  # checks that read a part the schema refused, and reported
+        return []
 
 
 def resolve(spec: JobSpec, base: Path) -> JobSpec:
@@ -98,11 +111,7 @@ def resolve(spec: JobSpec, base: Path) -> JobSpec:
     registry_dir = base / (spec.data.dataset_dir or ".")
     for i, ds in enumerate(spec.data.datasets):
         if ds.name and not ds.path:  # a registry entry becomes an explicit file, format and columns
-            fields = registry.expand(ds.name, registry_dir, spec.stage)
-            fields["max_samples"] = ds.max_samples or fields.get("max_samples")
-            fields["num_samples"] = ds.num_samples or fields.get("num_samples")
-            fields["encoding"] = ds.encoding  # dataset_info.json has no encoding: the spec's
-            spec.data.datasets[i] = ds = DatasetSpec(**fields)
+            spec.data.datasets[i] = ds = registry.dataset(ds, registry_dir, spec.stage)
         ds.path = str((base / ds.path).resolve())  # type: ignore[operator]
     spec.data.dataset_dir = None  # every dataset is a path now
     spec.output.dir = str((base / spec.output.dir).resolve())

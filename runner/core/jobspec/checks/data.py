@@ -1,0 +1,144 @@
+"""The data: each dataset's file (or registry entry) exists and is readable, is in a format its
+stage reads, and every record reads as training would read it; the mix fits the datasets."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from runner.core import stages
+from runner.core.data import registry
+from runner.core.jobspec.checks.context import Context, either, unset
+from runner.core.jobspec.checks.files import directory, holds, reachable, readable
+from runner.core.jobspec.job import DatasetSpec, DataSpec, JobSpec
+from runner.core.jobspec.partial import Unchecked
+from runner.core.jobspec.yaml_loader import Loc
+
+
+def mix(spec: JobSpec, at: Context) -> None:
+    data, loc = spec.data, ("data", "mix_probs")
+    probs, n = data.mix_probs, len(data.datasets)
+    if probs is None:
+        return
+    if data.mix == "concat":
+        at.add(loc, "needs mix: interleave_under or interleave_over (concat takes every record)")
+    elif len(probs) != n:
+        at.add(loc, f"has {len(probs)} value(s) for {n} dataset(s); give one per dataset")
+    elif any(p < 0 for p in probs) or abs(sum(probs) - 1) > 1e-6:
+        at.add(loc, f"must be >= 0 and sum to 1 (got {probs}, sum {sum(probs):g})")
+
+
+def dataset_dir(spec: JobSpec, at: Context) -> None:
+    value = spec.data.dataset_dir
+    if value is not None:
+        directory(value, at, ("data", "dataset_dir"), (registry.REGISTRY,), "a dataset registry")
+
+
+def datasets(spec: JobSpec, at: Context) -> None:
+    """Each dataset on its own: one that failed validation, or reads a part that did, is skipped."""
+    for i, ds in enumerate(spec.data.datasets):
+        with contextlib.suppress(Unchecked):
+            if ds.name and not ds.path:
+                _named(spec, i, ds, at)
+            else:
+                _file(spec, i, ds, at)
+
+
+def _file(spec: JobSpec, i: int, ds: DatasetSpec, at: Context) -> None:
+    before, path, where = len(at.found), ds.path, ("data", "datasets", i, "path")
+    known = path is not None and not unset(path) and reachable(at.base / path, path, where, at)
+    if known and not (at.base / path).exists():
+        at.add(where, f"no such file or directory '{path}'; {holds((at.base / path).parent, path)}")
+    elif known:
+        readable(at.base / path, path, where, at)
+    stage = stages.STAGES[spec.stage]
+    if ds.format not in stage.data.formats:
+        at.add(("data", "datasets", i, "format"), _format_message(stage, ds.format))
+    if at.read and known and len(at.found) == before and (at.base / path).exists():
+        _read(ds.model_copy(update={"path": str(at.base / path)}), spec, where, at)
+
+
+def _format_message(stage: stages.Stage, fmt: str) -> str:
+    readers = [s.name for s in stages.STAGES.values() if fmt in s.data.formats]
+    note = f"format: {fmt} is for stage {readers[0]}" if len(readers) == 1 else f"got '{fmt}'"
+    return f"stage '{stage.name}' needs {stage.data.what}; use format: {either(stage.data.formats)} ({note})"
+
+
+def _named(spec: JobSpec, i: int, ds: DatasetSpec, at: Context) -> None:
+    """A registry entry: usable as the stage reads it, then read as its file would be."""
+    loc, value, before = ("data", "datasets", i, "name"), spec.data.dataset_dir, len(at.found)
+    clash = [k for k in ("format", "columns", "tags") if k in ds.model_fields_set]
+    if clash:
+        at.add(loc, f"a named dataset takes {', '.join(clash)} from {registry.REGISTRY}; remove "
+                    f"{', '.join(clash)} here, or give path instead of name")  # fmt: skip
+    if value is None:
+        at.add(loc, f"a dataset given by name needs data.dataset_dir (the directory of {registry.REGISTRY})")
+        return
+    if unset(value) or not reachable(at.base / value, value, loc, None, inside=True):
+        return  # reported at data.dataset_dir
+    if not (at.base / value / registry.REGISTRY).is_file():
+        return  # reported at data.dataset_dir
+    try:
+        explicit = registry.dataset(ds, at.base / value, spec.stage, value)
+    except registry.RegistryError as e:
+        at.add(loc, str(e))
+        return
+    except ValidationError:
+        return  # an entry the schema would refuse cannot be read either; nothing more to say here
+    if at.read and len(at.found) == before:
+        _read(explicit, spec, loc, at)
+
+
+def _read(ds: DatasetSpec, spec: JobSpec, loc: Loc, at: Context) -> None:
+    """Every record of one dataset, read by the code training reads it with; what training would
+    stop at is reported here, before anything starts."""
+    from runner.core.data import readers as reader
+
+    settings = DataSpec.model_construct(
+        datasets=[ds], on_bad_record=spec.data.on_bad_record, placeholders=spec.data.placeholders
+    )
+    where = f"{loc[0]}.{loc[1]}[{loc[2]}]"
+    with _progress(ds, at.base) as tick:
+        errors, total = reader.check(ds, settings, where, tick=tick, stage=spec.stage)
+    for e in errors:
+        at.add(loc, e.text(_shown(e.file, at.base) if e.file else None))
+    if total > len(errors):
+        at.add(loc, f"{_shown(ds.path, at.base)}: {total - len(errors)} more bad record(s) after these; fix "
+                    "them, or skip them with data.on_bad_record: skip")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _progress(ds: DatasetSpec, base: Path, large: int = 32 << 20):
+    """A records-read counter on a terminal, for data of `large` bytes or more."""
+    from runner.core.data import readers as reader
+
+    try:
+        size = sum(f.stat().st_size for f in reader.files(ds))
+    except (OSError, reader.DataError):
+        size = 0  # reading reports it
+    if size < large or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    columns = (SpinnerColumn(), TextColumn("reading {task.description}: {task.completed:,} records"))
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(_shown(ds.path, base), total=None)
+        yield lambda: bar.advance(task)
+
+
+def _shown(path: Any, base: Path) -> str:
+    """A data file as the user would write it: relative to the spec's base where it is inside."""
+    path = Path(os.path.abspath(path))
+    try:
+        return str(path.relative_to(os.path.abspath(base)))
+    except ValueError:
+        return str(path)
+
+
+CHECKS = (mix, dataset_dir, datasets)
