@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path, PurePath
 
+from runner.core import stages
 from runner.core.deepspeed import render_deepspeed
 from runner.core.jobspec.image import image_ref
 from runner.core.jobspec.job import JobSpec
@@ -105,7 +106,7 @@ def read_only_paths(spec: JobSpec) -> list[str]:
     """Model, adapter, data and ppo's reward model: what the job reads and must never write."""
     paths = [spec.model.path, *(d.path for d in spec.data.datasets)]
     paths += [spec.model.adapter] if spec.model.adapter else []
-    if spec.stage == "ppo" and spec.ppo.reward_model:
+    if "ppo.reward_model" in stages.STAGES[spec.stage].needs and spec.ppo.reward_model:
         paths += reward_model_inputs(spec.ppo.reward_model)
     return list(dict.fromkeys(paths))
 

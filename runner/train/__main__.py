@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         return STOPPED
     if record:
         record.update(status="succeeded", exit_code=0, ended=now())
-    if not metrics or spec.stage == "eval":  # not the main process; an evaluation printed its table
+    if (
+        not metrics or not stages.STAGES[spec.stage].trains
+    ):  # not the main process; an evaluation printed its table
         return 0
     loss = metrics.get("train_loss")
     print(f"done: {metrics['global_step']} steps, train_loss {loss:.4f}, saved {run_dir / metrics['output']}")

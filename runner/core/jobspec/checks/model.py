@@ -13,6 +13,7 @@ from runner.core.jobspec.checks.context import Context, unset
 from runner.core.jobspec.checks.files import directory, listing
 from runner.core.jobspec.job import CONTROL_TOKENS, TEMPLATES, JobSpec
 from runner.core.jobspec.yaml_loader import Loc
+from runner.core.rundir import ADAPTER
 
 _MODEL_FILES = ("config.json",)
 
@@ -86,11 +87,11 @@ def earlier_run(value: str, base: Path):
     """The run that model.adapter names, by its run directory or a run id `runner ls` knows; None
     where the value is no run (an adapter directory, or nothing at all)."""
     from runner.core.errors import RunnerError
-    from runner.core.rundir import RECORD, find_run, read_record
+    from runner.core.rundir import RunDir, find_run, read_record
 
     path = base / value
     try:
-        if (path / RECORD).is_file() and not (path / "adapter_config.json").exists():
+        if RunDir.holds_run(path) and not (path / "adapter_config.json").exists():
             return read_record(path)
         if not path.exists() and re.fullmatch(r"\d{8}-\d{6}(-[0-9a-f]{0,4})?", value):
             return find_run(value)
@@ -107,12 +108,11 @@ def run_saved_adapter(run, loc: Loc, at: Context) -> bool:
                     f"{', see its train.log' if run.status == 'failed' else ''}; name a run that "
                     "succeeded (`runner ls`), or an adapter directory")  # fmt: skip
         return False
-    saved = Path(run.run_dir) / "adapter"
-    if not (saved / "adapter_config.json").is_file():
-        model = Path(run.run_dir) / "model"
-        fix = (f"it saved a whole model: set model.path to {model} and leave out model.adapter"
-               if (model / "config.json").is_file() else f"it holds: {listing(Path(run.run_dir))}")  # fmt: skip
-        at.add(loc, f"{where} saved no adapter ({saved} is missing); {fix}")
+    result = run.dir.result()
+    if result is None or result.name != ADAPTER:
+        fix = (f"it saved a whole model: set model.path to {result} and leave out model.adapter"
+               if result is not None else f"it holds: {listing(Path(run.run_dir))}")  # fmt: skip
+        at.add(loc, f"{where} saved no adapter ({run.dir.path / ADAPTER} is missing); {fix}")
         return False
     return True
 
@@ -120,7 +120,7 @@ def run_saved_adapter(run, loc: Loc, at: Context) -> bool:
 def run_adapter(value: str, base: Path) -> Path:
     """model.adapter as a directory: an earlier run's adapter/, or the adapter directory itself."""
     run = earlier_run(value, base)
-    return Path(run.run_dir) / "adapter" if run is not None else base / value
+    return run.dir.path / ADAPTER if run is not None else base / value
 
 
 def _vocabulary(model_dir: Path) -> set[str]:

@@ -11,6 +11,7 @@ from runner.core.jobspec.checks.context import Context, changed, unset
 from runner.core.jobspec.checks.files import directory, listing
 from runner.core.jobspec.checks.model import earlier_run, run_saved_adapter
 from runner.core.jobspec.job import REFERENCE_FREE, JobSpec
+from runner.core.rundir import ADAPTER
 
 
 def reference_free(spec: JobSpec, at: Context) -> None:
@@ -31,7 +32,7 @@ def reward_model(spec: JobSpec, at: Context) -> None:
     if run is not None:
         if not run_saved_adapter(run, loc, at):
             return
-        path = Path(run.run_dir) / "adapter"
+        path = run.dir.path / ADAPTER
         shown = str(path)
     else:
         path, shown = at.base / value, value
