@@ -49,6 +49,7 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
     "fused.fuse_lora": (
         "peft.tuners.lora.layer.Linear.forward", "peft.tuners.lora.layer.Linear._cast_input_dtype",
         "the LoRA layer's lora_A, lora_B, scaling, lora_dropout, lora_variant, merged, disable_adapters",
+        "deepspeed ZeRO-3's ds_id on the parameters it partitions",
     ),
     "methods._lora_forward": ("peft.tuners.lora.layer.LoraLayer.cast_input_dtype_enabled",),
 }  # fmt: skip

@@ -506,6 +506,16 @@ def test_fused_fuse_lora():
         assert torch.allclose(a, b, atol=1e-4), broken(entry, "a gradient differs from PEFT's")
 
 
+def test_fused_fuse_lora_knows_zero3_parameters():
+    """fused.py leaves a layer whose weights ZeRO-3 partitions to PEFT; it tells them by ds_id."""
+    deepspeed = pytest.importorskip("deepspeed", reason="deepspeed is not installed")
+    from deepspeed.runtime.zero import partition_parameters
+
+    assert "param.ds_id =" in inspect.getsource(partition_parameters.Init), broken(
+        "fused.fuse_lora", f"deepspeed {deepspeed.__version__} marks its partitioned parameters otherwise"
+    )
+
+
 def test_methods__lora_forward():
     """Switching `cast_input_dtype_enabled` off leaves the adapter's input in its own dtype."""
     entry = "methods._lora_forward"
@@ -573,3 +583,24 @@ def test_every_stage_trainer_that_saves_checkpoints_commits_them():
         assert mro.index(compat.CommittedCheckpoints) < min(
             i for i, c in enumerate(mro) if c.__module__.startswith(("transformers.", "trl."))
         ), cls
+
+
+def test_the_train_bounds_admit_what_every_image_lock_pins():
+    """pyproject.toml's train extra holds the libraries compat.py reaches into below their next
+    minor release; every lock the images install must still fall inside."""
+    import re
+
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib", reason="python 3.11 reads TOML; 3.10 does not")
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    bounds = {r.name: r.specifier for r in map(Requirement, extra["optional-dependencies"]["train"])}
+    for name in ("transformers", "peft", "trl"):
+        assert any(s.operator == "<" for s in bounds[name]), f"{name} has no upper bound: {bounds[name]}"
+    outside = []
+    for lock in sorted((ROOT / "images").glob("*.lock")):
+        for name, version in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", lock.read_text(encoding="utf-8"), re.M):
+            if name in bounds and not bounds[name].contains(version.split("+")[0]):
+                outside.append(f"{lock.name}: {name}=={version} is outside {bounds[name]}")
+    assert not outside, outside
