@@ -32,16 +32,21 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
     ),
     "StopAtMaxSteps": ("transformers.Trainer._run_epoch",),
     "TokenBudgetSteps": (
-        "transformers.Trainer.training_step (num_items_in_batch)", "transformers.Trainer.model_accepts_loss_kwargs",
+        "transformers.Trainer.training_step (num_items_in_batch)",
+        "transformers.Trainer.model_accepts_loss_kwargs",
     ),
     "LogitsOnTargets": (
         "transformers.Trainer.compute_loss", "the causal LMs' forward(logits_to_keep=tensor)",
         "transformers.loss.loss_utils.ForCausalLMLoss(shift_labels)",
     ),
-    "AdapterOnlySave": ("transformers.Trainer.save_model(_internal_call)", "PEFT's save of a second adapter into a subfolder"),
+    "AdapterOnlySave": (
+        "transformers.Trainer.save_model(_internal_call)", "PEFT's save of a second adapter into a subfolder",
+    ),
     "TokenizedPairs": ("trl.DPOTrainer._prepare_dataset",),
     "TokenizedUnpaired": ("trl.KTOTrainer._prepare_dataset", "trl.KTOTrainer.calculate_KL"),
-    "TokenizedPairRows": ("trl.experimental.orpo.ORPOTrainer.tokenize_row", "trl.experimental.cpo.CPOTrainer.tokenize_row"),
+    "TokenizedPairRows": (
+        "trl.experimental.orpo.ORPOTrainer.tokenize_row", "trl.experimental.cpo.CPOTrainer.tokenize_row",
+    ),
     "PPOWithoutTrainerInit": (
         "transformers.Trainer.is_distributed_loading_by_transformers (set by Trainer.__init__)",
         "trl.experimental.ppo.PPOTrainer's self.model.policy",
