@@ -76,8 +76,9 @@ def answers(tmp_path_factory) -> Path:
     rows = []
     for i in range(RECORDS):
         r = base[i % len(base)]
-        turns = [{**t, "value": f"{t['value']} ({i})"} for t in r["conversations"]]
-        rows.append({"conversations": turns, "kto_tag": r["kto_tag"]})
+        question, answer = (t["value"] for t in r["conversations"][:2])
+        rows.append({"instruction": f"{question} ({i})", "input": "", "output": f"{answer} #{i}",
+                     "kto_tag": r["kto_tag"]})  # fmt: skip
     path = tmp_path_factory.mktemp("data") / "answers.json"
     path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
     return path
