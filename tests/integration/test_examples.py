@@ -26,6 +26,7 @@ def test_example_trains_on_the_tiny_model(job: Path, tmp_path, tiny_model, monke
     from runner.core.errors import UnsupportedError
     from runner.core.jobspec.load import load_job, resolve
     from runner.core.rundir import new_run_dir
+    from runner.train.__main__ import STAGES  # stage name -> its module
 
     monkeypatch.setenv("MODEL_DIR", str(tiny_model))
     monkeypatch.setenv("OUTPUT_DIR", str(tmp_path / "out"))
@@ -35,7 +36,7 @@ def test_example_trains_on_the_tiny_model(job: Path, tmp_path, tiny_model, monke
     spec.resources.gpus, spec.distributed.deepspeed = 0, None
     spec.ppo.response_length = 8
     run_dir = new_run_dir(spec.output.dir, spec.name)
-    stage = importlib.import_module(f"runner.train.{spec.stage}")
+    stage = importlib.import_module(STAGES[spec.stage])
     if spec.method.type == "qlora" and not torch.cuda.is_available():
         with pytest.raises(UnsupportedError, match="needs a CUDA GPU; none is visible here"):
             stage.run(spec, run_dir)
