@@ -359,3 +359,29 @@ def test_ppo_on_two_processes(tmp_path, tiny_model):
     ids = tokenizer("hello", return_tensors="pt").input_ids
     with torch.no_grad():
         assert tuned.generate(ids, max_new_tokens=3, do_sample=False).shape[1] > ids.shape[1]
+
+
+def test_ppo_stops_after_the_step_a_sigterm_reaches(tmp_path, tiny_model):
+    """TRL's PPO loop never reads should_training_stop: a SIGTERM mid-run (docker stop, runner
+    stop) still ends it after that step, the run marked stopped, not failed."""
+    import os
+    import re
+    import signal
+
+    from tests.integration.test_faults import Attempt, only_run
+
+    job = write_job(
+        tmp_path / "ppo.json", tiny_model, name="ppo", stage="ppo",
+        ppo={"reward_model": str(tiny_model), "response_length": 8},
+        data={"datasets": [{"path": str(PAIRS)}], "cutoff_len": 64},
+        training={"max_steps": 200, "logging_steps": 1, "per_device_train_batch_size": 4},
+    )  # fmt: skip
+    attempt = Attempt("submit", str(job), "--executor", "local")
+    assert attempt.wait_for(r"^step 1/200 "), attempt.text[-3000:]
+    (pid,) = attempt.trainers(1).values()
+    os.kill(pid, signal.SIGTERM)
+    attempt.finish(timeout=300)
+    record = json.loads((only_run(tmp_path / "out", "ppo") / "run.json").read_text())
+    assert record["status"] == "stopped", (record, attempt.text[-3000:])
+    stopped = re.search(r"stopped at step (\d+); stage ppo keeps no checkpoint", attempt.text)
+    assert stopped and int(stopped.group(1)) < 200, attempt.text[-3000:]
