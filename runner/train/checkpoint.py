@@ -5,16 +5,22 @@ finished writing its part (ZeRO partitions, per-rank RNG states), the main proce
 file to the disk, writes the COMPLETE marker (the list of files and their sizes, itself fsync'd)
 and renames the directory to checkpoints/checkpoint-N. Resuming takes the newest checkpoint
 whose marker is there and whose files still have the sizes it lists; it says which it skipped.
+
+`committed` is that protocol around one save; runner/train/compat.py hooks it into the Trainer's
+own save, for every stage's trainer alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from runner.core import atomic
@@ -52,6 +58,56 @@ def commit(staged: Path, final: Path, world_size: int) -> None:
     os.replace(staged, final)
     atomic.fsync_dir(final.parent)
     atomic.fsync_dir(staged.parent)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Who does what in a save: `main` commits (one process of the run), `local_main` prepares
+    and commits on its own machine (the first process of each), all `world_size` wait together."""
+
+    main: bool
+    local_main: bool
+    world_size: int
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+@contextlib.contextmanager
+def committed(root: Path, step: int, ranks: Ranks, keep: int | None) -> Iterator[Path]:
+    """Around every process's save of step `step`: yields the directory to save checkpoint-N
+    into (root/.partial), then, once every process has written its part (ZeRO partitions, RNG
+    states), the main process commits it and only then rotates out all but the newest `keep`,
+    so a crash always leaves one. A save that fails for want of space raises one RunError."""
+    name = f"{PREFIX}{step}"
+    staged = root / STAGING / name
+    if ranks.local_main:
+        shutil.rmtree(staged, ignore_errors=True)  # left by an interrupted save of this step
+        staged.parent.mkdir(parents=True, exist_ok=True)
+    ranks.barrier()
+    try:
+        yield staged.parent
+        ranks.barrier()  # every rank's files are written
+        if ranks.main:
+            commit(staged, root / name, ranks.world_size)
+    except Exception as e:
+        if ranks.main and is_disk_full(e, root):
+            raise disk_full_error(root, staged, root.parent.name) from None
+        raise
+    if ranks.main:
+        log.info("checkpoint %s saved", name)
+        rotate(root, keep)
+    if ranks.world_size > 1:
+        ranks.barrier()
+        # Another machine whose disk is its own (no shared storage): its ranks' part of the
+        # checkpoint is still staged there; its first process commits it the same way.
+        if ranks.local_main and not ranks.main and staged.exists():
+            commit(staged, root / name, ranks.world_size)
+            rotate(root, keep)
+    ranks.barrier()  # no rank goes on before the checkpoint is in place
 
 
 def why_incomplete(path: Path) -> str | None:

@@ -7,17 +7,15 @@ import json
 import logging
 import os
 import resource
-import shutil
 import sys
 from pathlib import Path
 
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from runner.core import atomic
-from runner.core.data.templates import IGNORE
 from runner.core.errors import UnsupportedError
 from runner.core.jobspec.job import PROMPT_LEARNING, JobSpec
-from runner.train import checkpoint, dataset, memory, microbatch
+from runner.train import checkpoint, compat, dataset, memory
 from runner.train.callbacks import MetricsCallback, ShareFiles, StopOnSignal, share
 from runner.train.dataset import LENGTH
 from runner.train.methods import PEFT_METHODS
@@ -131,112 +129,15 @@ def model_loading(spec: JobSpec, run_dir: Path):
         del args
 
 
-class RunnerTrainer(Trainer):
-    """The HF Trainer, computing logits only at trained positions when `targets_only`, and
-    splitting each optimizer step into micro-batches of at most `micro_batch_tokens` tokens."""
-
-    targets_only = False
-    micro_batch_tokens: int | None = None
-    _staging: str | None = None
-
-    def _get_output_dir(self, trial) -> str:
-        return self._staging or super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        """The Trainer's save, into checkpoints/.partial; once every process has written its
-        part, the main process marks it complete and moves it into place (see checkpoint.py).
-        Old checkpoints are rotated out only after that, so a crash always leaves one."""
-        root = Path(super()._get_output_dir(trial))
-        name = f"{checkpoint.PREFIX}{self.state.global_step}"
-        staged, main = root / checkpoint.STAGING / name, self.args.should_save
-        local_main = self.args.local_process_index == 0
-        if local_main:
-            shutil.rmtree(staged, ignore_errors=True)  # left by an interrupted save of this step
-            staged.parent.mkdir(parents=True, exist_ok=True)
-        self._barrier()
-        limit, self.args.save_total_limit = self.args.save_total_limit, None
-        self._staging = str(staged.parent)
-        try:
-            super()._save_checkpoint(model, trial)
-            self._barrier()  # every rank's files (ZeRO partitions, RNG states) are written
-            if main:
-                checkpoint.commit(staged, root / name, self.args.world_size)
-        except Exception as e:
-            if main and checkpoint.is_disk_full(e, root):
-                raise checkpoint.disk_full_error(root, staged, Path(root).parent.name) from None
-            raise
-        finally:
-            self._staging = None
-            self.args.save_total_limit = limit
-        if main:
-            log.info("checkpoint %s saved", name)
-            checkpoint.rotate(root, limit)
-        if self.args.world_size > 1:
-            self._barrier()
-            # Another machine whose disk is its own (no shared storage): its ranks' part of the
-            # checkpoint is still staged there; its first process commits it the same way.
-            if local_main and not main and staged.exists():
-                checkpoint.commit(staged, root / name, self.args.world_size)
-                checkpoint.rotate(root, limit)
-        self._barrier()  # no rank goes on before the checkpoint is in place
-
-    def _run_epoch(self, *args, **kwargs):
-        # Resumed from the checkpoint of the last step (a kill after that save, before the
-        # model was written): the Trainer would train one step beyond max_steps.
-        if 0 < self.state.max_steps <= self.state.global_step:
-            self.control.should_training_stop = True
-            return None
-        return super()._run_epoch(*args, **kwargs)
-
-    def _barrier(self) -> None:
-        if self.args.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        if not self.micro_batch_tokens or num_items_in_batch is None:
-            return super().training_step(model, inputs, num_items_in_batch)
-        # Every part's loss is its token sum over the step's token count, so the parts' gradients
-        # add up to the step's; gradients are exchanged between GPUs after the last part only.
-        parts = microbatch.split(inputs, self.micro_batch_tokens)
-        loss = 0
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
-                loss = loss + super().training_step(model, part, num_items_in_batch)
-        return loss
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.targets_only and not return_outputs and "labels" in inputs:
-            inputs = only_targets(inputs)
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+class Resumable(compat.CommittedCheckpoints, compat.StopAtMaxSteps):
+    """What every stage's trainer is made of besides its library class (transformers' Trainer for
+    sft and pt, TRL's for rm, dpo and kto): checkpoints committed whole (checkpoint.py) and the
+    resume rules. `train` refuses a trainer that saves checkpoints without it."""
 
 
-def _takes_logits_to_keep(model) -> bool:
-    """Whether the model's forward restricts its head to given positions (transformers' own
-    models do; remote code such as ChatGLM3's may not, and then computes every logit)."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    takes = "logits_to_keep" in inspect.signature(base.forward).parameters
-    if not takes:
-        log.info("logits_on_targets_only: %s's forward takes no logits_to_keep; every position's "
-                 "logits are computed", type(base).__name__)  # fmt: skip
-    return takes
-
-
-def only_targets(inputs: dict) -> dict:
-    """The batch with the output layer restricted to positions whose next token is trained.
-
-    `logits_to_keep` (a tensor of positions) makes the model run its head on those positions
-    only, and `shift_labels` hands the loss the already aligned targets, so transformers' own
-    loss, token counting and accumulation scaling stay in charge.
-    """
-    labels = inputs["labels"]
-    keep = (labels[:, 1:] != IGNORE).any(dim=0).nonzero().flatten()
-    targets = labels[:, keep + 1]
-    return {**inputs, "labels": targets, "shift_labels": targets, "logits_to_keep": keep}
+class RunnerTrainer(Resumable, compat.TokenBudgetSteps, compat.LogitsOnTargets, Trainer):
+    """The HF Trainer as sft and pt train with it: committed checkpoints, token-budget steps
+    (`micro_batch_tokens`) and logits at trained positions only (`targets_only`)."""
 
 
 def make_trainer(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, collator) -> Trainer:
@@ -271,7 +172,7 @@ def make_trainer(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_
         spec.training.logits_on_targets_only
         and not args.use_liger_kernel
         and spec.method.type not in PROMPT_LEARNING
-        and _takes_logits_to_keep(model)
+        and compat.takes_logits_to_keep(model)
     )
     return trainer
 
@@ -283,6 +184,8 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
     trainable, total = count_parameters(model)
     log.info("trainable params: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     trainer = (make or make_trainer)(spec, run_dir, model, tokenizer, train_ds, eval_ds, collator)
+    if trainer.args.save_strategy != "no" and not isinstance(trainer, Resumable):
+        raise TypeError(f"{type(trainer).__name__} saves checkpoints without runner.train.trainer.Resumable")
     trainer.add_callback(stop := StopOnSignal())
     resume = None
     if os.environ.get("RUNNER_RESUME") == "1":

@@ -2,7 +2,10 @@
 
 Each stage tokenizes its data with the job's chat template (runner/core/data/preference.py), builds
 the model as sft does, and hands both to a TRL trainer made here with the same training
-arguments, callbacks and saving as every other stage (runner/train/trainer.py).
+arguments, callbacks and saving as every other stage (runner/train/trainer.py). rm, dpo and kto
+subclass their TRL trainer with `Preference`: checkpoints committed whole and resumed as sft's
+are. Token-budget steps and logits at trained positions only are sft's and pt's: the TRL
+trainers batch pairs and compute their losses themselves (`NOT_APPLIED`).
 """
 
 from __future__ import annotations
@@ -11,12 +14,12 @@ import json
 import logging
 import os
 import resource
-import shutil
 from pathlib import Path
 
 from transformers import PrinterCallback
 
 from runner.core.jobspec.job import JobSpec
+from runner.train import compat
 from runner.train import trainer as loop
 from runner.train.callbacks import MetricsCallback, ShareFiles
 from runner.train.methods import PEFT_METHODS
@@ -24,12 +27,40 @@ from runner.train.model import fit_vocab, load_model
 
 log = logging.getLogger(__name__)
 
+# Settings of sft's trainer that a TRL stage's trainer does not apply, and why. The spec checks
+# refuse the ones a user sets (runner/core/jobspec/checks.py); a default is only told.
+NOT_APPLIED = {
+    "logits_on_targets_only": {
+        "rm": "the reward model scores with a one-output head, it computes no vocabulary logits",
+        "dpo": "TRL's DPO, ORPO and CPO losses read the logits of every position of chosen and rejected",
+        "kto": "TRL's KTO loss reads the logits of every position of the answer and its KL pair",
+        "ppo": "TRL's PPO loop computes its own log-probabilities of the generated answers",
+    },
+}
+
+
+class Preference(compat.AdapterOnlySave, loop.Resumable):
+    """What rm, dpo and kto's TRL trainers get: committed checkpoints and sft's resume rules
+    (runner/train/trainer.py), and a saved adapter without the reference's copy."""
+
+
+def tell_not_applied(spec: JobSpec) -> None:
+    """One line for each of sft's settings this stage's trainer leaves unused; a warning when
+    the user set it (the spec checks should have refused it)."""
+    for key, stages in NOT_APPLIED.items():
+        why = stages.get(spec.stage)
+        if why and getattr(spec.training, key):
+            said = key in spec.training.model_fields_set
+            (log.warning if said else log.info)("training.%s does not apply to stage %s (%s)%s", key,
+                                                 spec.stage, why, "; ignored" if said else "")  # fmt: skip
+
 
 def make(
     trainer_cls, config_cls, spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, **kwargs
 ):
     """A TRL trainer: `config` (the TRL config's own settings), or `args` made already, and the
     trainer's other arguments (ref_model) in kwargs."""
+    tell_not_applied(spec)
     config = kwargs.pop("config", {})
     args = kwargs.pop("args", None) or loop.training_arguments(
         spec, run_dir, has_eval=eval_ds is not None, args_class=config_cls, max_length=spec.data.cutoff_len,
@@ -78,15 +109,6 @@ def drop_fresh_reference_adapter(trainer, spec: JobSpec) -> None:
         )
         log.info("reference: %s (no copy of the model)", kept if spec.preference.reference == "auto" else
                  "log-probs precomputed before training")  # fmt: skip
-
-
-class Saving:
-    """Mixin: a saved adapter holds the trained adapter only, never the reference's copy."""
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        super().save_model(output_dir, _internal_call)
-        if self.args.should_save:
-            shutil.rmtree(Path(output_dir or self.args.output_dir) / "ref", ignore_errors=True)
 
 
 def record_peak_memory(run_dir: Path, metrics: dict) -> dict:

@@ -509,8 +509,8 @@ def test_logits_at_trained_positions_only_give_the_same_loss(packing, tmp_path, 
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
     from runner.core.data.templates import apply_template
+    from runner.train.compat import only_targets
     from runner.train.model import load_model, load_tokenizer
-    from runner.train.trainer import only_targets
 
     _, spec = _prepare(tmp_path, tiny_model, method={"type": "full"})
     tokenizer = load_tokenizer(str(tiny_model))

@@ -4,7 +4,9 @@ kill, and the run still reaches its full step count with exactly the weights of 
 never interrupted. Every checkpoint a resume starts from holds the uninterrupted run's weights
 of that step too. With one process, with two (torchrun, gloo: one rank is killed) and with two
 under DeepSpeed ZeRO-2. A kill after the last step's checkpoint, before the model is written,
-resumes without training a step more.
+resumes without training a step more. The preference stages' TRL trainers the same way: dpo
+(against a frozen copy of the model) and rm with the suite; dpo with precomputed reference
+log-probs and kto with `-m slow`.
 
 A save that fills the disk fails the run with one message naming the disk, the bytes and the
 fix, and leaves the previous checkpoint to resume from once there is room.
@@ -53,10 +55,40 @@ def conversations(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> Path:
+    """Distinct preference pairs, as many as the conversations, for dpo and rm."""
+    base = json.loads((ROOT / "data" / "preference.json").read_text(encoding="utf-8"))
+    rows = [
+        {"instruction": f"{r['instruction']} ({i})", "input": "", "chosen": f"{r['chosen']} #{i}",
+         "rejected": f"{r['rejected']} #{i}"}
+        for i, r in ((i, base[i % len(base)]) for i in range(RECORDS))
+    ]  # fmt: skip
+    path = tmp_path_factory.mktemp("data") / "pairs.json"
+    path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def answers(tmp_path_factory) -> Path:
+    """Distinct answers labelled desirable or not, for kto."""
+    base = json.loads((ROOT / "data" / "kto.json").read_text(encoding="utf-8"))
+    rows = []
+    for i in range(RECORDS):
+        r = base[i % len(base)]
+        question, answer = (t["value"] for t in r["conversations"][:2])
+        rows.append({"instruction": f"{question} ({i})", "input": "", "output": f"{answer} #{i}",
+                     "kto_tag": r["kto_tag"]})  # fmt: skip
+    path = tmp_path_factory.mktemp("data") / "answers.json"
+    path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
 def job(directory: Path, model: Path, data: Path, name: str, steps: int, procs: int = 1,
         keep: int | None = 2, out: Path | None = None, cache: bool = True, **sections) -> Path:  # fmt: skip
     """Full fine-tuning with AdamW (its state must survive too), no dropout, a fixed data
-    order, a checkpoint every SAVE_STEPS steps of which `keep` are kept."""
+    order, a checkpoint every SAVE_STEPS steps of which `keep` are kept. `sections` add to the
+    job (stage="dpo", preference={...})."""
     return write_job(
         directory / f"{name}.json", model, name=name,
         method={"type": "full"},
@@ -97,7 +129,7 @@ def only_run(out: Path, name: str) -> Path:
 def reference(tmp_path_factory, model: Path, data: Path, steps: int, procs: int, executor: str = "local",
               **sections) -> Path:  # fmt: skip
     """The same job, never interrupted, every checkpoint kept."""
-    directory = tmp_path_factory.mktemp(f"reference{procs}")
+    directory = tmp_path_factory.mktemp(f"reference{procs}{sections.get('stage', '')}")
     spec = job(directory, model, data, "ref", steps, procs, keep=None, **sections)
     proc = cli("submit", str(spec), "--executor", executor)
     out = proc.communicate(timeout=900)[0].decode(errors="replace")
@@ -225,6 +257,7 @@ class Report:
     kills: list[Kill] = field(default_factory=list)
     resumes: list[tuple[int, float]] = field(default_factory=list)  # (step, max |Δw| vs reference)
     skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # the kills and resumes, the uninterrupted run not counted
 
 
 def plan(rng: random.Random, kills: int) -> list[Kill]:
@@ -371,6 +404,11 @@ def run_with_kills(tmp_path: Path, model: Path, data: Path, ref: Path, steps: in
     return report
 
 
+def timed(report: Report, started: float) -> Report:
+    report.seconds = time.time() - started
+    return report
+
+
 def check_and_print(
     report: Report, run_dir: Path, ref: Path, procs: int, model: Path, where: str = ""
 ) -> None:
@@ -379,7 +417,8 @@ def check_and_print(
     final = weights(run_dir / "model")
     expected = weights(ref / "model")
     worst = max_diff(final, expected)
-    moved = max_diff(expected, weights(model))
+    base = weights(model)  # the starting model; rm's has no value head yet, which moved from random
+    moved = max_diff(*({k: w[k] for k in expected.keys() & base.keys()} for w in (expected, base)))
     equal = sum(1 for _, d in report.resumes if d == 0)
     what = where or f"{procs} process{'es' if procs > 1 else ''}"
     print(f"\nkills ({what}): " + "; ".join(k.landed for k in report.kills))
@@ -388,6 +427,7 @@ def check_and_print(
         f"RELIABILITY kills: {len(report.kills)} survived, resumes with equal weights: "
         f"{equal}/{len(report.resumes)} (max |Δw| {max((d for _, d in report.resumes), default=0):.1e}) "
         f"[{what}; final weights max |Δw| {worst:.1e}, training moved them by up to {moved:.1e}]"
+        + (f" in {report.seconds:.0f} s" if report.seconds else "")
     )
     assert moved > 5e-4  # training changed the weights: equal weights mean something
     assert worst == 0, f"the resumed run's final weights differ by up to {worst:g}"
@@ -426,6 +466,45 @@ def test_six_kills_at_random_points_then_resume_to_the_same_weights(
                             seed=100 + procs + (zero or 0), **distributed)  # fmt: skip
     where = f"{procs} processes, ZeRO-{zero}" if zero else ""
     check_and_print(report, only_run(tmp_path / "out", "faulty"), ref, procs, tiny_model, where=where)
+
+
+# The preference stages: TRL's trainers with runner's committed checkpoints and resume rules.
+# dpo trains against a frozen copy of the model (method full), rm a value head and the model.
+PREFERENCE = {
+    "dpo": {"stage": "dpo"},
+    "rm": {"stage": "rm"},
+    "dpo-precomputed": {"stage": "dpo", "preference": {"reference": "precomputed"}},
+    "kto": {"stage": "kto"},
+}
+
+
+@pytest.mark.parametrize("variant", ["dpo", "rm"])
+def test_a_preference_run_killed_tokenizing_saving_and_after_the_last_checkpoint_resumes_to_the_same_weights(
+    variant: str, tmp_path: Path, tmp_path_factory, tiny_model: Path, pairs: Path
+):
+    sections = PREFERENCE[variant]
+    ref = reference(tmp_path_factory, tiny_model, pairs, SHORT, 1, **sections)
+    started = time.time()
+    report = run_with_kills(tmp_path, tiny_model, pairs, ref, SHORT, 1, kills=3, seed=11, **sections)
+    check_and_print(timed(report, started), only_run(tmp_path / "out", "faulty"), ref, 1, tiny_model,
+                    where=f"stage {variant}, 1 process")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["dpo", "rm", "dpo-precomputed", "kto"])
+def test_a_preference_run_killed_six_times_at_random_points_resumes_to_the_same_weights(
+    variant: str, tmp_path: Path, tmp_path_factory, tiny_model: Path, pairs: Path, answers: Path
+):
+    """dpo-precomputed: the reference log-probs are computed again on every resume, from the
+    model as loaded, before the checkpoint's weights replace it."""
+    sections = PREFERENCE[variant]
+    data = answers if variant == "kto" else pairs
+    ref = reference(tmp_path_factory, tiny_model, data, LONG, 1, **sections)
+    started = time.time()
+    report = run_with_kills(tmp_path, tiny_model, data, ref, LONG, 1, kills=6, seed=200 + len(variant),
+                            **sections)  # fmt: skip
+    check_and_print(timed(report, started), only_run(tmp_path / "out", "faulty"), ref, 1, tiny_model,
+                    where=f"stage {variant}, 1 process")  # fmt: skip
 
 
 def test_a_full_disk_fails_the_save_with_one_message_and_the_run_resumes_once_there_is_room(

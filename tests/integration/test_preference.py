@@ -33,6 +33,21 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [m for m in map(json.loads, lines) if "loss" in m]
 
 
+def _assert_committed(run_dir: Path, steps: list[int]) -> None:
+    """Every checkpoint of the run was committed as sft's are: a COMPLETE marker listing its
+    files, nothing left in checkpoints/.partial (runner/train/checkpoint.py)."""
+    found = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [int(p.name.split("-")[1]) for p in found] == steps
+    for path in found:
+        marker = json.loads((path / "COMPLETE").read_text())
+        assert marker["step"] == int(path.name.split("-")[1])
+        assert set(marker["files"]) == {str(f.relative_to(path)) for f in path.rglob("*") if f.is_file()} - {
+            "COMPLETE"
+        }
+        assert not (path / "ref").exists()  # the reference's copy of a continued adapter is never saved
+    assert not list((run_dir / "checkpoints" / ".partial").glob("checkpoint-*"))
+
+
 def _weights(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -151,15 +166,17 @@ def test_rm_ranks_its_training_pairs(tmp_path, tiny_model):
     assert torch.equal(state[embed], before["model.embed_tokens.weight"])  # the base did not
 
 
-def test_kto_trains_and_saves(tmp_path, tiny_model):
+def test_kto_trains_and_saves_committed_checkpoints(tmp_path, tiny_model):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     run_dir = _submit(
         tmp_path, tiny_model, "kto", stage="kto",
         data={"datasets": [{"path": str(ROOT / "data" / "kto.json"), "format": "sharegpt"}], "cutoff_len": 64},
-        training={"max_steps": 4, "logging_steps": 1, "per_device_train_batch_size": 4, "learning_rate": 2e-3},
+        training={"max_steps": 4, "logging_steps": 1, "per_device_train_batch_size": 4, "learning_rate": 2e-3,
+                  "save_steps": 2},
     )  # fmt: skip
+    _assert_committed(run_dir, [2, 4])
     steps = _metrics(run_dir)
     assert len(steps) == 4 and steps[-1]["loss"] < steps[0]["loss"]
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
@@ -206,14 +223,15 @@ def test_pairs_without_chosen_are_refused_before_training(tmp_path, tiny_model):
 def test_reference_free_losses_raise_chosen_over_rejected(loss, tmp_path, tiny_model):
     """orpo and simpo (TRL's experimental ORPO and CPO trainers) on the same pairs and glue: no
     reference model, the margins grow, chosen log-probs rise relative to rejected, and only the
-    adapter changes."""
+    adapter changes; their checkpoints are committed as sft's are."""
 
     run_dir = _submit(
         tmp_path, tiny_model, loss, stage="dpo", preference={"loss": loss},
         data={"datasets": [{"path": str(PAIRS)}], "cutoff_len": 64},
         training={"max_steps": 8, "logging_steps": 1, "per_device_train_batch_size": 4,
-                  "learning_rate": 2e-3, "lr_scheduler_type": "constant"},
+                  "learning_rate": 2e-3, "lr_scheduler_type": "constant", "save_steps": 4},
     )  # fmt: skip
+    _assert_committed(run_dir, [4, 8])
     log = (run_dir / "train.log").read_text()
     assert "reference:" not in log  # none is built or kept
     margins = [m["rewards/margins"] for m in _metrics(run_dir)]
@@ -341,3 +359,29 @@ def test_ppo_on_two_processes(tmp_path, tiny_model):
     ids = tokenizer("hello", return_tensors="pt").input_ids
     with torch.no_grad():
         assert tuned.generate(ids, max_new_tokens=3, do_sample=False).shape[1] > ids.shape[1]
+
+
+def test_ppo_stops_after_the_step_a_sigterm_reaches(tmp_path, tiny_model):
+    """TRL's PPO loop never reads should_training_stop: a SIGTERM mid-run (docker stop, runner
+    stop) still ends it after that step, the run marked stopped, not failed."""
+    import os
+    import re
+    import signal
+
+    from tests.integration.test_faults import Attempt, only_run
+
+    job = write_job(
+        tmp_path / "ppo.json", tiny_model, name="ppo", stage="ppo",
+        ppo={"reward_model": str(tiny_model), "response_length": 8},
+        data={"datasets": [{"path": str(PAIRS)}], "cutoff_len": 64},
+        training={"max_steps": 200, "logging_steps": 1, "per_device_train_batch_size": 4},
+    )  # fmt: skip
+    attempt = Attempt("submit", str(job), "--executor", "local")
+    assert attempt.wait_for(r"^step 1/200 "), attempt.text[-3000:]
+    (pid,) = attempt.trainers(1).values()
+    os.kill(pid, signal.SIGTERM)
+    attempt.finish(timeout=300)
+    record = json.loads((only_run(tmp_path / "out", "ppo") / "run.json").read_text())
+    assert record["status"] == "stopped", (record, attempt.text[-3000:])
+    stopped = re.search(r"stopped at step (\d+); stage ppo keeps no checkpoint", attempt.text)
+    assert stopped and int(stopped.group(1)) < 200, attempt.text[-3000:]

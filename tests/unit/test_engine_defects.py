@@ -37,7 +37,7 @@ def test_logits_on_targets_only_falls_back_for_a_forward_without_logits_to_keep(
     import pytest
 
     pytest.importorskip("transformers")
-    from runner.train.trainer import _takes_logits_to_keep
+    from runner.train.compat import takes_logits_to_keep
 
     class RemoteCode:  # like ChatGLM3's forward: no logits_to_keep
         def forward(self, input_ids=None, labels=None, **kwargs):
@@ -47,6 +47,6 @@ def test_logits_on_targets_only_falls_back_for_a_forward_without_logits_to_keep(
         def forward(self, input_ids=None, labels=None, logits_to_keep=0):
             return None
 
-    assert not _takes_logits_to_keep(RemoteCode())
-    assert _takes_logits_to_keep(Transformers())
+    assert not takes_logits_to_keep(RemoteCode())
+    assert takes_logits_to_keep(Transformers())
     assert os.environ["HF_HUB_OFFLINE"] == "1"

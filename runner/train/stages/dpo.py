@@ -16,7 +16,7 @@ from pathlib import Path
 from trl import DPOConfig, DPOTrainer
 
 from runner.core.jobspec.job import JobSpec
-from runner.train import dataset
+from runner.train import compat, dataset
 from runner.train import trainer as loop
 from runner.train import trl_stages as tuning
 from runner.train.methods import apply_method
@@ -25,9 +25,8 @@ from runner.train.model import fit_vocab, load_model, tokenizer_for
 REFERENCE_FREE = ("orpo", "simpo")
 
 
-class Trainer(tuning.Saving, DPOTrainer):
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        return dataset  # tokenized already, with the job's template (runner/core/data/preference.py)
+class Trainer(compat.TokenizedPairs, tuning.Preference, DPOTrainer):
+    """TRL's DPO on runner's tokenized pairs, checkpoints committed as sft's are."""
 
 
 def run(spec: JobSpec, run_dir: Path) -> dict:
@@ -53,20 +52,6 @@ def _make(spec, run_dir, model, tokenizer, train_ds, eval_ds, collator, ref=None
     return trainer
 
 
-def _pair_rows(row: dict) -> dict:
-    """runner's tokenized pair (prompt_ids, chosen_ids, rejected_ids) in the columns TRL's
-    experimental pair trainers read: prompt_*, and chosen_*/rejected_* as whole sequences whose
-    labels mask the prompt."""
-    prompt = row["prompt_ids"]
-    out = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
-    for side in ("chosen", "rejected"):
-        ids = prompt + row[f"{side}_ids"]
-        out[f"{side}_input_ids"] = ids
-        out[f"{side}_attention_mask"] = [1] * len(ids)
-        out[f"{side}_labels"] = [-100] * len(prompt) + row[f"{side}_ids"]
-    return out
-
-
 def _reference_free_classes(loss: str):
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # the API is pinned with the image's lock
     if loss == "orpo":
@@ -78,9 +63,8 @@ def _reference_free_classes(loss: str):
 
         base, config_cls = CPOTrainer, CPOConfig
 
-    class PairTrainer(tuning.Saving, base):
-        def tokenize_row(self, feature, model=None):
-            return _pair_rows(feature)
+    class PairTrainer(compat.TokenizedPairRows, tuning.Preference, base):
+        pass
 
     return PairTrainer, config_cls
 

@@ -9,24 +9,15 @@ from pathlib import Path
 from trl import KTOConfig, KTOTrainer
 
 from runner.core.jobspec.job import JobSpec
-from runner.train import dataset
+from runner.train import compat, dataset
 from runner.train import trainer as loop
 from runner.train import trl_stages as tuning
 from runner.train.methods import apply_method
 from runner.train.model import fit_vocab, load_model, tokenizer_for
 
 
-class Trainer(tuning.Saving, KTOTrainer):
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        """Tokenized already (runner/core/data/preference.py); only KTO's KL pairs are added: each
-        prompt with the answer of its neighbour in the batch, as TRL builds them."""
-        if not self.calculate_KL:
-            return dataset
-
-        def rotate(batch):
-            return {"KL_completion_ids": batch["completion_ids"][-1:] + batch["completion_ids"][:-1]}
-
-        return dataset.map(rotate, batched=True, batch_size=args.per_device_train_batch_size)
+class Trainer(compat.TokenizedUnpaired, tuning.Preference, KTOTrainer):
+    """TRL's KTO on runner's tokenized answers, checkpoints committed as sft's are."""
 
 
 def run(spec: JobSpec, run_dir: Path) -> dict:

@@ -23,10 +23,12 @@ import os
 import statistics
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from runner.core.data.templates import stop_token_ids
 from runner.core.errors import RunnerError
 from runner.core.jobspec.job import JobSpec
-from runner.train import dataset
+from runner.train import compat, dataset
 from runner.train import trainer as loop
 from runner.train import trl_stages as tuning
 from runner.train.dataset import LENGTH
@@ -114,21 +116,20 @@ class _Stopped(Exception):
     """A stop was requested (SIGTERM): TRL's PPO loop has no way out but this."""
 
 
+class _StopInPPO(TrainerCallback):
+    """TRL's PPO loop calls the callbacks' on_step_end but never reads should_training_stop:
+    a stop requested before the last step leaves the loop by raising _Stopped."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_training_stop and state.global_step < state.max_steps:
+            raise _Stopped
+
+
 def _maker(reward, value):
     from transformers.trainer_utils import TrainOutput
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    class Trainer(tuning.Saving, PPOTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            # transformers' Trainer.__init__, which TRL's PPO trainer never calls, sets this; its
-            # save_model reads it on every rank.
-            self.is_distributed_loading_by_transformers = False
-            # TRL reaches the policy as self.model.policy (the reference forward, the save), which
-            # DDP hides in its wrapper: the wrapper gets that name too (no parameters move).
-            if not hasattr(self.model, "policy"):
-                object.__setattr__(self.model, "policy", self.accelerator.unwrap_model(self.model).policy)
-
+    class Trainer(compat.PPOWithoutTrainerInit, compat.AdapterOnlySave, PPOTrainer):
         def log(self, logs, start_time=None):
             if "loss/policy_avg" in logs:  # the loss PPO minimises: the policy's plus the weighted value loss
                 logs = {"loss": logs["loss/policy_avg"] + self.args.vf_coef * logs["loss/value_avg"], **logs}
@@ -138,15 +139,7 @@ def _maker(reward, value):
             if resume_from_checkpoint:
                 log.warning("stage ppo cannot resume (TRL's PPO trainer keeps no resumable state); "
                             "training starts again from step 0")  # fmt: skip
-            step_end = self.callback_handler.on_step_end
-
-            def on_step_end(args, state, control):
-                control = step_end(args, state, control)
-                if control.should_training_stop and state.global_step < state.max_steps:
-                    raise _Stopped
-                return control
-
-            self.callback_handler.on_step_end = on_step_end
+            self.add_callback(_StopInPPO())  # after StopOnSignal, which train() added before
             try:
                 super().train()
             except _Stopped:

@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 HEAD = "score"  # transformers' name of the value head of *ForSequenceClassification
 
 
-class Trainer(tuning.Saving, RewardTrainer):
-    pass
+class Trainer(tuning.Preference, RewardTrainer):
+    """TRL's reward trainer (it takes runner's tokenized chosen_ids/rejected_ids as they are),
+    checkpoints committed as sft's are."""
 
 
 def load_reward_model(spec: JobSpec, tokenizer):
