@@ -71,6 +71,7 @@ FEATURES: dict[str, str] = {  # name -> as the README's stage table shows it
     "group_by_length": "sampling `group_by_length`",
     "batch_rebalance": "sampling `batch_rebalance`",
     "deepspeed": "`distributed.deepspeed`",
+    "logits_on_targets_only": "`training.logits_on_targets_only`",
 }
 
 
@@ -109,11 +110,15 @@ STAGES: dict[str, Stage] = {
               "supervised fine-tuning: every assistant turn of single- and multi-turn conversations"),
         Stage("rm", "runner.train.stages.rm", PAIRS,
               "a reward model: a one-output value head trained to score chosen above rejected answers",
-              unsupported={**_PREFERENCE_TRAINERS, "packing": "pairs are batched chosen beside rejected, never packed"}),
+              unsupported={**_PREFERENCE_TRAINERS, "packing": "pairs are batched chosen beside rejected, never packed",
+                           "logits_on_targets_only": "the reward model scores with a one-output head; it computes "
+                                                     "no vocabulary logits"}),
         Stage("dpo", "runner.train.stages.dpo", PAIRS,
               "direct preference optimization: sigmoid, ipo or hinge against a reference; orpo and simpo "
               "without one",
-              unsupported={**_PREFERENCE_TRAINERS, "packing": "pairs are batched chosen beside rejected, never packed"}),
+              unsupported={**_PREFERENCE_TRAINERS, "packing": "pairs are batched chosen beside rejected, never packed",
+                           "logits_on_targets_only": "TRL's DPO, ORPO and CPO losses read the logits of every "
+                                                     "position of chosen and rejected"}),
         Stage("kto", "runner.train.stages.kto", LABELLED,
               "Kahneman-Tversky optimization on unpaired answers labelled desirable or not",
               unsupported={
@@ -121,6 +126,8 @@ STAGES: dict[str, Stage] = {
                   "packing": "the KTO trainer batches the answers itself, never packed",
                   "group_by_length": "its KL term pairs each answer with its neighbour in a batch, so batches "
                                      "keep one order, shuffled once",
+                  "logits_on_targets_only": "TRL's KTO loss reads the logits of every position of the answer "
+                                            "and its KL pair",
               }),
         Stage("ppo", "runner.train.stages.ppo", PROMPTS,
               "PPO: answers generated to the prompts, scored by the reward model of an rm run",
@@ -138,6 +145,8 @@ STAGES: dict[str, Stage] = {
                   "deepspeed": "TRL's PPO trainer makes its own accelerator, which never reads the ZeRO "
                                "config, so ZeRO would be dropped silently; several processes still train "
                                "with DDP",
+                  "logits_on_targets_only": "TRL's PPO loop computes its own log-probabilities of the "
+                                            "generated answers",
               },
               needs={"ppo.reward_model": "a reward model to score the policy's answers: set ppo.reward_model "
                                          "to an rm run (its run directory or run id, `runner ls`) or a reward "

@@ -5,7 +5,7 @@ the model as sft does, and hands both to a TRL trainer made here with the same t
 arguments, callbacks and saving as every other stage (runner/train/trainer.py). rm, dpo and kto
 subclass their TRL trainer with `Preference`: checkpoints committed whole and resumed as sft's
 are. Token-budget steps and logits at trained positions only are sft's and pt's: the TRL
-trainers batch pairs and compute their losses themselves (`NOT_APPLIED`).
+trainers batch pairs and compute their losses themselves (core/stages.py says so per stage).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from transformers import PrinterCallback
 
+from runner.core import stages
 from runner.core.jobspec.job import JobSpec
 from runner.train import compat
 from runner.train import trainer as loop
@@ -27,17 +28,6 @@ from runner.train.model import fit_vocab, load_model
 
 log = logging.getLogger(__name__)
 
-# Settings of sft's trainer that a TRL stage's trainer does not apply, and why. The spec checks
-# refuse the ones a user sets (runner/core/jobspec/checks.py); a default is only told.
-NOT_APPLIED = {
-    "logits_on_targets_only": {
-        "rm": "the reward model scores with a one-output head, it computes no vocabulary logits",
-        "dpo": "TRL's DPO, ORPO and CPO losses read the logits of every position of chosen and rejected",
-        "kto": "TRL's KTO loss reads the logits of every position of the answer and its KL pair",
-        "ppo": "TRL's PPO loop computes its own log-probabilities of the generated answers",
-    },
-}
-
 
 class Preference(compat.AdapterOnlySave, loop.Resumable):
     """What rm, dpo and kto's TRL trainers get: committed checkpoints and sft's resume rules
@@ -45,14 +35,13 @@ class Preference(compat.AdapterOnlySave, loop.Resumable):
 
 
 def tell_not_applied(spec: JobSpec) -> None:
-    """One line for each of sft's settings this stage's trainer leaves unused; a warning when
-    the user set it (the spec checks should have refused it)."""
-    for key, stages in NOT_APPLIED.items():
-        why = stages.get(spec.stage)
-        if why and getattr(spec.training, key):
-            said = key in spec.training.model_fields_set
-            (log.warning if said else log.info)("training.%s does not apply to stage %s (%s)%s", key,
-                                                 spec.stage, why, "; ignored" if said else "")  # fmt: skip
+    """One line for each of sft's switches, on by default, that this stage's trainer does without
+    (core/stages.py says which, and why; the spec checks refuse one the user wrote on)."""
+    stage = stages.STAGES[spec.stage]
+    for feature in ("logits_on_targets_only",):
+        why = stage.unsupported.get(feature)
+        if why and getattr(spec.training, feature):
+            log.info("training.%s does not apply to stage %s (%s)", feature, spec.stage, why)
 
 
 def make(

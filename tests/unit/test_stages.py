@@ -83,7 +83,8 @@ ASKING = {"prompt learning": {"method": {"type": "prefix"}}, "packing": {"data":
           "sequential": {"training": {"train_sampling_strategy": "sequential"}},
           "group_by_length": {"training": {"train_sampling_strategy": "group_by_length"}},
           "batch_rebalance": {"training": {"train_sampling_strategy": "batch_rebalance"}},
-          "deepspeed": {"distributed": {"deepspeed": {"zero": 2}}}}  # fmt: skip
+          "deepspeed": {"distributed": {"deepspeed": {"zero": 2}}},
+          "logits_on_targets_only": {"training": {"logits_on_targets_only": True}}}  # fmt: skip
 
 
 def _spec(stage: str, **sections: dict) -> JobSpec:

@@ -20,6 +20,8 @@ class Ask(NamedTuple):
     key: str
     values: tuple[str, ...] = ()  # the values that ask for it; none: any value but the default
     options: tuple[str, ...] = ()  # every value the key takes, to name those the stage takes
+    # A switch on by default where the stage has it: asked for only where the spec writes it on.
+    written: bool = False
 
 
 _SAMPLING = typing.get_args(TrainingSpec.model_fields["train_sampling_strategy"].annotation)
@@ -34,6 +36,7 @@ ASKS: dict[str, Ask] = {
     "group_by_length": Ask("training", "train_sampling_strategy", ("group_by_length",), _SAMPLING),
     "batch_rebalance": Ask("training", "train_sampling_strategy", ("batch_rebalance",), _SAMPLING),
     "deepspeed": Ask("distributed", "deepspeed"),
+    "logits_on_targets_only": Ask("training", "logits_on_targets_only", written=True),
 }
 
 
@@ -48,7 +51,10 @@ def unsupported(spec: JobSpec, at: Context) -> None:
             value = getattr(section, ask.key)
         except Unchecked:
             continue  # the schema refused it
-        if not ask.values and changed(section, ask.key):
+        if ask.written:
+            if value and ask.key in section.model_fields_set:
+                at.add(loc, f"does not apply to stage '{stage.name}' ({why}); remove it")
+        elif not ask.values and changed(section, ask.key):
             at.add(loc, f"does not apply to stage '{stage.name}' ({why}); remove it")
         elif value in ask.values:
             taken = [o for o in ask.options if o not in _refused(stage, ask.section, ask.key)]
