@@ -129,7 +129,9 @@ cp -a "$tk/bin/cicc" "$cuda/nvvm/bin/"
 cp -a "$tk/libdevice/." "$cuda/nvvm/libdevice/"
 cp -a "$stage/usr/lib/x86_64-linux-gnu/libnvvm.so"* "$cuda/nvvm/lib64/"
 cp -a "$stage/usr/include/." "$cuda/include/"
-cp -a "$stage/usr/lib/x86_64-linux-gnu/libcudart.so"* "$stage/usr/lib/x86_64-linux-gnu/libcudadevrt.a" "$cuda/lib64/"
+# nvcc links programs with the static runtime unless told otherwise; extensions use the shared one.
+cp -a "$stage/usr/lib/x86_64-linux-gnu/libcudart.so"* "$stage/usr/lib/x86_64-linux-gnu/libcudart_static.a" \
+    "$stage/usr/lib/x86_64-linux-gnu/libcudadevrt.a" "$cuda/lib64/"
 cp -a "$stage/usr/lib/x86_64-linux-gnu/stubs/libcuda.so" "$cuda/lib64/stubs/"
 cat >"$cuda/bin/nvcc.profile" <<'EOF'
 TOP              = $(_HERE_)/..
@@ -183,6 +185,9 @@ t0=$(date +%s)
     python -c "import torch, torch.utils.cpp_extension as e; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"CUDA_HOME\", e.CUDA_HOME)"
     printf "__global__ void k(float *x) { x[threadIdx.x] *= 2.0f; }\nint main() { return 0; }\n" >/tmp/k.cu
     nvcc -arch=sm_80 -o /tmp/k /tmp/k.cu && echo "nvcc $(nvcc --version | sed -n "s/.*release \([0-9.]*\).*/\1/p") compiles for sm_80"
-' >&2 || die "$BASE was built but does not import torch or compile CUDA code"
+' >&2 || {
+    "${SUDO[@]}" docker rmi "$BASE" >/dev/null  # ours, just built: a broken stand-in must not stay
+    die "$BASE was built but does not import torch or compile CUDA code; removed it again"
+}
 size="$("${SUDO[@]}" docker image inspect --format '{{.Size}}' "$BASE")"
 log "built $BASE (stand-in, $((size / 1000000)) MB, $(($(date +%s) - t0)) s)"
