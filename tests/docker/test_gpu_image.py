@@ -217,6 +217,21 @@ def test_sft_lora_and_dpo_train_in_the_image_and_chat_answers(
     assert [r["step"] for r in rows if "rewards/margins" in r] == [1, 2]
 
 
+def test_zero3_on_two_processes_trains_in_the_image(built, tiny_model: Path, tmp_path: Path, figures):
+    """The multi-card default (jobs/sft-zero3.yaml: full fine-tuning under ZeRO-3) on the image's
+    torch and DeepSpeed, with two CPU processes standing in for two cards."""
+    job = write_job(
+        tmp_path / "zero3.yaml", tiny_model, name="gpu-image-zero3", image="default", method={"type": "full"},
+        resources={"gpus": 0, "procs_per_node": 2}, distributed={"deepspeed": {"zero": 3}},
+    )  # fmt: skip
+    start = time.monotonic()
+    _ok(runner_cli("submit", str(job)))
+    figures["zero3_submit_s"] = round(time.monotonic() - start)
+    (run_dir,) = (tmp_path / "out" / "gpu-image-zero3").iterdir()
+    assert read_record(run_dir).status == "succeeded"
+    assert json.loads((run_dir / "results.json").read_text())["world_size"] == 2
+
+
 def test_bundle_and_load(built, docker, tmp_path: Path, figures):
     archive = tmp_path / "default.bundle"
     start = time.monotonic()
