@@ -3,7 +3,7 @@
 # Every RUN step is built with the network off: what is not in the context is not there.
 
 # --- stage 1: the dependency layer, installed from the wheelhouse only ----------------------
-FROM pytorch/pytorch:2.6.0-cuda12.4-cudnn9-devel AS deps
+FROM pytorch/pytorch:2.8.0-cuda12.8-cudnn9-devel AS deps
 ENV PIP_NO_INDEX=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -13,9 +13,23 @@ RUN /opt/conda/bin/python -m venv --system-site-packages /opt/venv \
  && /opt/venv/bin/python -m pip install --no-index --no-deps --require-hashes \
         --find-links /tmp/wheels -r /tmp/wheels/requirements.txt \
  && /opt/venv/bin/python -c "import torch, transformers, peft, accelerate, datasets"
+# DeepSpeed's ops, compiled now by the base's nvcc for the GPUs the spec lists (compiling needs no
+# GPU): a job's first step loads them instead of compiling them in every new container. Host code is
+# compiled for x86-64-v3 (AVX2), not for this build machine's CPU (-march=native, AVX-512 where it
+# has it), so that cpu_adam runs on every server the image is carried to.
+RUN printf '%s\n' '#!/bin/bash' 'a=("$@"); for i in "${!a[@]}"; do case "${a[i]}" in -march=native) a[i]=-march=x86-64-v3;; -D__AVX512__) a[i]=-D__AVX256__;; esac; done; exec c++ "${a[@]}"' >/usr/local/bin/portable-c++ \
+ && chmod 755 /usr/local/bin/portable-c++ \
+ && CXX=/usr/local/bin/portable-c++ DS_ACCELERATOR=cuda DS_ENABLE_NINJA=1 DS_BUILD_OPS=0 \
+    DS_BUILD_FUSED_ADAM=1 \
+    DS_BUILD_CPU_ADAM=1 \
+    TORCH_CUDA_ARCH_LIST='8.0 8.6 8.9 9.0' \
+    /opt/venv/bin/python -m pip install --no-index --no-deps --no-build-isolation --use-pep517 --require-hashes \
+        --find-links /tmp/wheels -r /tmp/wheels/sdists.txt \
+ && /opt/venv/bin/python -c "import sys; from deepspeed.git_version_info import installed_ops as ops; missing = [o for o in sys.argv[1:] if not ops.get(o)]; sys.exit(f'DeepSpeed did not compile {missing}' if missing else 0)" \
+        fused_adam cpu_adam
 
 # --- stage 2: the image: base + dependency layer + runner itself (last, so it stays thin) -----
-FROM pytorch/pytorch:2.6.0-cuda12.4-cudnn9-devel
+FROM pytorch/pytorch:2.8.0-cuda12.8-cudnn9-devel
 ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \

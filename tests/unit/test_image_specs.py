@@ -40,7 +40,9 @@ def test_dockerfile_needs_no_network(name: str):
     assert not re.search(r"^#\s*syntax=", text, re.M)
     assert not re.search(r"\b(curl|wget|git clone|apt-get|conda install)\b", text)
     assert re.findall(r"COPY --from=(\S+)", text) == ["deps"]  # a local stage, never a remote image
-    assert text.count("pip install --no-index") == 2 and "--require-hashes" in text
+    # the wheelhouse, runner's own wheel and, where DeepSpeed's ops are compiled, deepspeed's sdist
+    assert text.count("pip install --no-index") == (3 if load_image(name).prebuilt_ops else 2)
+    assert "--require-hashes" in text
 
 
 def test_heavy_layer_first_runner_last():
@@ -65,16 +67,46 @@ def test_compat_lookup():
 
 
 def test_contradictions_are_spec_errors_with_lines(tmp_path: Path):
-    text = (ROOT / "images" / "default.yaml").read_text().replace('torch: "2.6.0"', 'torch: "2.5.1"')
+    text = (ROOT / "images" / "default.yaml").read_text().replace('torch: "2.8.0"', 'torch: "2.5.1"')
     text = text.replace("torch_from: base", "torch_from: wheelhouse")
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(SpecError) as e:
         load_image(tmp_path / "bad.yaml")
     messages = [str(p) for p in e.value.problems]
     assert any(
-        ":9:8 torch: pytorch/pytorch:2.6.0-cuda12.4-cudnn9-devel carries torch 2.6.0" in m for m in messages
+        ":11:8 torch: pytorch/pytorch:2.8.0-cuda12.8-cudnn9-devel carries torch 2.8.0" in m for m in messages
     )
     assert any("torch_from: " in m and "already carries torch" in m for m in messages)
+
+
+def test_the_gpu_image_compiles_deepspeed_ops_for_the_listed_architectures():
+    text = render_dockerfile(load_image("default"))
+    build = text[text.index("DS_ACCELERATOR=cuda") : text.index("# --- stage 2")]
+    assert "DS_BUILD_OPS=0" in build and "DS_BUILD_FUSED_ADAM=1" in build and "DS_BUILD_CPU_ADAM=1" in build
+    assert "TORCH_CUDA_ARCH_LIST='8.0 8.6 8.9 9.0'" in build
+    assert "-r /tmp/wheels/sdists.txt" in build and "--require-hashes" in build
+    assert build.rstrip().endswith("fused_adam cpu_adam")  # the build fails unless both were compiled
+    assert "-march=x86-64-v3" in text  # cpu_adam is not compiled for the build machine's CPU alone
+    assert "DS_BUILD" not in render_dockerfile(load_image("cpu")).replace("DS_BUILD_OPS=0 \\", "")
+    spec = load_image("default").model_copy(update={"deepspeed_ops": [], "cuda_arch": ["9.0"]})
+    assert "sdists.txt" not in render_dockerfile(spec)
+    assert "TORCH_CUDA_ARCH_LIST=9.0 " in render_dockerfile(
+        spec.model_copy(update={"deepspeed_ops": ["fused_adam"]})
+    )
+
+
+def test_op_fields_need_cuda_and_deepspeed():
+    cpu = load_image("cpu").model_dump(exclude={"cuda_arch", "deepspeed_ops"})
+    assert any(
+        "set cuda or drop cuda_arch" in msg for _, msg in contradictions(ImageSpec(**cpu, cuda_arch=["9.0"]))
+    )
+    gpu = load_image("default").model_dump(exclude={"cuda_arch", "deepspeed_ops"})
+    gpu["extras"] = ["trl"]
+    found = contradictions(ImageSpec(**gpu, deepspeed_ops=["fused_adam"]))
+    assert any("add deepspeed to extras" in msg for _, msg in found)
+    assert contradictions(ImageSpec(**gpu)) == []  # the defaults alone ask for nothing
+    with pytest.raises(ValueError):
+        ImageSpec(**gpu, cuda_arch=["9.0;rm -rf /"])
 
 
 def test_cpu_image_cannot_carry_bitsandbytes():

@@ -86,3 +86,54 @@ def test_a_missing_find_links_folder_is_named(tmp_path: Path):
     result = runner_cli("lock", "cpu", "--find-links", "no/such/wheels", cwd=project)
     assert result.returncode == 1
     assert result.stderr == "error: --find-links no/such/wheels: no such directory\n"
+
+
+def test_a_base_whose_torch_is_below_a_pinned_library_is_refused_naming_both(tmp_path: Path):
+    project = _project(tmp_path, "default")
+    spec = project / "images" / "default.yaml"
+    text = spec.read_text().replace(
+        "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-devel", "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-devel"
+    )
+    spec.write_text(text.replace('torch: "2.8.0"', 'torch: "2.5.1"').replace('cuda: "12.8"', 'cuda: "12.4"'))
+    result = runner_cli("lock", "default", cwd=project)  # refused before anything is resolved
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: images/default.yaml: base pytorch/pytorch:2.5.1-cuda12.4-cudnn9-devel carries torch 2.5.1, "
+        "but transformers 5.24.0 (pinned) needs torch>=2.6; choose a base whose torch is in that range "
+        "(runner/core/jobspec/compat.json lists the known ones)"
+    ]
+    assert not (project / "images" / "default.lock").exists()
+
+
+def test_the_torch_ranges_hold_the_versions_the_default_lock_pins():
+    from runner.core.jobspec.compat import table
+    from runner.host.images.lock import parse_lock
+
+    pinned = parse_lock((ROOT / "images" / "default.lock").read_text(encoding="utf-8"))
+    for name, need in table()["torch_needed"].items():
+        assert pinned[name]["version"] == need["version"], f"compat.json torch_needed.{name} is stale"
+
+
+def test_torch_ranges_compare_release_numbers():
+    from runner.core.jobspec.compat import torch_outside
+    from runner.core.jobspec.load import load_image
+
+    spec = load_image(ROOT / "images" / "default.yaml")
+    assert torch_outside(spec) == []
+    assert torch_outside(spec.model_copy(update={"torch": "2.10.0+cu128"})) == []  # 2.10 > 2.6, not < 2.6
+    assert [
+        x.split(", but ")[1].split(" (")[0] for x in torch_outside(spec.model_copy(update={"torch": "3.0.0"}))
+    ] == ["bitsandbytes 0.50.2"]
+    lines = torch_outside(spec.model_copy(update={"torch": "2.2.0"}))
+    assert [x.split(", but ")[1].split(" (")[0] for x in lines] == [
+        "transformers 5.24.0",
+        "bitsandbytes 0.50.2",
+    ]
+    cpu = load_image(ROOT / "images" / "cpu.yaml")  # carries neither bitsandbytes nor liger-kernel
+    assert [
+        x.split(", but ")[1].split(" (")[0] for x in torch_outside(cpu.model_copy(update={"torch": "2.2.0"}))
+    ] == ["transformers 5.24.0"]
+    assert torch_outside(cpu.model_copy(update={"torch": "2.2.0"}))[0].startswith(
+        "image cpu carries torch 2.2.0"
+    )

@@ -47,4 +47,48 @@ def contradictions(spec: ImageSpec) -> list[tuple[Loc, str]]:
         found.append((("extras",), "bitsandbytes needs CUDA; set cuda or drop the extra"))
     if spec.cuda is None and "flash-attn" in spec.extras:
         found.append((("extras",), "flash-attn needs CUDA; set cuda or drop the extra"))
+    for key in ("cuda_arch", "deepspeed_ops"):
+        if key in spec.model_fields_set and spec.cuda is None:
+            found.append(((key,), f"{key} is for compiling DeepSpeed's CUDA ops; set cuda or drop {key}"))
+        elif key in spec.model_fields_set and spec.deepspeed_ops and "deepspeed" not in spec.extras:
+            found.append(
+                ((key,), f"{key} is for compiling DeepSpeed's ops; add deepspeed to extras or drop {key}")
+            )
     return found
+
+
+def carried_libraries(spec: ImageSpec) -> list[str]:
+    """The libraries of the table's pinned stack that the image carries."""
+    always = {"transformers", "accelerate", "peft"}
+    return [name for name in table()["torch_needed"] if name in always or name in spec.extras]
+
+
+def torch_outside(spec: ImageSpec) -> list[str]:
+    """Every pinned library whose declared torch range excludes the image's torch, as one line each
+    naming the base, the library and the range (empty when the torch fits them all)."""
+    have = _version(spec.torch)
+    where = f"base {spec.base}" if spec.torch_from == "base" else f"image {spec.name}"
+    lines = []
+    for name in carried_libraries(spec):
+        need = table()["torch_needed"][name]
+        if not all(_satisfies(have, clause) for clause in need["torch"].split(",")):
+            lines.append(
+                f"{where} carries torch {spec.torch}, but {name} {need['version']} (pinned) needs "
+                f"torch{need['torch']}; choose a base whose torch is in that range (runner/core/jobspec/"
+                "compat.json lists the known ones)"
+            )
+    return lines
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """'2.8.0+cu128' -> (2, 8, 0): release numbers only, enough for the table's ranges."""
+    release = text.split("+")[0]
+    return tuple(int(part) for part in release.split(".") if part.isdigit())
+
+
+def _satisfies(have: tuple[int, ...], clause: str) -> bool:
+    op = next(o for o in (">=", "<=", "==", "!=", ">", "<") if clause.strip().startswith(o))
+    want = _version(clause.strip()[len(op) :])
+    width = max(len(have), len(want))
+    a, b = have + (0,) * (width - len(have)), want + (0,) * (width - len(want))
+    return {">=": a >= b, "<=": a <= b, "==": a == b, "!=": a != b, ">": a > b, "<": a < b}[op]

@@ -6,11 +6,18 @@ everything else comes from the pinned, hashed wheelhouse in offline_wheels/<name
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 EXTRAS = ("deepspeed", "bitsandbytes", "flash-attn", "liger-kernel", "trl")
+
+# DeepSpeed ops a CUDA image compiles at build time, by the name DeepSpeed's op builders use
+# (DS_BUILD_<NAME> switches each one on). fused_adam is the optimizer of ZeRO on the GPU; cpu_adam
+# (and cpu_adagrad, cpu_lion) the optimizers of ZeRO-Offload; the others are further optimizers.
+DEEPSPEED_OPS = ("fused_adam", "cpu_adam", "cpu_adagrad", "cpu_lion", "fused_lamb", "fused_lion")
+# A100, A10/A40/RTX 30xx, L4/L40/RTX 40xx, H100/H200: the cards a fine-tuning site runs today.
+DEFAULT_CUDA_ARCH = ["8.0", "8.6", "8.9", "9.0"]
 
 
 class ImageSpec(BaseModel):
@@ -36,6 +43,18 @@ class ImageSpec(BaseModel):
     cuda: str | None = Field(
         None, pattern=r"^\d+\.\d+$", description="CUDA version of the base; null = CPU only."
     )
+    cuda_arch: list[Annotated[str, StringConstraints(pattern=r"^\d{1,2}\.\d(a|\+PTX)?$")]] = Field(
+        default_factory=lambda: list(DEFAULT_CUDA_ARCH),
+        min_length=1,
+        description="GPU architectures (compute capabilities) the image compiles CUDA code for, e.g. "
+        "['8.0', '9.0']: DeepSpeed's ops at build time (TORCH_CUDA_ARCH_LIST). A card outside the list "
+        "compiles the op on a job's first use instead. Used only with cuda and the deepspeed extra.",
+    )
+    deepspeed_ops: list[Literal[DEEPSPEED_OPS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["fused_adam", "cpu_adam"],
+        description="DeepSpeed ops compiled into the image at build time (needs cuda and the deepspeed "
+        f"extra): any of {', '.join(DEEPSPEED_OPS)}; [] leaves every op to compile on first use.",
+    )
     extras: list[Literal["deepspeed", "bitsandbytes", "flash-attn", "liger-kernel", "trl"]] = Field(
         default_factory=list, description="Optional dependency groups to carry."
     )
@@ -44,6 +63,11 @@ class ImageSpec(BaseModel):
     )
     user: str = Field("runner", pattern=r"^[a-z_][a-z0-9_-]*$", description="Non-root user jobs run as.")
     uid: int = Field(1000, ge=1, description="That user's uid (runner submit overrides it with yours).")
+
+    @property
+    def prebuilt_ops(self) -> list[str]:
+        """The DeepSpeed ops the image compiles at build time: none without CUDA or DeepSpeed."""
+        return list(self.deepspeed_ops) if self.cuda and "deepspeed" in self.extras else []
 
 
 # Images runner builds are named under localhost/: a reference no client can resolve to a public

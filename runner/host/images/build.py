@@ -22,7 +22,7 @@ from runner.core.errors import RunnerError
 from runner.core.jobspec.image import ImageSpec, image_ref
 from runner.host.docker_api import Docker
 from runner.host.images.lock import lock_path, spec_hash
-from runner.host.images.wheels import WheelhouseError, install_requirements, sha256, verify, wheel_dir
+from runner.host.images.wheels import WheelhouseError, dists, install_requirements, sha256, verify, wheel_dir
 from runner.host.render.dockerfile import render_dockerfile
 
 
@@ -76,12 +76,14 @@ def make_context(spec: ImageSpec, images_dir: Path, wheels_root: Path, ctx: Path
     src = wheel_dir(wheels_root, spec)
     wheels = ctx / "offline_wheels" / spec.name
     wheels.mkdir(parents=True)
-    for wheel in src.glob("*.whl"):
+    for wheel in dists(src):
         try:
             os.link(wheel, wheels / wheel.name)  # no copy of gigabytes
         except OSError:
             shutil.copy2(wheel, wheels / wheel.name)
     (wheels / "requirements.txt").write_text(install_requirements(src), encoding="utf-8")
+    if sdists := install_requirements(src, sdists=True):
+        (wheels / "sdists.txt").write_text(sdists, encoding="utf-8")
     wheel = runner_wheel(ctx / "dist")
     return {
         "org.opencontainers.image.title": image_ref(spec.name).rpartition(":")[0],
@@ -91,7 +93,8 @@ def make_context(spec: ImageSpec, images_dir: Path, wheels_root: Path, ctx: Path
         "runner.image-spec-sha256": spec_hash(spec),
         "runner.lock-sha256": sha256(lock_path(images_dir, spec)),
         "runner.wheel-sha256": sha256(wheel),
-        "runner.requirements": (wheels / "requirements.txt").read_text().replace(" --hash=sha256:", "@"),
+        "runner.requirements": (wheels / "requirements.txt").read_text().replace(" --hash=sha256:", "@")
+        + sdists.replace(" --hash=sha256:", "@"),
     }
 
 

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from runner.core.errors import RunnerError
+from runner.core.jobspec.compat import torch_outside
 from runner.core.jobspec.image import ImageSpec
 
 EXTRA_REQUIREMENTS = {
@@ -44,6 +45,8 @@ def requirements(spec: ImageSpec) -> list[str]:
     reqs = [r for r in reqs if not re.match(r"^torch\b", r)]
     reqs.append(f"torch=={spec.torch}")
     reqs += [EXTRA_REQUIREMENTS[e] for e in spec.extras]
+    if spec.prebuilt_ops:
+        reqs.append("ninja")  # DeepSpeed's op build compiles in parallel with it, serially without
     return reqs + list(spec.requirements)
 
 
@@ -60,7 +63,11 @@ def lock(spec: ImageSpec, images_dir: Path, find_links: list[str] | None = None)
 
     The same resolution gives the same bytes: uv runs inside a scratch directory on
     `requirements.in` by that relative name, so no temporary path reaches the `# via` lines.
+    Locking again keeps the versions of the existing lock that still fit (uv prefers the pins of
+    its output file), so a changed spec moves only what it must.
     """
+    if outside := torch_outside(spec):
+        raise LockError(f"{images_dir / spec.name}.yaml: " + "\n".join(outside))
     uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
     if not Path(uv).exists():
         raise LockError("runner lock needs uv on the connected machine: pip install uv")
@@ -73,6 +80,9 @@ def lock(spec: ImageSpec, images_dir: Path, find_links: list[str] | None = None)
         links.append(link)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / REQUIREMENTS_IN).write_text("\n".join(requirements(spec)) + "\n", encoding="utf-8")
+        previous = lock_path(images_dir, spec)
+        if previous.exists():  # uv keeps the pins of an existing output file that still fit: no churn
+            shutil.copy(previous, Path(tmp) / "lock.txt")
         argv = [uv, "pip", "compile", REQUIREMENTS_IN, "-o", "lock.txt", "--generate-hashes",
                 "--python-version", spec.python, "--python-platform", spec.platform,
                 "--no-header", "--quiet"]  # fmt: skip

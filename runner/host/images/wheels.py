@@ -1,8 +1,9 @@
 """`runner wheels IMAGE`: every wheel the lock needs, for the target platform, with a manifest.
 
 Filled on the connected side; checked with `--verify` anywhere, with no network. Packages
-published only as sdists (deepspeed) are built into wheels here so the image build never
-compiles or downloads anything.
+published only as sdists are built into wheels here so the image build never compiles or
+downloads anything, with one exception: an image that compiles DeepSpeed's CUDA ops keeps
+deepspeed's sdist (hash-checked against the lock), which its build compiles with the base's nvcc.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ def platform_tags(platform: str) -> list[str]:
     return tags + [f"manylinux2014_{arch}", "any"]
 
 
+def kept_as_sdist(spec: ImageSpec) -> set[str]:
+    """Projects the wheelhouse holds as sdists: deepspeed, where the image compiles its ops."""
+    return {"deepspeed"} if spec.prebuilt_ops else set()
+
+
 def fill(spec: ImageSpec, images_dir: Path, root: Path, find_links: list[str] | None = None) -> Path:
     """Download (and build, for sdists) every locked package into root/NAME/; write the manifest."""
     lock_file = lock_path(images_dir, spec)
@@ -62,17 +68,32 @@ def fill(spec: ImageSpec, images_dir: Path, root: Path, find_links: list[str] | 
             break
         sdists.append(missing)
         binary.pop(missing)
-    kept = _built_before(out, {n: entries[n]["version"] for n in sdists})
-    todo = [entries[n] for n in sdists if n not in {wheel_project(f)[0] for f in kept}]
+    as_sdist = [n for n in sdists if n in kept_as_sdist(spec)]
+    to_build = [n for n in sdists if n not in as_sdist]
+    kept = _built_before(out, {n: entries[n]["version"] for n in to_build})
+    todo = [entries[n] for n in to_build if n not in {wheel_project(f)[0] for f in kept}]
     built = kept + (_build_sdists(todo, out, find_links, spec) if todo else [])
-    # Wheels an earlier lock pinned (another version, a package dropped since) would be installed
-    # beside this lock's, or conflict with them: the wheelhouse holds this lock's wheels alone.
+    if as_sdist:
+        _download_sdists([entries[n] for n in as_sdist], out, find_links)
+    # Files an earlier lock pinned (another version, a package dropped since) would be installed
+    # beside this lock's, or conflict with them: the wheelhouse holds this lock's files alone.
     wanted = {(name, entry["version"]) for name, entry in entries.items()}
-    for stale in sorted(p for p in out.glob("*.whl") if wheel_project(p.name) not in wanted):
-        stale.unlink()
+    for stale in sorted(dists(out)):
+        project = wheel_project(stale.name)
+        if project not in wanted or (project[0] in as_sdist) != stale.name.endswith(SDIST):
+            stale.unlink()
     manifest = write_manifest(spec, lock_file, out, built)
     (out / "requirements.txt").write_text(install_requirements(out), encoding="utf-8")
+    (out / "sdists.txt").write_text(install_requirements(out, sdists=True), encoding="utf-8")
     return manifest
+
+
+SDIST = ".tar.gz"
+
+
+def dists(folder: Path) -> list[Path]:
+    """The wheels and the sdists kept in a wheelhouse."""
+    return sorted([*folder.glob("*.whl"), *folder.glob(f"*{SDIST}")])
 
 
 def _download(
@@ -112,23 +133,29 @@ def _built_before(out: Path, wanted: dict[str, str]) -> list[str]:
     ]  # fmt: skip
 
 
-def _build_sdists(entries: list[dict], out: Path, links: list[str] | None, spec: ImageSpec) -> list[str]:
-    """Fetch the hash-checked sdists, then build wheels: inside the base image when an engine
-    holds it (compiled parts then match the image), else on this machine."""
-    sdists = out / ".sdists"
-    sdists.mkdir(exist_ok=True)
-    req = sdists / "requirements.txt"
-    req.write_text("\n".join(e["text"] for e in entries) + "\n", encoding="utf-8")
-    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--no-binary", ":all:",
-            "-r", str(req), "-d", str(sdists), "--quiet"]  # fmt: skip
-    for link in links or []:
-        argv += ["--find-links", link]
-    proc = subprocess.run(argv, capture_output=True, text=True)
+def _download_sdists(entries: list[dict], dest: Path, links: list[str] | None) -> None:
+    """pip download the hash-checked sdists of `entries` into dest."""
+    dest.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        req = Path(tmp) / "requirements.txt"
+        req.write_text("\n".join(e["text"] for e in entries) + "\n", encoding="utf-8")
+        argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--no-binary", ":all:",
+                "-r", str(req), "-d", str(dest), "--quiet"]  # fmt: skip
+        for link in links or []:
+            argv += ["--find-links", link]
+        proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         raise WheelhouseError(
             f"downloading the sdists of {', '.join(e['name'] for e in entries)} failed:\n{proc.stderr[-3000:]}"
         )
-    archives = sorted(p for p in sdists.iterdir() if p.name != "requirements.txt")
+
+
+def _build_sdists(entries: list[dict], out: Path, links: list[str] | None, spec: ImageSpec) -> list[str]:
+    """Fetch the hash-checked sdists, then build wheels: inside the base image when an engine
+    holds it (compiled parts then match the image), else on this machine."""
+    sdists = out / ".sdists"
+    _download_sdists(entries, sdists, links)
+    archives = sorted(sdists.iterdir())
     docker = _engine_with(spec.base)
     # deepspeed's setup.py imports torch: no build isolation, and its ops are left to JIT.
     if docker is not None:
@@ -171,14 +198,14 @@ def sha256(path: Path) -> str:
 
 
 def write_manifest(spec: ImageSpec, lock_file: Path, out: Path, built: list[str] = ()) -> Path:
-    """sha256 and size of every wheel; `built` marks wheels made here from sdists."""
+    """sha256 and size of every wheel and kept sdist; `built` marks wheels made here from sdists."""
     files = {
         p.name: {
             "sha256": sha256(p),
             "size": p.stat().st_size,
             **({"built_from_sdist": True} if p.name in built else {}),
         }
-        for p in sorted(out.glob("*.whl"))
+        for p in dists(out)
     }
     manifest = {"image": spec.name, "lock_sha256": sha256(lock_file), "files": files}
     path = out / MANIFEST
@@ -187,8 +214,8 @@ def write_manifest(spec: ImageSpec, lock_file: Path, out: Path, built: list[str]
 
 
 def wheel_project(filename: str) -> tuple[str, str]:
-    """(normalized project name, version) of a wheel file name."""
-    name, version = filename.split("-")[:2]
+    """(normalized project name, version) of a wheel or sdist file name."""
+    name, version = filename.removesuffix(SDIST).split("-")[:2]
     return normalize(name), version
 
 
@@ -209,10 +236,16 @@ def verify(spec: ImageSpec, images_dir: Path, root: Path) -> list[str]:
             f"{out} was filled for another version of {lock_file}; run `runner wheels {spec.name}` again"
         )
     have: dict[str, list[Path]] = {}
-    for p in out.glob("*.whl"):
+    for p in dists(out):
         have.setdefault(wheel_project(p.name)[0], []).append(p)
     for name, e in parse_lock(lock_file.read_text(encoding="utf-8")).items():
         files = [p for p in have.get(name, []) if wheel_project(p.name)[1] == e["version"]]
+        if name in kept_as_sdist(spec):
+            files = [p for p in files if p.name.endswith(SDIST)]
+            if not files:
+                problems.append(f"missing sdist: {e['name']}=={e['version']} (its ops are compiled in the "
+                                f"image; not in {out}); run `runner wheels {spec.name}`")  # fmt: skip
+                continue
         if not files:
             problems.append(f"missing wheel: {e['name']}=={e['version']} (not in {out})")
             continue
@@ -226,8 +259,9 @@ def verify(spec: ImageSpec, images_dir: Path, root: Path) -> list[str]:
     return problems
 
 
-def install_requirements(out: Path) -> str:
-    """A requirements file pinning every wheel of the wheelhouse to its exact sha256.
+def install_requirements(out: Path, sdists: bool = False) -> str:
+    """A requirements file pinning every wheel (or, with sdists, every kept sdist) of the wheelhouse
+    to its exact sha256.
 
     The image installs from this with --require-hashes: it names exactly the verified
     files, including wheels built here from sdists (whose hashes no index publishes).
@@ -235,6 +269,7 @@ def install_requirements(out: Path) -> str:
     manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     lines = []
     for filename, info in sorted(manifest["files"].items()):
-        name, version = filename.split("-")[:2]
-        lines.append(f"{name}=={version} --hash=sha256:{info['sha256']}")
-    return "\n".join(lines) + "\n"
+        if filename.endswith(SDIST) == sdists:
+            name, version = filename.removesuffix(SDIST).split("-")[:2]
+            lines.append(f"{name}=={version} --hash=sha256:{info['sha256']}")
+    return "\n".join(lines) + "\n" if lines else ""
