@@ -21,6 +21,7 @@ from typing import Any
 
 from runner.core import atomic
 from runner.core.errors import NoSuchRunError, RunError
+from runner.core.jobspec.job import WHOLE_MODEL_METHODS
 
 SPEC = "spec.yaml"  # the resolved spec the run trains with
 RECORD = "run.json"  # its record (RunRecord)
@@ -37,8 +38,6 @@ EXPORT = "export"  # `runner export`'s default output
 # on the SIGTERM that asked for the stop, so its exit code cannot tell a stop from a crash.
 STOP_MARK = "stopped"
 STOPPED = 143  # 128 + SIGTERM
-# Methods that change the model's own weights; every other method trains an adapter.
-WHOLE_MODEL_METHODS = ("full", "freeze")
 
 
 @dataclass(frozen=True)

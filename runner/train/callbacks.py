@@ -11,17 +11,17 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from runner.train.checkpoint import latest_checkpoint  # noqa: F401  (where it used to live)
+from runner.core.rundir import RunDir
 
 log = logging.getLogger(__name__)
-METRICS = "metrics.jsonl"
 
 
 class MetricsCallback(TrainerCallback):
     """One JSON line per logging step; a readable line too when no progress bar is shown."""
 
     def __init__(self, run_dir: Path, plain: bool):
-        self.path = run_dir / METRICS
+        self.run = RunDir(run_dir)
+        self.path = self.run.metrics
         self.plain = plain
         self.start = time.time()
 
@@ -40,7 +40,7 @@ class MetricsCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            plot_loss(self.path, self.path.parent / "loss.png")
+            plot_loss(self.path, self.run.plot)
 
 
 def _fmt(v: float) -> str:

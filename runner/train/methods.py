@@ -6,10 +6,10 @@ import logging
 import re
 
 from runner.core.errors import RunnerError
-from runner.core.jobspec.job import JobSpec
+from runner.core.jobspec.job import ADAPTER_METHODS, JobSpec
 
 log = logging.getLogger(__name__)
-PEFT_METHODS = ("lora", "qlora", "prefix", "ptuning", "prompt", "ia3")
+PEFT_METHODS = ADAPTER_METHODS
 
 
 def apply_method(model, spec: JobSpec, *, train_embeddings: bool = False, task: str = "CAUSAL_LM"):

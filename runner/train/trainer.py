@@ -15,10 +15,10 @@ from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 from runner.core import atomic
 from runner.core.errors import UnsupportedError
 from runner.core.jobspec.job import PROMPT_LEARNING, JobSpec
+from runner.core.rundir import RunDir
 from runner.train import checkpoint, compat, dataset, memory
 from runner.train.callbacks import MetricsCallback, ShareFiles, StopOnSignal, share
 from runner.train.dataset import LENGTH
-from runner.train.methods import PEFT_METHODS
 from runner.train.model import count_parameters, device_type, liger, precision
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def training_arguments(
     if t.micro_batch_tokens:  # the Trainer takes whole steps; RunnerTrainer splits them by tokens
         batch, accumulation = batch * accumulation, 1
     return args_class(
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(RunDir(run_dir).checkpoints),
         learning_rate=t.learning_rate,
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
@@ -88,7 +88,7 @@ def training_arguments(
         length_column_name=LENGTH,
         torch_compile=t.torch_compile,
         use_cpu=cpu,
-        deepspeed=str(run_dir / "deepspeed.json") if spec.distributed.deepspeed else None,
+        deepspeed=str(RunDir(run_dir).deepspeed_config) if spec.distributed.deepspeed else None,
         ddp_find_unused_parameters=False,
         report_to="none",
         disable_tqdm=not (sys.stderr.isatty() or os.environ.get("RUNNER_TTY") == "1"),
@@ -181,6 +181,7 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
     """Train (continuing from the newest complete checkpoint when RUNNER_RESUME=1), save the
     result and return the final metrics (also written to results.json). `make`: builds the
     Trainer in place of make_trainer (the preference stages' TRL trainers)."""
+    run = RunDir(run_dir)
     trainable, total = count_parameters(model)
     log.info("trainable params: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     trainer = (make or make_trainer)(spec, run_dir, model, tokenizer, train_ds, eval_ds, collator)
@@ -190,27 +191,27 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
     resume = None
     if os.environ.get("RUNNER_RESUME") == "1":
         main = trainer.is_world_process_zero()
-        resume = checkpoint.latest_checkpoint(run_dir / "checkpoints", quiet=not main)
+        resume = checkpoint.latest_checkpoint(run.checkpoints, quiet=not main)
         trainer.accelerator.wait_for_everyone()  # every rank chose before the unfinished saves go
         if main:
-            checkpoint.clear_staging(run_dir / "checkpoints")
+            checkpoint.clear_staging(run.checkpoints)
         if resume:
             log.info("resuming from %s", resume)
         else:
-            log.warning("no complete checkpoint in %s: training starts from step 0", run_dir / "checkpoints")
+            log.warning("no complete checkpoint in %s: training starts from step 0", run.checkpoints)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if stop.requested:
         log.info("stopped at step %d; checkpoint saved; `runner resume` continues", result.global_step)
         return {"stopped": True, "global_step": result.global_step}
     if trainer.is_world_process_zero():
-        checkpoint.clear_staging(run_dir / "checkpoints")
-    out = run_dir / ("adapter" if spec.method.type in PEFT_METHODS or spec.model.adapter else "model")
+        checkpoint.clear_staging(run.checkpoints)
+    out = run.output(spec.method.type, continues_adapter=bool(spec.model.adapter))
     model.config.use_cache = True  # the saved model generates with a cache again
     try:
         trainer.save_model(str(out))  # every rank must call it (ZeRO-3 gathers the weights)
     except Exception as e:
-        if trainer.is_world_process_zero() and checkpoint.is_disk_full(e, run_dir / "checkpoints"):
-            raise checkpoint.model_disk_full_error(out, run_dir / "checkpoints", run_dir.name) from None
+        if trainer.is_world_process_zero() and checkpoint.is_disk_full(e, run.checkpoints):
+            raise checkpoint.model_disk_full_error(out, run.checkpoints, run.id) from None
         raise
     evaluated = trainer.evaluate() if eval_ds is not None else {}
     if not trainer.is_world_process_zero():
@@ -220,7 +221,7 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
     metrics = {**result.metrics, "trainable_params": trainable, "total_params": total,
                "train_samples": len(train_ds), "global_step": result.global_step, "output": out.name,
                "world_size": trainer.args.world_size, "data": dict(dataset.last_stats), **evaluated}  # fmt: skip
-    atomic.write_text(run_dir / "results.json", json.dumps(metrics, indent=2) + "\n")
+    atomic.write_text(run.results, json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

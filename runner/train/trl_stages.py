@@ -20,6 +20,7 @@ from transformers import PrinterCallback
 
 from runner.core import stages
 from runner.core.jobspec.job import JobSpec
+from runner.core.rundir import RunDir
 from runner.train import compat
 from runner.train import trainer as loop
 from runner.train.callbacks import MetricsCallback, ShareFiles
@@ -107,7 +108,7 @@ def record_peak_memory(run_dir: Path, metrics: dict) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     metrics["peak_rss_mib"] = round(peak, 1)
     log.info("peak RSS %.0f MiB on rank %d", peak, int(os.environ.get("RANK", 0)))
-    results = run_dir / "results.json"
+    results = RunDir(run_dir).results
     if results.exists():
         saved = json.loads(results.read_text(encoding="utf-8"))
         saved["peak_rss_mib"] = metrics["peak_rss_mib"]

@@ -193,6 +193,9 @@ Method = Annotated[
     Field(discriminator="type"),
 ]  # fmt: skip
 METHODS = ("full", "freeze", "lora", "qlora", "prefix", "ptuning", "prompt", "ia3")
+# Methods that change the model's own weights (a run saves model/); the others train an adapter.
+WHOLE_MODEL_METHODS = ("full", "freeze")
+ADAPTER_METHODS = tuple(m for m in METHODS if m not in WHOLE_MODEL_METHODS)
 PROMPT_LEARNING = ("prefix", "ptuning", "prompt")
 
 

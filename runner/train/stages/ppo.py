@@ -28,6 +28,7 @@ from transformers import TrainerCallback
 from runner.core.data.templates import stop_token_ids
 from runner.core.errors import RunnerError
 from runner.core.jobspec.job import JobSpec
+from runner.core.rundir import RunDir
 from runner.train import compat, dataset
 from runner.train import trainer as loop
 from runner.train import trl_stages as tuning
@@ -98,12 +99,10 @@ def _reward_base(path: Path, spec: JobSpec) -> tuple[str | None, list[str]]:
 
     if not (path / "adapter_config.json").is_file():
         return None, []
-    run_spec = path.parent / "spec.yaml"
-    if run_spec.is_file():  # an rm run's adapter/: its own base and the sft adapter it merged
-        from runner.core.jobspec.load import load_job
-
-        rm = load_job(run_spec, files=False)
-        return rm.model.path, [rm.model.adapter] if rm.model.adapter else []
+    run = RunDir(path.parent)
+    if run.spec_file.is_file():  # an rm run's adapter/: its own base and the sft adapter it merged
+        base, adapter = run.trained_on()
+        return base, [adapter] if adapter else []
     named = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get(
         "base_model_name_or_path"
     )
