@@ -50,14 +50,13 @@ alive() {  # NAME PIDFILE
     [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = "$1" ]
 }
 
+# Stop this cluster's daemons, by their pid files (a pid now used by another program is left alone).
 stop_all() {
-    local name pid
+    local name daemon
     for name in "${NODES[@]}" ctld; do
-        for pidfile in "$DIR/$name/slurmd.pid" "$DIR/$name/slurmctld.pid" "$DIR/$name/munged.pid"; do
-            [ -s "$pidfile" ] || continue
-            pid="$(cat "$pidfile")"
-            [ -r "/proc/$pid/comm" ] && kill "$pid" 2>/dev/null || true
-            rm -f "$pidfile"
+        for daemon in slurmd slurmctld munged; do
+            if alive "$daemon" "$DIR/$name/$daemon.pid"; then kill "$(cat "$DIR/$name/$daemon.pid")"; fi
+            rm -f "$DIR/$name/$daemon.pid"
         done
     done
     sleep 1

@@ -190,11 +190,12 @@ def refresh(record: RunRecord) -> RunRecord:
         ended(record, STOPPED)
     elif record.dir.results.exists() or (state and state.name == "COMPLETED" and state.exit_code == 0):
         ended(record, 0)
-    else:
+    else:  # a TERM without the stop mark (a time limit that struck, a cancel) is no stop
+        code = (state.exit_code if state else None) or 1
         what = f"ended {state.name}" if state else "is no longer known to Slurm"
-        ended(record, (state.exit_code if state else None) or 1)
-        record.update(message=f"Slurm job {job} {what}: "
-                      f"{explain_failure(record.run_dir, record.exit_code) or 'see train.log'}")  # fmt: skip
+        why = explain_failure(record.run_dir, code if code != STOPPED else None) or "see train.log"
+        record.update(status="failed", exit_code=code, ended=now(), pid=None,
+                      message=f"Slurm job {job} {what}: {why}")  # fmt: skip
     return record
 
 
