@@ -383,7 +383,9 @@ def test_slurm_asks_for_what_the_launch_needs():
         assert line in shared, line
     assert "--exclusive" not in shared and "CPUS_PER_TASK" not in shared
     one = render_slurm(spec(**JOBS["1node"]), RUN_DIR, 1234, 100)
-    assert "MASTER_ADDR" not in one and " python -m runner.train " in one  # one node: no rendezvous to arrange
+    assert (
+        "MASTER_ADDR" not in one and " python -m runner.train " in one
+    )  # one node: no rendezvous to arrange
     apptainer = render_slurm(spec(**{**JOBS["4x8-zero3"], "cluster": {"container_runtime": "apptainer"}}),
                              RUN_DIR, 1234, 100)  # fmt: skip
     assert 'export "APPTAINERENV_${var}=${!var}"' in apptainer and "--bind /dev/infiniband" in apptainer
