@@ -34,6 +34,7 @@ CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"  # the result of an adapter method: PEFT adapter + tokenizer
 MODEL = "model"  # the result of full or freeze tuning: a whole model + tokenizer
 EXPORT = "export"  # `runner export`'s default output
+BATCH_SCRIPT = "job.sbatch"  # the run's Slurm batch script
 # Written by the job when it stopped on request with a checkpoint saved: torchrun itself exits 1
 # on the SIGTERM that asked for the stop, so its exit code cannot tell a stop from a crash.
 STOP_MARK = "stopped"
@@ -90,6 +91,10 @@ class RunDir:
     @property
     def export(self) -> Path:
         return self.path / EXPORT
+
+    @property
+    def batch_script(self) -> Path:
+        return self.path / BATCH_SCRIPT
 
     def output(self, method: str, continues_adapter: bool = False) -> Path:
         """Where training saves its result: adapter/ for an adapter method (or one continued from
@@ -173,6 +178,7 @@ class RunRecord:
     container: str | None = None
     image: str | None = None  # the image it ran in; None: a process on a machine
     host: str | None = None  # the machine that created it
+    cluster_job: str | None = None  # the id its cluster's scheduler gave it (Slurm's job id)
 
     @property
     def dir(self) -> RunDir:

@@ -18,7 +18,7 @@ CASES = [  # (arguments, exit code, the message)
     (["stop", "nope"], 2, "error: no run 'nope'; `runner ls` lists them"),
     (["status", "nope"], 2, "error: no run 'nope'; `runner ls` lists them"),
     (["preview", JOB, "-n", "-1"], 2, "Invalid value for '-n': -1 is not in the range x>=0."),
-    (["submit", JOB, "--executor", "k8s"], 2, "Invalid value for '--executor': 'k8s' is not one of 'docker', 'local'."),
+    (["submit", JOB, "--executor", "k8s"], 2, "Invalid value for '--executor': 'k8s' is not one of 'docker', 'local', 'slurm'."),
     (["render", JOB, "--target", "k9s"], 2, "Invalid value for '--target': 'k9s' is not one of 'hosts', 'k8s', 'slurm'."),
     (["render", JOB, "--target", "hosts"], 2, "--hostfile"),
     (["convert", "nope.yaml"], 2, "nope.yaml: no such file\n1 problem; nothing was started."),

@@ -574,6 +574,29 @@ class JobSpec(_Spec):
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?(/[a-z0-9._-]+)*$")
+# The name rule of a TrainJob (its CRD's CEL rules: an RFC 1035 label of at most 63 characters),
+# which the training operator applies to a PyTorchJob too. A job's objects are named NAME-LAUNCH:
+# the launch id takes 14 of the 63 characters.
+K8S_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+K8S_NAME_MAX = 63 - 14
+_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+_SLURM_MEMORY = re.compile(r"^[1-9]\d*[KMGT]$")
+# Slurm may send --signal up to a minute before the time it was asked for.
+SLURM_SIGNAL_SLACK_S = 60
+
+
+def slurm_seconds(limit: str) -> int | None:
+    """A Slurm time limit in seconds (minutes, minutes:seconds, hours:minutes:seconds,
+    days-hours[:minutes[:seconds]]); None when it is not one."""
+    m = _SLURM_TIME.match(limit)
+    if not m:
+        return None
+    days, a, b, c = (int(g) if g is not None else None for g in m.groups())
+    if days is not None:  # days-hours[:minutes[:seconds]]
+        return ((days * 24 + a) * 60 + (b or 0)) * 60 + (c or 0)
+    if c is not None:  # hours:minutes:seconds
+        return (a * 60 + b) * 60 + c
+    return a * 60 + (b or 0)  # minutes[:seconds]
 
 
 class ClusterSpec(_Spec):
@@ -585,11 +608,26 @@ class ClusterSpec(_Spec):
     volumes: dict[str, str] = Field(
         default_factory=dict, description="Kubernetes: a directory of the spec's paths (model, data, "
         "output.dir) -> the PersistentVolumeClaim that holds it, e.g. {/models: models}; mounted at "
-        "the same path. Paths under none of these are mounted from the node (hostPath).",
+        "the same path. A path under none of them is refused, unless host_paths allows the node's own.",
+    )  # fmt: skip
+    host_paths: bool = Field(
+        False, description="Kubernetes: mount the paths under no claim of cluster.volumes from the "
+        "node's disk (hostPath), which Pod Security's baseline and restricted levels refuse.",
+    )  # fmt: skip
+    k8s_name: str | None = Field(
+        None, description="Kubernetes: the name of the job's objects, before the launch's id: lowercase "
+        f"letters, digits and '-', starting with a letter, at most {K8S_NAME_MAX} characters. Default: "
+        "derived from name.",
+    )  # fmt: skip
+    k8s_runtime: Literal["namespace", "cluster"] = Field(
+        "namespace", description="Kubernetes (TrainJob): where the training runtime runner renders lives: "
+        "namespace (a TrainingRuntime, which whoever may create TrainJobs in the namespace may apply) or "
+        "cluster (a ClusterTrainingRuntime shared by every namespace; applying it takes cluster-admin).",
     )  # fmt: skip
     container_runtime: Literal["docker", "enroot", "apptainer"] = Field(
         "docker", description="Slurm: what starts the container on each node: docker, enroot "
-        "(pyxis' srun --container-image) or apptainer.",
+        "(pyxis' srun --container-image) or apptainer. enroot and apptainer are recommended: their "
+        "containers are processes of the job, which Slurm limits, accounts for and kills.",
     )  # fmt: skip
     container_image: str | None = Field(
         None, description="Slurm with enroot or apptainer: the image file on shared storage "
@@ -597,9 +635,24 @@ class ClusterSpec(_Spec):
         "docker-daemon://REF`); default: OUTPUT_DIR/NAME.sqsh or .sif.",
     )  # fmt: skip
     partition: str | None = Field(None, description="Slurm: the partition (#SBATCH --partition).")
+    memory_per_node: str | None = Field(
+        None, description="Slurm: memory for the job on each node, e.g. 200G (#SBATCH --mem); "
+        "unset: all of it (--mem=0).",
+    )  # fmt: skip
+    cpus_per_node: int | None = Field(
+        None, ge=1, validate_default=True, description="Slurm: CPUs for each node's one task (torchrun, "
+        "its ranks and their data workers), which then may share its nodes with other jobs; needs "
+        "memory_per_node. Unset: whole nodes (#SBATCH --exclusive), every CPU to the task.",
+    )  # fmt: skip
     time_limit: str | None = Field(
-        None, description="Slurm: wall-clock limit, e.g. 24:00:00 (#SBATCH --time)."
-    )
+        None, description="Slurm: wall-clock limit, e.g. 24:00:00 (#SBATCH --time); ahead of it the job "
+        "saves a checkpoint and is requeued (stop_before_limit).",
+    )  # fmt: skip
+    stop_before_limit: int = Field(
+        300, ge=1, validate_default=True, description="Slurm: seconds before the time limit at which the "
+        "job saves a checkpoint and stops, to be requeued and continue from it (#SBATCH --signal); "
+        "Slurm may signal up to a minute earlier.",
+    )  # fmt: skip
 
     @field_validator("registry")
     @classmethod
@@ -620,3 +673,62 @@ class ClusterSpec(_Spec):
                 raise ValueError(f"{claim!r} is not a claim name: lowercase letters, digits and '-', "
                                  "e.g. {/models: models}")  # fmt: skip
         return v
+
+    @field_validator("k8s_name")
+    @classmethod
+    def _k8s_name(cls, v: str | None) -> str | None:
+        if v is not None and not (K8S_NAME.match(v) and len(v) <= K8S_NAME_MAX):
+            raise ValueError(
+                f"must be a Kubernetes name: lowercase letters, digits and '-', starting with a letter and "
+                f"ending with a letter or digit, at most {K8S_NAME_MAX} characters (the launch's id makes "
+                f"it 63, a TrainJob's limit) (got {v!r}); e.g. {k8s_safe_name(v)}"
+            )
+        return v
+
+    @field_validator("memory_per_node")
+    @classmethod
+    def _memory(cls, v: str | None) -> str | None:
+        if v is not None and not _SLURM_MEMORY.match(v):
+            raise ValueError(f"must be a size in K, M, G or T, e.g. 200G (got {v!r})")
+        return v
+
+    @field_validator("cpus_per_node")
+    @classmethod
+    def _cpus_need_memory(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("memory_per_node") is None and "memory_per_node" in info.data:
+            raise ValueError(
+                f"is {v}, so the job shares its nodes, and then it needs cluster.memory_per_node too "
+                "(e.g. 200G); or leave both unset to take whole nodes"
+            )
+        return v
+
+    @field_validator("time_limit")
+    @classmethod
+    def _time_limit(cls, v: str | None) -> str | None:
+        if v is not None and not slurm_seconds(v):
+            raise ValueError(
+                "must be a Slurm time limit: minutes, minutes:seconds, hours:minutes:seconds or "
+                f"days-hours[:minutes[:seconds]], e.g. 24:00:00 (got {v!r})"
+            )
+        return v
+
+    @field_validator("stop_before_limit")
+    @classmethod
+    def _lead(cls, v: int, info: ValidationInfo) -> int:
+        limit = slurm_seconds(info.data.get("time_limit") or "") or 0
+        if limit and v + SLURM_SIGNAL_SLACK_S > limit:
+            raise ValueError(
+                f"is {v} s, and cluster.time_limit ({limit} s) leaves no time to train before it: Slurm "
+                f"may signal up to {SLURM_SIGNAL_SLACK_S} s early; lower it, or raise time_limit to at "
+                f"least {v + SLURM_SIGNAL_SLACK_S} s"
+            )
+        return v
+
+
+def k8s_safe_name(name: str) -> str:
+    """A name as the start of a Kubernetes object's name (K8S_NAME): lowercase, other characters
+    as '-', a letter first ('job-' is put before a digit), at most K8S_NAME_MAX characters."""
+    safe = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]+", "-", name.lower())).strip("-")
+    if not safe[:1].isalpha():
+        safe = f"job-{safe}".rstrip("-")
+    return safe[:K8S_NAME_MAX].rstrip("-")

@@ -64,9 +64,9 @@ def note_root(spec) -> None:
                    f"run directory under {spec.output.dir} (e.g. chown {uid}:{gid} it)", err=True)  # fmt: skip
 
 
-def warn_if_not_loaded(ref: str) -> None:
-    """Compose clients try to pull an image that is not loaded (v1 ignores pull_policy: never);
-    say so now, where runner can still name the fix."""
+def warn_if_not_loaded(ref: str, why: str = "`up` would fail trying to pull it") -> None:
+    """Compose clients try to pull an image that is not loaded (v1 ignores pull_policy: never),
+    a cluster's nodes never pull it; say so now, where runner can still name the fix."""
     from runner.host.docker_api import Docker, DockerUnavailable
 
     try:
@@ -75,14 +75,19 @@ def warn_if_not_loaded(ref: str) -> None:
         return  # rendered on a machine without an engine: nothing to check here
     if not loaded:
         click.echo(f"warning: image {ref} is not loaded in this Docker engine; load its bundle first "
-                   "(runner load FILE): `up` would fail trying to pull it", err=True)  # fmt: skip
+                   f"(runner load FILE): {why}", err=True)  # fmt: skip
 
 
 def record_of(run_id: str):
-    """A run's record, brought up to date with its container when it ran detached."""
+    """A run's record, brought up to date with its container when it ran detached, or with its
+    Slurm job."""
     from runner.core.rundir import find_run
 
     record = find_run(run_id)
+    if record.executor == "slurm":
+        from runner.host.execute.slurm import refresh as refresh_job
+
+        return refresh_job(record)
     if record.status == "running" and record.container:
         from runner.host.docker_api import Docker
         from runner.host.execute.docker import refresh

@@ -69,7 +69,7 @@ def convert(config: str, out: str | None) -> None:
 
 @click.command()
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("--executor", type=click.Choice(["docker", "local"]), default="docker", show_default=True,
+@click.option("--executor", type=click.Choice(["docker", "local", "slurm"]), default="docker", show_default=True,
               help="Show what this executor would run.")  # fmt: skip
 @image_option
 def plan(job: str, executor: str, image: str | None) -> None:
@@ -136,14 +136,15 @@ def compose(job: str, out: str | None, image: str | None) -> None:
 @click.option("--api", type=click.Choice(["v2", "v1"]), default="v2", show_default=True,
               help="k8s: v2 a TrainJob (Kubeflow Trainer), v1 a PyTorchJob (training operator).")  # fmt: skip
 @click.option("-o", "--output", "out", type=click.Path(), default=None,
-              help="k8s: write the manifests to this file [default: print them]; slurm: the directory for "
-              "the script and the resolved spec [default: OUTPUT_DIR/NAME/slurm].")  # fmt: skip
+              help="k8s: write the manifests to this file [default: print them]; slurm: a copy of the batch "
+              "script here too [default: only in the run directory].")  # fmt: skip
 @image_option
 def render(job: str, target: str, hostfile: str | None, api: str, out: str | None, image: str | None) -> None:
     """Render JOB for another engine: hosts without runner, Kubernetes or Slurm.
 
-    hosts creates a run directory and prints the `docker run` each host runs; k8s and slurm
-    leave the run directory to the job (each apply or sbatch is a new run)."""
+    hosts creates a run directory and prints the `docker run` each host runs; slurm creates a
+    run directory and writes its batch script there (sbatch it once; a requeue or another sbatch
+    continues the run); k8s leaves the run directory to the job (each apply is a new run)."""
     if target == "hosts":
         _render_hosts(job, hostfile, image)
     elif target == "k8s":
@@ -182,16 +183,18 @@ def _launch_id() -> str:
 def _render_k8s(job: str, api: str, out: str | None, image: str | None) -> None:
     import os
 
-    from runner.host.render.k8s import ClusterInputError, check_image, render_k8s, to_text
+    from runner.host.render.k8s import ClusterInputError, cluster_image, render_k8s, to_text
 
     spec = load_spec(
         job, image, files=False
     )  # the model and data are on the cluster; the job checks them there
     try:
-        check_image(spec, (Path.cwd() / "images" / f"{spec.image}.yaml").is_file())
         text = to_text(spec, render_k8s(spec, os.getuid(), os.getgid(), _launch_id(), api), api)
     except ClusterInputError as e:
         raise spec_problem(job, e.loc, e.message) from None
+    ref, pull = cluster_image(spec)
+    if pull == "Never":  # the bundle's image, loaded on every node: it should be loaded here too
+        warn_if_not_loaded(ref, "the nodes would fail to start it, as they never pull it")
     note_root(spec)
     if out is None:
         click.echo(text, nl=False)
@@ -205,29 +208,34 @@ def _render_k8s(job: str, api: str, out: str | None, image: str | None) -> None:
 
 def _render_slurm(job: str, out: str | None, image: str | None) -> None:
     import os
+    import shutil
 
-    from runner.core.jobspec.load import to_yaml
-    from runner.host.render.k8s import ClusterInputError
-    from runner.host.render.slurm import default_image_note, render_slurm
+    from runner.core.launch import prepare
+    from runner.host.execute.docker import hand_over
+    from runner.host.render.container import image_ref
+    from runner.host.render.k8s import ClusterInputError, gpus_per_node
+    from runner.host.render.slurm import render_slurm, slurm_image_note
 
-    spec = load_spec(job, image, files=False)  # the nodes' storage may not be mounted here; the job checks it
-    target = Path(out).resolve() if out else Path(spec.output.dir) / spec.name / "slurm"
-    spec_file = target / f"{spec.name}.yaml"
     try:
-        script = render_slurm(spec, spec_file, os.getuid(), os.getgid())
+        gpus_per_node(load_spec(job, image))  # refused before a run directory exists
     except ClusterInputError as e:
         raise spec_problem(job, e.loc, e.message) from None
+    record, spec = prepare(job, image=image)
+    record.update(executor="slurm", image=image_ref(spec))
+    hand_over(record, spec)
+    script = record.dir.batch_script
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        spec_file.write_text(to_yaml(spec), encoding="utf-8")
-        (target / f"{spec.name}.sbatch").write_text(script, encoding="utf-8")
+        script.write_text(render_slurm(spec, record.dir.path, os.getuid(), os.getgid()), encoding="utf-8")
+        if out:
+            shutil.copyfile(script, out)
     except OSError as e:
-        raise RunError(f"cannot write the Slurm files to {target}: {e.strerror}") from None
-    click.echo(f"{target / f'{spec.name}.sbatch'}")
-    if note := default_image_note(spec):
+        raise RunError(f"cannot write the batch script: {e.strerror} ({e.filename})") from None
+    click.echo(f"{script}")
+    if note := slurm_image_note(spec):
         click.echo(f"the image file, made once on a node that has the image loaded: {note}")
-    note_root(spec)
-    click.echo(f"run it: sbatch {target / f'{spec.name}.sbatch'}")
+    elif spec.cluster.container_runtime == "docker":
+        warn_if_not_loaded(image_ref(spec), "every node's engine must have it loaded")
+    click.echo(f"run it: sbatch {script}    then: runner logs {record.id} -f")
 
 
 def _hosts(path: Path) -> list[str]:
@@ -247,8 +255,9 @@ def _hosts(path: Path) -> list[str]:
 
 @click.command()
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("--executor", type=click.Choice(["docker", "local"]), default="docker", show_default=True,
-              help="docker: in the job's image (GPUs, read-only inputs, no network); local: a process here.")  # fmt: skip
+@click.option("--executor", type=click.Choice(["docker", "local", "slurm"]), default="docker", show_default=True,
+              help="docker: in the job's image (GPUs, read-only inputs, no network); local: a process here; "
+              "slurm: a batch job on the cluster this machine submits to (its nodes run the image).")  # fmt: skip
 @click.option("--detach", "-d", is_flag=True, help="Start and return; follow with `runner logs ID -f`.")
 @image_option
 def submit(job: str, executor: str, detach: bool, image: str | None) -> None:
@@ -256,6 +265,10 @@ def submit(job: str, executor: str, detach: bool, image: str | None) -> None:
     from runner.host.execute.submit import submit as do_submit
 
     record = do_submit(job, executor, sink, detach=detach, image=image)
+    if detach and executor == "slurm":
+        click.echo(f"run {record.id}: submitted as Slurm job {record.cluster_job} -> {record.run_dir}")
+        click.echo(f"  runner logs {record.id} -f    runner stop {record.id}")
+        return
     if detach:
         click.echo(f"run {record.id}: started in container {record.container} -> {record.run_dir}")
         click.echo(f"  runner logs {record.id} -f    runner stop {record.id}")

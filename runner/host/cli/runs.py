@@ -28,8 +28,8 @@ def list_runs(output_dirs: tuple[str, ...]) -> None:
         dirs = [*sorted(known), *(Path(d) for d in (os.environ.get("OUTPUT_DIR"), "outputs") if d)]
     rows = all_runs([d for d in dict.fromkeys(dirs) if d.is_dir()])
     for r in rows:
-        if r.status == "running":
-            r = record_of(r.id)
+        if r.status == "running" or (r.status == "created" and r.executor == "slurm"):
+            r = record_of(r.id)  # brought up to date with its container or its Slurm job
         click.echo(f"{r.id:<22} {r.name:<20} {r.status:<10} {r.executor:<10} {r.run_dir}")
     if not rows:
         click.echo("no runs yet")
@@ -75,11 +75,18 @@ def logs(run_id: str, follow: bool) -> None:
 @click.argument("run_id")
 @click.option("--timeout", default=300, show_default=True, help="Seconds to wait for the checkpoint.")
 def stop(run_id: str, timeout: int) -> None:
-    """Stop a detached run: it saves a checkpoint, then exits; `runner resume` continues it."""
-    from runner.host.docker_api import Docker
-    from runner.host.execute.docker import stop as do_stop
+    """Stop a detached run or a Slurm job: it saves a checkpoint, then exits; `runner resume`
+    continues it."""
+    record = record_of(run_id)
+    if record.executor == "slurm":
+        from runner.host.execute.slurm import stop as stop_job
 
-    record = do_stop(record_of(run_id), Docker(), timeout)
+        record = stop_job(record, timeout)
+    else:
+        from runner.host.docker_api import Docker
+        from runner.host.execute.docker import stop as do_stop
+
+        record = do_stop(record, Docker(), timeout)
     click.echo(f"run {record.id}: {record.status} (exit {record.exit_code})")
 
 
@@ -91,6 +98,9 @@ def resume(run_id: str, detach: bool) -> None:
     from runner.host.execute.submit import resume as do_resume
 
     record = do_resume(record_of(run_id), sink, detach)
+    if detach and record.executor == "slurm":
+        click.echo(f"run {record.id}: resumed as Slurm job {record.cluster_job}")
+        return
     if detach:
         click.echo(f"run {record.id}: resumed in container {record.container}")
         return

@@ -15,9 +15,13 @@ class Plan:
     env: dict[str, str]  # set over the shell's environment (the local executor; a container's is in argv)
     gpu_names: list[str]  # the GPUs the job's processes see, where known
     container: dict[str, Any] | None = field(default=None)  # the docker executor's container config
+    script: str | None = field(default=None)  # the batch script the command submits (a scheduler's)
 
     def lines(self) -> list[str]:
         out = []
         if self.env:
             out += ["# environment (over this shell's)", *(f"{k}={v}" for k, v in self.env.items())]
-        return [*out, "# command", shlex.join(self.argv)]
+        out += ["# command", shlex.join(self.argv)]
+        if self.script is not None:
+            out += [f"# the batch script it submits ({self.argv[-1]})", *self.script.splitlines()]
+        return out

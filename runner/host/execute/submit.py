@@ -12,8 +12,11 @@ from runner.core.launch import prepare
 from runner.core.rundir import RunRecord
 from runner.host.execute.docker import DockerExecutor
 from runner.host.execute.local import LocalExecutor
+from runner.host.execute.slurm import SlurmExecutor
 
-EXECUTORS = {"local": LocalExecutor, "docker": DockerExecutor}
+EXECUTORS = {"local": LocalExecutor, "docker": DockerExecutor, "slurm": SlurmExecutor}
+# Executors whose job outlives the command that started it.
+DETACHABLE = ("docker", "slurm")
 
 
 def submit(
@@ -23,8 +26,10 @@ def submit(
     """Run a job to its end (or start it, detached); the record on disk says how it went."""
     if executor not in EXECUTORS:
         raise RunError(f"unknown executor '{executor}'; available: {', '.join(EXECUTORS)}")
-    if detach and executor != "docker":
-        raise RunError("--detach needs the docker executor (a container outlives this command)")
+    if detach and executor not in DETACHABLE:
+        raise RunError(
+            "--detach needs the docker or slurm executor (a container or a Slurm job outlives this command)"
+        )
     runner_ = EXECUTORS[executor](sink, tty=sys.stdout.isatty())
     record, spec = prepare(spec_path, base, runner_, image=image)
     if detach:
@@ -40,8 +45,10 @@ def resume(record: RunRecord, sink: Callable[[bytes], None], detach: bool = Fals
     if record.status in ("running", "succeeded"):
         raise RunError(f"run {record.id} is {record.status}; only a stopped or failed run resumes")
     name = record.executor if record.executor in EXECUTORS else "local"
-    if detach and name != "docker":
-        raise RunError("--detach needs the docker executor (a container outlives this command)")
+    if detach and name not in DETACHABLE:
+        raise RunError(
+            "--detach needs the docker or slurm executor (a container or a Slurm job outlives this command)"
+        )
     spec = load_job(record.dir.spec_file)
     executor = EXECUTORS[name](sink, tty=sys.stdout.isatty())
     executor.check(spec)

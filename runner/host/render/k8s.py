@@ -1,14 +1,19 @@
 """render_k8s(job) -> str: the job as Kubernetes manifests for the Kubeflow Trainer.
 
-`api="v2"`: a TrainJob (trainer.kubeflow.org/v1alpha1) on a ClusterTrainingRuntime of the
+`api="v2"`: a TrainJob (trainer.kubeflow.org/v1alpha1) on a training runtime of the
 torch-distributed kind that runner renders too (it carries the image pull policy, which a
-TrainJob cannot set); `api="v1"`: a PyTorchJob (kubeflow.org/v1, the training operator). Both
-come with a ConfigMap holding the resolved spec (and the DeepSpeed config it renders).
+TrainJob cannot set): a TrainingRuntime in the job's namespace, which whoever may create the
+TrainJob may apply, or with cluster.k8s_runtime: cluster a ClusterTrainingRuntime (cluster-admin
+applies it); `api="v1"`: a PyTorchJob (kubeflow.org/v1, the training operator). Both come with a
+ConfigMap holding the resolved spec (and the DeepSpeed config it renders). Nothing else is
+cluster-scoped.
 
 A projection of the job's launch (runner.core.launch): the same command, environment and
-mounts as `runner submit`, each path mounted at the same path in the pod (from a
-PersistentVolumeClaim named in cluster.volumes, else from the node), so the spec needs no
-rewriting. The entrypoint creates the run directory under output.dir, as a compose file's does.
+mounts as `runner submit`, each path mounted at the same path in the pod from the
+PersistentVolumeClaim cluster.volumes names for it (from the node's disk only where
+cluster.host_paths allows it: Pod Security's baseline and restricted levels refuse hostPath), so
+the spec needs no rewriting. The entrypoint creates the run directory under output.dir, as a
+compose file's does.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 from runner.core.deepspeed import render_deepspeed
 from runner.core.jobspec.image import REPOSITORY
-from runner.core.jobspec.job import JobSpec
+from runner.core.jobspec.job import JobSpec, k8s_safe_name
 from runner.core.launch import at_rendezvous, launch_env, mounts, procs_per_node, render_launch, started_by
 from runner.host.render import lockdown
 from runner.host.render.container import image_ref
@@ -44,9 +49,10 @@ class ClusterInputError(Exception):
         super().__init__(message)
 
 
-def k8s_name(name: str) -> str:
-    """A job name as an object name (RFC 1123 label: lowercase, digits, '-')."""
-    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40].strip("-") or "job"
+def k8s_name(spec: JobSpec) -> str:
+    """The start of the job's object names: cluster.k8s_name (checked when the spec is), or one
+    derived from its name that the TrainJob's name rule accepts."""
+    return spec.cluster.k8s_name or k8s_safe_name(spec.name)
 
 
 def cluster_image(spec: JobSpec) -> tuple[str, str]:
@@ -59,20 +65,6 @@ def cluster_image(spec: JobSpec) -> tuple[str, str]:
     if ref.startswith(REPOSITORY + "/"):
         return f"{registry}/{ref.removeprefix('localhost/')}", "IfNotPresent"
     return ref, "IfNotPresent"  # a full reference the user gave: it names its registry itself
-
-
-def check_image(spec: JobSpec, image_spec_exists: bool) -> None:
-    """The image must be one a cluster node can have: an image spec's (built and bundled by
-    runner) or a full reference."""
-    name = spec.image
-    if ":" in name or "/" in name or image_spec_exists:
-        return
-    raise ClusterInputError(
-        ("image",),
-        f"'{name}' is neither an image spec in images/ nor an image reference, so no node could "
-        f"have it; build and bundle it (runner build {name}) or give a full reference such as "
-        f"{REPOSITORY}/NAME:TAG",
-    )
 
 
 def gpus_per_node(spec: JobSpec) -> int:
@@ -116,7 +108,7 @@ def config_map(spec: JobSpec, name: str) -> dict[str, Any]:
         # What the entrypoint writes into the run directory, rendered here for review.
         data["deepspeed.json"] = json.dumps(ds, indent=2) + "\n"
     return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "labels": {"runner.job": k8s_name(spec.name)}}, "data": data}  # fmt: skip
+            "metadata": {"name": name, "labels": {"runner.job": k8s_name(spec)}}, "data": data}  # fmt: skip
 
 
 def _claim(path: str, volumes: dict[str, str]) -> tuple[str, str] | None:
@@ -148,6 +140,13 @@ def pod_volumes(spec: JobSpec, config: str) -> tuple[list[dict[str, Any]], list[
             read_only = claims.get(directory, (claim, True))[1] and mode == "ro"
             claims[directory] = (claim, read_only)
             continue
+        if not spec.cluster.host_paths:
+            raise ClusterInputError(
+                ("cluster", "volumes"),
+                f"{path} ({_what(spec, path)}) is on no claim: name the PersistentVolumeClaim that holds "
+                f"its directory, e.g. {{{_top(path)}: CLAIM}}, or set cluster.host_paths: true to mount it "
+                "from the node's disk (Pod Security's baseline and restricted levels refuse that)",
+            )
         source = {"path": path, **({"type": "DirectoryOrCreate"} if mode == "rw" else {})}
         volumes.append({"name": f"host-{n}", "hostPath": source})
         mounted.append({"name": f"host-{n}", "mountPath": path, "readOnly": mode == "ro"})
@@ -157,6 +156,21 @@ def pod_volumes(spec: JobSpec, config: str) -> tuple[list[dict[str, Any]], list[
             volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim}})
         mounted.append({"name": name, "mountPath": directory.rstrip("/") or "/", "readOnly": read_only})
     return volumes, mounted
+
+
+def _what(spec: JobSpec, path: str) -> str:
+    """Which key of the spec a mounted path comes from, for a message."""
+    if path == spec.output.dir:
+        return "output.dir"
+    if path == spec.model.path:
+        return "model.path"
+    if path == spec.model.adapter:
+        return "model.adapter"
+    return "data.datasets" if any(d.path == path for d in spec.data.datasets) else "an input of the job"
+
+
+def _top(path: str) -> str:
+    return "/" + PurePosixPath(path).parts[1] if len(PurePosixPath(path).parts) > 1 else path
 
 
 def _env(spec: JobSpec, launch_id: str) -> list[dict[str, str]]:
@@ -186,12 +200,12 @@ def _security(uid: int, gid: int) -> dict[str, Any]:
 def render_k8s(spec: JobSpec, uid: int, gid: int, launch_id: str, api: str = "v2") -> list[dict[str, Any]]:
     """The manifests, in the order to apply them. `launch_id` (lowercase letters, digits, '-')
     names this launch: each rendering is one run."""
-    name = f"{k8s_name(spec.name)}-{launch_id}"
+    name = f"{k8s_name(spec)}-{launch_id}"
     image, pull = cluster_image(spec)
     gpus_per_node(spec)  # refuse 'all' before rendering anything
     volumes, volume_mounts = pod_volumes(spec, name)
     objects = [config_map(spec, name)]
-    labels = {"runner.job": k8s_name(spec.name), "runner.launch": launch_id}
+    labels = {"runner.job": k8s_name(spec), "runner.launch": launch_id}
     nproc = procs_per_node(spec)
     if api == "v1":
         container = {"name": "pytorch", "image": image, "imagePullPolicy": pull,
@@ -214,7 +228,7 @@ def render_k8s(spec: JobSpec, uid: int, gid: int, launch_id: str, api: str = "v2
         if isinstance(nproc, int):
             job["spec"]["nprocPerNode"] = str(nproc)
         return objects + [job]
-    runtime = training_runtime(pull)
+    runtime = training_runtime(pull, spec.cluster.k8s_runtime)
     trainer: dict[str, Any] = {"image": image, "command": _command(spec, "v2"), "env": _env(spec, launch_id),
                                "numNodes": spec.resources.nodes}  # fmt: skip
     if isinstance(nproc, int):
@@ -229,17 +243,19 @@ def render_k8s(spec: JobSpec, uid: int, gid: int, launch_id: str, api: str = "v2
                                               "securityContext": lockdown.k8s_container_security()}],
                               "volumes": volumes, "securityContext": _security(uid, gid)}}}}}]}}}}  # fmt: skip
     job = {"apiVersion": TRAINER_API, "kind": "TrainJob", "metadata": {"name": name, "labels": labels},
-           "spec": {"runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
+           "spec": {"runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": runtime["kind"],
                                    "name": runtime["metadata"]["name"]},
                     "trainer": trainer, "runtimePatches": [patch]}}  # fmt: skip
     return objects + [runtime, job]
 
 
-def training_runtime(pull: str) -> dict[str, Any]:
+def training_runtime(pull: str, scope: str = "namespace") -> dict[str, Any]:
     """torch-distributed as Kubeflow ships it, with the pull policy of an air-gapped cluster. One
-    per policy, shared by every runner job (each TrainJob sets its image, command and mounts)."""
+    per policy (and namespace), shared by every runner job (each TrainJob sets its image, command
+    and mounts): a TrainingRuntime in the job's namespace, or a ClusterTrainingRuntime."""
     container = {"name": "node", "imagePullPolicy": pull}
-    return {"apiVersion": TRAINER_API, "kind": "ClusterTrainingRuntime",
+    kind = "ClusterTrainingRuntime" if scope == "cluster" else "TrainingRuntime"
+    return {"apiVersion": TRAINER_API, "kind": kind,
             "metadata": {"name": f"runner-torch-{pull.lower()}",
                          "labels": {"trainer.kubeflow.org/framework": "torch"}},
             "spec": {"mlPolicy": {"numNodes": 1, "torch": {}},
