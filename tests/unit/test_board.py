@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +124,7 @@ def test_the_token_guards_a_board_off_loopback(outputs: Path, jobs: Path):
         client = Client(server.server_address[1], TOKEN)
         assert client.get("/api/runs", token=False)[0] == 401
         assert client.get("/", token=False)[0] == 401
-        assert client.json("/api/runs")["runs"][0]["name"] == "demo"
+        assert "demo" in [r["name"] for r in client.json("/api/runs")["runs"]]
 
 
 def test_a_page_on_another_name_for_loopback_gets_nothing(board):
@@ -298,3 +299,53 @@ def test_pages_render_and_carry_a_content_security_policy(board):
         assert b'<script src="/static/board.js"' in body
     assert client.get("/runs/no-such-run")[0] == 404
     assert client.get("/nothing-here")[0] == 404
+
+
+def test_stop_checks_the_users_own_permission(tmp_path: Path):
+    """The board acts as the user who runs it: another user's run is refused, as `kill` refuses it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the board as another user")
+    import signal
+    import socket
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import as_user, user_home
+
+    shared = Path(tempfile.mkdtemp(prefix="runner-board-perm-"))
+    try:
+        run = make_run(shared / "out", "theirs", status="running")
+        theirs = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(run.path)],
+                                  start_new_session=True)  # fmt: skip
+        run.record().update(pid=theirs.pid, host=socket.gethostname())
+        subprocess.run(["chmod", "-R", "a+rX", str(shared)], check=True)
+        uid, gid, switch = as_user((1234, 1234))
+        home = user_home(uid, gid)
+        board = subprocess.Popen(
+            [*switch, sys.executable, "-m", "runner.host.cli", "board", str(shared / "out"), "--no-token",
+             "--port", "0", "--jobs", str(shared)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "HOME": str(home), "RUNNER_HOME": str(home / "runner")},
+        )  # fmt: skip
+        try:
+            line = board.stdout.readline()
+            assert "http://127.0.0.1:" in line, (
+                line,
+                board.stderr.read() if board.poll() is not None else "",
+            )
+            base = line.split()[-1].rstrip("/")
+            req = urllib.request.Request(f"{base}/api/runs/{run.id}/stop", data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(req, timeout=30)
+            assert refused.value.code == 409
+            assert "belongs to another user" in json.loads(refused.value.read())["error"]
+            assert theirs.poll() is None, "the other user's run was stopped"
+        finally:
+            board.send_signal(signal.SIGINT)
+            board.wait(timeout=20)
+            theirs.kill()
+            theirs.wait()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

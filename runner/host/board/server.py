@@ -9,6 +9,7 @@ response carries a Content-Security-Policy that lets a page load only from the b
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 import logging
 import mimetypes
@@ -101,9 +102,8 @@ class Server(ThreadingHTTPServer):
 def serve(board: Board, ready=None) -> None:
     """Serve until interrupted. `ready(server)` is called once it listens (the port is known)."""
     server = Server(board)
-    if board.access.port == 0:
-        board.access = type(board.access)(board.access.host, server.server_address[1], board.access.token,
-                                          board.access.read_only)  # fmt: skip
+    if board.access.port == 0:  # the port the system chose: in the printed address and the cookie's name
+        board.access = dataclasses.replace(board.access, port=server.server_address[1])
     if ready:
         ready(server)
     reaper = threading.Thread(target=_housekeeping, args=(board,), daemon=True)
@@ -370,7 +370,11 @@ class Handler(BaseHTTPRequestHandler):
                 self._event("metrics", {"rows": rows, "next": metrics_at_new})
                 metrics_at, sent = metrics_at_new, True
             now = time.monotonic()
-            record = read_record(run_dir)
+            try:
+                record = read_record(run_dir)
+            except RunnerError:  # deleted while followed
+                self._event("end", {"state": None})
+                return
             if record.status == "running" and record.container and now - last_fresh > 2:
                 record.run_dir = run_dir
                 record, last_fresh = fresh(record), now

@@ -35,6 +35,7 @@ def board(output_dirs: tuple[str, ...], host: str, port: int, token: str | None,
 
     from runner.core.errors import RunError
     from runner.host.board import Access, AccessError, Board, serve
+    from runner.host.board.access import is_loopback
     from runner.host.board.actions import Jobs
     from runner.host.board.runs import Runs
 
@@ -50,7 +51,11 @@ def board(output_dirs: tuple[str, ...], host: str, port: int, token: str | None,
 
     def ready(server) -> None:
         mode = " (read-only)" if read_only else ""
-        click.echo(f"runner board{mode}: {the_board.access.url()}", err=False)
+        click.echo(f"runner board{mode}: {the_board.access.url()}")
+        if not is_loopback(host):
+            click.echo("note: plain HTTP carries the token in the clear; across a network prefer an SSH tunnel "
+                       f"(ssh -L {the_board.access.port}:127.0.0.1:{the_board.access.port} THIS-HOST, and a board "
+                       "on 127.0.0.1) or TLS in front", err=True)  # fmt: skip
         click.echo("stop it with Ctrl-C", err=True)
 
     try:

@@ -44,6 +44,18 @@ const fmt = {
     if (a !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(3).replace(/\.?0+e/, "e");
     return v.toPrecision(4).replace(/(\.\d*?)0+$/, "$1").replace(/\.$/, "");
   },
+  // An axis tick: as many digits as the spacing of the ticks needs (a learning rate that moves in
+  // its fifth digit still gets distinct labels).
+  tick(v, incr) {
+    if (v === 0 || !incr) return fmt.num(v);
+    const a = Math.abs(v);
+    const [mantissa, exp] = Number(incr.toPrecision(6)).toExponential().split("e");
+    const last = Number(exp) - (mantissa.split(".")[1] || "").length;  // the spacing's last digit: 10^last
+    const text = a < 1e-3 || a >= 1e5
+      ? v.toExponential(Math.min(9, Math.max(0, Math.floor(Math.log10(a)) - last)))
+      : v.toFixed(Math.min(10, Math.max(0, -last)));
+    return text.replace(/\.(\d*?)0+(e|$)/, (m, d, e) => (d ? `.${d}` : "") + e);
+  },
   duration(s) {
     if (s === null || s === undefined) return "";
     s = Math.round(s);
@@ -100,7 +112,7 @@ class Chart {
     this.plot = new uPlot({
       title: this.title, ...this.size(),
       scales: {x: {time: false}},
-      axes: [{label: "step"}, {label: this.yLabel, size: 70}],  // uPlot's own ticks: as precise as their spacing
+      axes: [{label: "step"}, {label: this.yLabel, size: 80, values: (u, ticks, axis, space, incr) => ticks.map((v) => fmt.tick(v, incr))}],
       series: [{label: "step"}, ...this.series.map((s) => ({
         label: s.label, stroke: s.color, width: 2, spanGaps: true, dash: s.dash,
         points: {show: !!s.points, size: 6}, value: (u, v) => fmt.num(v),
@@ -194,7 +206,7 @@ function runPage() {
     lr: new Chart($("#chart-lr"), "learning rate", [{label: "learning rate", color: COLORS[2]}], "lr"),
     grad: new Chart($("#chart-grad"), "grad norm", [{label: "grad norm", color: COLORS[3]}], "norm"),
   };
-  let logOffset = null, metricsAt = 0, source = null, ended = false, detail = null;
+  let logOffset = null, metricsAt = 0, source = null, ended = false, detail = null, current = null, heardAt = 0;
 
   function drawCharts() {
     const train = rows.filter((r) => "loss" in r);
@@ -204,6 +216,7 @@ function runPage() {
   }
 
   function showSummary(s) {
+    current = s; heardAt = Date.now();
     $("#run-name").textContent = s.name;
     $("#run-state").replaceWith(Object.assign(stateBadge(s.state), {id: "run-state"}));
     const items = [["stage", s.stage], ["method", s.method], ["model", s.model], ["step", fmt.step(s)],
@@ -275,7 +288,17 @@ function runPage() {
       heard();
     });
     source.addEventListener("log", (e) => { const d = JSON.parse(e.data); logOffset = d.offset; appendLog(d.text); heard(); });
-    source.addEventListener("metrics", (e) => { const d = JSON.parse(e.data); metricsAt = d.next; rows.push(...d.rows); drawCharts(); heard(); });
+    source.addEventListener("metrics", (e) => {
+      const d = JSON.parse(e.data);
+      metricsAt = d.next; rows.push(...d.rows); drawCharts(); heard();
+      if (current) {  // the summary moves with the metrics; the log's "step N/M" names the total
+        const losses = rows.filter((r) => typeof r.loss === "number");
+        const total = [...$("#log").textContent.matchAll(/step \d+\/(\d+)/g)].pop();
+        showSummary({...current, step: Math.max(current.step || 0, ...rows.map((r) => r.step || 0)),
+          total: total ? Number(total[1]) : current.total, loss: losses.length ? losses[losses.length - 1].loss : current.loss,
+          duration_s: current.duration_s === null ? null : current.duration_s + (Date.now() - heardAt) / 1000});
+      }
+    });
     source.addEventListener("state", async (e) => {
       const s = JSON.parse(e.data);
       showSummary(s);
