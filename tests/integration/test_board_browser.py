@@ -1,6 +1,6 @@
 """The board in a real browser: Debian's headless Chromium, driven by Playwright, against
-`runner board` on 127.0.0.1 with a finished run of the tiny model and a live one that the page
-itself submits. The list shows both; the run page draws the curves and follows the log; Stop
+`runner board` on 127.0.0.1 with a finished run of the tiny model (the LoRA run the chat, eval
+and serve tests share) and a live one that the page itself submits. The list shows both; the run page draws the curves and follows the log; Stop
 stops the live run (a checkpoint saved); a bad spec submitted from the page shows its line:col.
 
 It runs twice: on the machine's own network, and with the board and the browser in a network
@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from runner.core.rundir import read_record, runs_of
-from tests.conftest import ROOT, runner_cli, write_job
+from tests.conftest import ROOT, write_job
+from tests.integration.trained import lora_run  # noqa: F401  (fixture: the finished run)
 
 pytestmark = pytest.mark.integration
 
@@ -67,15 +68,11 @@ def playwright():
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_model: Path) -> Path:
-    """outputs/ with a finished run, and jobs/ with a long job to start live and a bad one."""
+    """jobs/ with a long job to start live and a bad one; the live run goes to outputs/."""
     root = tmp_path_factory.mktemp("board")
     out = root / "outputs"
     jobs = root / "jobs"
     jobs.mkdir()
-    finished = write_job(root / "finished.yaml", tiny_model, name="finished", output={"dir": str(out)},
-                         training={"max_steps": 8, "logging_steps": 1, "learning_rate": 5e-3})  # fmt: skip
-    result = runner_cli("submit", str(finished), "--executor", "local")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # Long enough to be watched (each step is a fraction of a second); the test stops it.
     write_job(jobs / "live.yaml", tiny_model, name="live", output={"dir": str(out)},
               training={"max_steps": 3000, "logging_steps": 1, "save_steps": 100000, "learning_rate": 1e-3})  # fmt: skip
@@ -97,6 +94,8 @@ def network(isolated: bool, tmp: Path):
     for tool in ("unshare", "nsenter", "ip"):
         if shutil.which(tool) is None:
             _missing(f"{tool} is missing (util-linux, iproute2); run scripts/provision-browser.sh")
+    if os.geteuid() != 0:
+        _missing("a network namespace of the test's own needs root (CI runs as root)")
     holder = subprocess.Popen(["unshare", "--net", "--", "sh", "-c", "ip link set lo up && exec sleep 3600"],
                               stderr=subprocess.PIPE)  # fmt: skip
     try:
@@ -127,17 +126,20 @@ def network(isolated: bool, tmp: Path):
 
 
 @contextlib.contextmanager
-def board(prefix: list[str], workspace: Path):
-    proc = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "runner.host.cli", "board", str(workspace / "outputs"), "--port", "0",
-         "--jobs", str(workspace / "jobs"), "--executor", "local", "--token", TOKEN],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+def board(prefix: list[str], workspace: Path, finished: Path, said: Path):
+    """`runner board` on the live run's outputs and the finished run's, on a port of its choosing."""
+    with open(said, "w") as stderr:
+        proc = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "runner.host.cli", "board", str(workspace / "outputs"),
+             str(finished.parent.parent), "--port", "0", "--jobs", str(workspace / "jobs"), "--executor", "local",
+             "--token", TOKEN],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )  # fmt: skip
     try:
         line = proc.stdout.readline()
         m = re.search(r"(http://127\.0\.0\.1:\d+)/\?token=(\S+)", line)
         assert m, (
-            f"runner board printed {line!r}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
+            f"runner board printed {line!r}; stderr: {said.read_text() if proc.poll() is not None else ''}"
         )
         yield m[1]
     finally:
@@ -180,13 +182,16 @@ def _origin(url: str) -> str:
 
 
 @pytest.mark.parametrize("isolated", [False, True], ids=["loopback", "no-route-but-loopback"])
-def test_the_board_in_a_browser(playwright, workspace: Path, tmp_path: Path, isolated: bool):
+def test_the_board_in_a_browser(playwright, workspace: Path, lora_run: Path, tmp_path: Path, isolated: bool):  # noqa: F811
     shots = ARTIFACTS / ("isolated" if isolated else "loopback")
     shots.mkdir(parents=True, exist_ok=True)
     out = workspace / "outputs"
-    (finished,) = runs_of(out, "finished")
+    finished = read_record(lora_run)
     net_log = tmp_path / "netlog.json"
-    with network(isolated, tmp_path) as (prefix, chromium), board(prefix, workspace) as base:
+    with (
+        network(isolated, tmp_path) as (prefix, chromium),
+        board(prefix, workspace, lora_run, shots / "board.log") as base,
+    ):
         browser = playwright.chromium.launch(
             executable_path=chromium,
             args=[*CHROMIUM_ARGS, f"--log-net-log={net_log}", "--net-log-capture-mode=Default"],
@@ -252,9 +257,9 @@ def exercise(page, base: str, finished_id: str, out: Path, shots: Path) -> None:
     page.goto(f"{base}/runs/{finished_id}")
     page.wait_for_selector("#chart-loss canvas")
     page.wait_for_selector("#run-state.succeeded")
-    assert "done: 8 steps" in page.text_content("#log")
+    assert "done: 20 steps" in page.text_content("#log")
     # The spec: what the job set in bold, runner's defaults dimmed.
-    assert "max_steps: 8" in [line.strip() for line in page.locator("#spec .set").all_text_contents()]
+    assert "max_steps: 20" in [line.strip() for line in page.locator("#spec .set").all_text_contents()]
     assert page.locator("#spec .default").count() > 10
     page.screenshot(path=str(shots / "run-finished.png"), full_page=True)
 

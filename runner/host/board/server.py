@@ -138,7 +138,7 @@ class Handler(BaseHTTPRequestHandler):
         return self.server.board
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (the base class's name)
-        log.info("%s %s", self.address_string(), format % args)
+        log.debug("%s %s", self.address_string(), format % args)  # every poll: only when debugging
 
     def _headers(self, status: int, content_type: str, length: int | None = None, csp: str = CSP,
                  extra: dict[str, str] | None = None) -> None:  # fmt: skip
