@@ -65,8 +65,9 @@ def test_off_loopback_a_token_is_required_or_the_board_is_read_only():
     made = Access.configure("0.0.0.0", 8765, None, no_token=False, read_only=False)
     assert made.token and len(made.token) >= 24  # made when none is given
     assert made.url().endswith(f"?token={made.token}")
-    with pytest.raises(AccessError, match="at least 16"):
-        Access.configure("127.0.0.1", 8765, "short", no_token=False, read_only=False)
+    for bad in ("short", "sixteen chars; path=/x"):
+        with pytest.raises(AccessError, match="at least 16"):
+            Access.configure("127.0.0.1", 8765, bad, no_token=False, read_only=False)
     # On loopback too by default: every user of a shared server reaches its loopback.
     assert Access.configure("127.0.0.1", 8765, None, no_token=False, read_only=False).token
     assert Access.configure("127.0.0.1", 8765, None, no_token=True, read_only=False).token is None
@@ -159,6 +160,8 @@ def test_a_read_only_board_shows_but_does_not_act(outputs: Path, jobs: Path):
             assert status == 403 and b"read-only" in body, path
         status, _, page = client.get(f"/runs/{run.id}")
         assert status == 200 and b'id="stop"' not in page and b"Submit a job" not in page
+        for path in ("/jobs", "/api/jobs", "/api/jobs/bad.yaml"):  # nothing to submit, no spec shown
+            assert client.get(path)[0] == 404, path
 
 
 # --- no path outside the runs' directories -------------------------------------------------------

@@ -7,13 +7,15 @@
   SameSite=Strict cookie; scripts may send `Authorization: Bearer TOKEN`.
 - On loopback the Host header must name loopback: a web page whose own name resolves to
   127.0.0.1 (DNS rebinding) gets nothing.
-- A file is served only from inside a run directory, after every symlink is resolved.
+- A file is served only from inside a run directory, after every symlink is resolved; a job spec
+  only from inside the jobs directory, and not at all by a read-only board.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 import secrets
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -62,8 +64,9 @@ class Access:
             )
         if no_token:
             return cls(host, port, None, read_only)
-        if token is not None and len(token) < 16:
-            raise AccessError("--token must be at least 16 characters (omit it and one is made for you)")
+        if token is not None and (len(token) < 16 or not re.fullmatch(r"[A-Za-z0-9._~-]+", token)):
+            raise AccessError("--token must be at least 16 letters, digits or . _ ~ - (it travels in an address "
+                              "and a cookie); omit it and one is made for you")  # fmt: skip
         return cls(host, port, token or secrets.token_urlsafe(24), read_only)
 
     @property

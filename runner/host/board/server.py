@@ -261,7 +261,7 @@ class Handler(BaseHTTPRequestHandler):
                 pass
 
     def _get(self, path: str, query: dict[str, list[str]]) -> None:
-        if path in PAGES:
+        if path in PAGES and not (path == "/jobs" and self.board.access.read_only):
             return self._send(200, self.board.page(PAGES[path]), "text/html; charset=utf-8")
         if m := re.fullmatch(r"/runs/([\w.-]+)", path):
             self.board.runs.get(m[1])  # a page only for a run this board lists
@@ -281,6 +281,10 @@ class Handler(BaseHTTPRequestHandler):
             return self._json({"rows": rows, "next": end})
         if m := re.fullmatch(r"/api/runs/([\w.-]+)/events", path):
             return self._events(self.board.runs.get(m[1]).run_dir, query)
+        if (path == "/jobs" or path.startswith("/api/jobs")) and self.board.access.read_only:
+            return self._error(
+                HTTPStatus.NOT_FOUND, "a read-only board submits nothing, and shows no job specs"
+            )
         if path == "/api/jobs":
             return self._json({"root": str(self.board.jobs.root), "jobs": self.board.jobs.list(),
                                "executors": list(actions.EXECUTORS), "executor": self.board.executor})  # fmt: skip
@@ -313,7 +317,10 @@ class Handler(BaseHTTPRequestHandler):
             if m[2] == "resume":
                 return self._json(actions.resume(record, board.base, board.state_dir))
             assert board.chats is not None
-            return self._json(board.chats.ask(record, body.get("messages"), body.get("max_tokens")))
+            max_tokens = body.get("max_tokens")
+            if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
+                return self._error(HTTPStatus.BAD_REQUEST, "max_tokens must be a whole number above 0")
+            return self._json(board.chats.ask(record, body.get("messages"), max_tokens))
         self._error(HTTPStatus.NOT_FOUND, f"nothing to do at {path}")
 
     # --- files ----------------------------------------------------------------------------------
@@ -353,6 +360,8 @@ class Handler(BaseHTTPRequestHandler):
             if offset:  # start at a line, and say what was left out
                 offset = _next_line(run.log, offset)
         self._headers(200, "text/event-stream; charset=utf-8", extra={"X-Accel-Buffering": "no"})
+        if self.command == "HEAD":
+            return
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._event("hello", {"log": offset, "skipped": offset})
         state, last_beat, last_fresh = None, time.monotonic(), 0.0
