@@ -43,7 +43,13 @@ def board(output_dirs: tuple[str, ...], host: str, port: int, token: str | None,
         access = Access.configure(host, port, token, no_token, read_only)
     except AccessError as e:
         raise click.UsageError(str(e)) from None
-    logging.getLogger("runner.host.board").setLevel(logging.INFO)
+    # What the board does (a model loaded for chat, a run signalled) is news, not a warning.
+    said = logging.getLogger("runner.host.board")
+    said.setLevel(logging.INFO)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("board: %(message)s"))
+    said.addHandler(handler)
+    said.propagate = False
     the_board = Board(
         runs=Runs([Path(d) for d in output_dirs]), jobs=Jobs(Path(jobs_dir).resolve()), access=access,
         base=Path.cwd(), executor=executor,
@@ -58,6 +64,11 @@ def board(output_dirs: tuple[str, ...], host: str, port: int, token: str | None,
                        "on 127.0.0.1) or TLS in front", err=True)  # fmt: skip
         click.echo("stop it with Ctrl-C", err=True)
 
+    import signal
+    import sys
+
+    # SIGTERM (kill, a service manager) ends the board as Ctrl-C does: the model it loaded for chat is stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         serve(the_board, ready)
     except OSError as e:
