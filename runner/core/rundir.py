@@ -29,6 +29,7 @@ LOG_NAME = "train.log"
 METRICS = "metrics.jsonl"  # one line per logged step
 RESULTS = "results.json"  # the final metrics
 PLOT = "loss.png"
+TENSORBOARD = "tensorboard"  # TensorBoard's event files, with training.report_to: tensorboard
 DEEPSPEED = "deepspeed.json"  # the rendered ZeRO config
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"  # the result of an adapter method: PEFT adapter + tokenizer
@@ -75,6 +76,10 @@ class RunDir:
     @property
     def plot(self) -> Path:
         return self.path / PLOT
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD
 
     @property
     def deepspeed_config(self) -> Path:

@@ -20,6 +20,7 @@ from runner.train import checkpoint, compat, dataset, memory
 from runner.train.callbacks import MetricsCallback, ShareFiles, StopOnSignal, share
 from runner.train.dataset import LENGTH
 from runner.train.model import count_parameters, device_type, liger, precision
+from runner.train.reporting import reporters
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def make_trainer(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_
     trainer = RunnerTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=collator, processing_class=tokenizer, optimizers=optimizers,
-        callbacks=[MetricsCallback(run_dir, plain=args.disable_tqdm), ShareFiles()],
+        callbacks=[MetricsCallback(run_dir, plain=args.disable_tqdm), ShareFiles(), *reporters(spec, run_dir)],
     )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # MetricsCallback prints readable lines instead
     trainer.micro_batch_tokens = spec.training.micro_batch_tokens

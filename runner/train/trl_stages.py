@@ -26,6 +26,7 @@ from runner.train import trainer as loop
 from runner.train.callbacks import MetricsCallback, ShareFiles
 from runner.train.methods import PEFT_METHODS
 from runner.train.model import fit_vocab, load_model
+from runner.train.reporting import reporters
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def make(
         optimizers = (loop._loraplus_optimizer(spec, model, args), None)
     trainer = trainer_cls(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-        optimizers=optimizers, callbacks=[MetricsCallback(run_dir, plain=args.disable_tqdm), ShareFiles()],
+        optimizers=optimizers,
+        callbacks=[MetricsCallback(run_dir, plain=args.disable_tqdm), ShareFiles(), *reporters(spec, run_dir)],
         **kwargs,
     )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # MetricsCallback prints readable lines instead

@@ -69,7 +69,7 @@ _NOT_NEEDED = {
     "overwrite_cache": "runner keys its tokenized-data cache by a hash of the inputs; a change re-tokenizes",
     "overwrite_output_dir": "every run gets a new directory (output.dir/NAME/RUN-ID); nothing is overwritten",
     "plot_loss": "runner always plots the loss (loss.png in the run directory)",
-    "report_to": "runner reports to its own log only (no network)",
+    "report_to": "runner sends metrics nowhere over a network; it writes TensorBoard files (training.report_to: tensorboard) or none",
     "ddp_timeout": "runner has no setting for it; torch's default timeout applies",
     "save_only_model": "runner has no such switch; its checkpoints are what `runner resume` reads",
     "logging_dir": "logs are written inside the run directory",
@@ -283,7 +283,14 @@ def _training(lf: dict[str, Any], take, notes: list[Note]) -> dict[str, Any]:
     training: dict[str, Any] = {}
     for key in lf:
         name = _TRAINING_RENAMED.get(key, key)
-        if name in _TRAINING:
+        if name == "report_to":  # wandb, mlflow, ... report over a network: only TensorBoard carries over
+            value = lf[key] if isinstance(lf[key], list) else [lf[key]]
+            if "tensorboard" in value:
+                training[name] = take(key) and "tensorboard"
+                if others := [v for v in value if v != "tensorboard"]:
+                    notes.append(Note(key, f"{', '.join(map(str, others))} not carried over: they report over a "
+                                      "network; TensorBoard files are written", ("training", "report_to")))  # fmt: skip
+        elif name in _TRAINING:
             training[name] = take(key)
     for key, value in _LF_DEFAULTS.items():
         if key in _TRAINING and key not in training:

@@ -343,6 +343,11 @@ class TrainingSpec(_Spec):
     adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     optim: str = Field("adamw_torch_fused", description="Optimizer name as in TrainingArguments.")
     logging_steps: int = Field(10, ge=1, description="Log metrics every N steps.")
+    report_to: Literal["none", "tensorboard"] = Field(
+        "none", description="Where the logged metrics go besides metrics.jsonl and train.log: "
+        "tensorboard writes TensorBoard event files into the run's tensorboard/ directory (view them "
+        "with `tensorboard --logdir OUTPUT_DIR`). Nothing is ever sent over a network.",
+    )  # fmt: skip
     save_steps: int = Field(500, ge=1, description="Save a checkpoint every N steps.")
     save_total_limit: int | None = Field(2, ge=1, description="Keep at most N checkpoints.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (needs val_size).")

@@ -1,7 +1,7 @@
 """The `runner` command. Thin: parse arguments, call one library function, print.
 
 Importing this package must stay cheap: no torch, transformers, peft or pydantic (a test checks it).
-One module per group of commands: jobs, runs, results (chat, eval, export, serve), images.
+One module per group of commands: jobs, runs, results (chat, eval, export, serve), images, board.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import click
 
 from runner import __version__
 from runner.core.errors import RunnerError, SpecError
-from runner.host.cli import images, jobs, results, runs
+from runner.host.cli import board, images, jobs, results, runs
 
 
 class _Group(click.Group):
@@ -39,6 +39,6 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
 
 
-for _module in (jobs, runs, results, images):
+for _module in (jobs, runs, results, images, board):
     for _command in _module.COMMANDS:
         main.add_command(_command)
