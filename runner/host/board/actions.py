@@ -10,8 +10,6 @@ which the operating system lets only its owner (or root) send.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ from typing import Any
 
 from runner.core.errors import RunError, SpecError
 from runner.core.rundir import RunRecord, read_record, runs_of
+from runner.host.execute.local import signal_run
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ def stop(record: RunRecord, timeout: float = 300, wait_s: float = 5) -> dict[str
 
         record = stop_container(record, Docker(), int(timeout))
         return {"ok": True, "run": record.id, "state": record.status}
-    _signal_process(record)
+    signal_run(record)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         now = read_record(record.run_dir)
@@ -144,39 +143,6 @@ def stop(record: RunRecord, timeout: float = 300, wait_s: float = 5) -> dict[str
             return {"ok": True, "run": record.id, "state": now.status}
         time.sleep(0.2)
     return {"ok": True, "run": record.id, "state": "stopping"}
-
-
-def _signal_process(record: RunRecord) -> None:
-    """SIGTERM to the run's process group (the local executor starts it in a session of its own)."""
-    import socket
-
-    if record.pid is None:
-        raise RunError(
-            f"run {record.id} has no process to stop (executor {record.executor}); stop it where it runs"
-        )
-    if record.host and record.host != socket.gethostname():
-        raise RunError(f"run {record.id} runs on {record.host}, not here; stop it there")
-    if not _is_the_run(record):
-        raise RunError(f"run {record.id}'s process {record.pid} is gone; its record says running because "
-                       "the process that watched it died too")  # fmt: skip
-    try:
-        os.killpg(record.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        raise RunError(f"run {record.id}'s process {record.pid} is gone") from None
-    except PermissionError:
-        raise RunError(f"run {record.id} belongs to another user: this board (uid {os.getuid()}) may not "
-                       "signal its process") from None  # fmt: skip
-    log.info("sent SIGTERM to run %s (process group %d)", record.id, record.pid)
-
-
-def _is_the_run(record: RunRecord) -> bool:
-    """The pid still names this run's process, not one that reused the number."""
-    try:
-        cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    wanted = os.fsencode(record.run_dir.rstrip("/"))
-    return any(arg.rstrip(b"/") == wanted or arg.startswith(wanted + b"/") for arg in cmdline)
 
 
 # Commands started here, reaped as they end (none lingers as a zombie); what a command that

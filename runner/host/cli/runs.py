@@ -75,13 +75,17 @@ def logs(run_id: str, follow: bool) -> None:
 @click.argument("run_id")
 @click.option("--timeout", default=300, show_default=True, help="Seconds to wait for the checkpoint.")
 def stop(run_id: str, timeout: int) -> None:
-    """Stop a detached run or a Slurm job: it saves a checkpoint, then exits; `runner resume`
-    continues it."""
+    """Stop a run: a detached container, a process here, or a Slurm job. It saves a checkpoint,
+    then exits; `runner resume` continues it."""
     record = record_of(run_id)
     if record.executor == "slurm":
         from runner.host.execute.slurm import stop as stop_job
 
         record = stop_job(record, timeout)
+    elif not record.container and record.pid:  # a process here (submit --executor local)
+        from runner.host.execute.local import stop as stop_process
+
+        record = stop_process(record, timeout)
     else:
         from runner.host.docker_api import Docker
         from runner.host.execute.docker import stop as do_stop

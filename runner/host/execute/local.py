@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from runner.core.errors import RunError
 from runner.core.jobspec.job import JobSpec
 from runner.core.launch import launch_env, render_launch, visible_devices
-from runner.core.rundir import RunRecord, ended, now
+from runner.core.rundir import RunRecord, ended, now, read_record
 from runner.host.execute.gpus import host_gpu_names, require_gpus, visible_names
 from runner.host.execute.plan import Plan
+
+log = logging.getLogger(__name__)
 
 
 def require_training_libraries(
@@ -88,3 +92,52 @@ class LocalExecutor:
                 code = proc.wait()
         ended(record, code, stopped)
         return code
+
+
+def stop(record: RunRecord, timeout: float = 300) -> RunRecord:
+    """Stop a run that is a process on this machine (`runner submit --executor local`, in another
+    shell): SIGTERM to its processes, which save a checkpoint after the current step and exit;
+    waits up to `timeout` seconds for its record to say so."""
+    if record.status != "running":
+        raise RunError(f"run {record.id} is not running (status: {record.status})")
+    signal_run(record)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = read_record(record.run_dir)
+        if now.status != "running":
+            return now
+        time.sleep(0.5)
+    raise RunError(f"run {record.id} did not stop within {timeout:.0f} s; its log says what it is doing")
+
+
+def signal_run(record: RunRecord) -> None:
+    """SIGTERM to the run's process group (the local executor starts it in a session of its own)."""
+    import socket
+
+    if record.pid is None:
+        raise RunError(
+            f"run {record.id} has no process to stop (executor {record.executor}); stop it where it runs"
+        )
+    if record.host and record.host != socket.gethostname():
+        raise RunError(f"run {record.id} runs on {record.host}, not here; stop it there")
+    if not _is_the_run(record):
+        raise RunError(f"run {record.id}'s process {record.pid} is gone; its record says running because "
+                       "the process that watched it died too")  # fmt: skip
+    try:
+        os.killpg(record.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        raise RunError(f"run {record.id}'s process {record.pid} is gone") from None
+    except PermissionError:
+        raise RunError(f"run {record.id} belongs to another user: uid {os.getuid()} may not signal its "
+                       "process") from None  # fmt: skip
+    log.info("sent SIGTERM to run %s (process group %d)", record.id, record.pid)
+
+
+def _is_the_run(record: RunRecord) -> bool:
+    """The pid still names this run's process, not one that reused the number."""
+    try:
+        cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    wanted = os.fsencode(record.run_dir.rstrip("/"))
+    return any(arg.rstrip(b"/") == wanted or arg.startswith(wanted + b"/") for arg in cmdline)
