@@ -64,7 +64,9 @@ def sacrebleu_en(preds: list[str], labels: list[str]) -> dict[str, float]:
         out = subprocess.run([sys.executable, "-m", "sacrebleu", str(ref), "-i", str(hyp), "-m", "bleu", "-b", "-w", "6"],
                              capture_output=True, text=True, check=True)  # fmt: skip
     corpus = float(out.stdout.strip())
-    sentence = sum(sacrebleu.sentence_bleu(p, [r]).score for p, r in zip(preds, labels, strict=True)) / len(preds)
+    sentence = sum(sacrebleu.sentence_bleu(p, [r]).score for p, r in zip(preds, labels, strict=True)) / len(
+        preds
+    )
     scorer = RougeScorer(["rouge1", "rouge2", "rougeL"])
     found = [scorer.score(r, p) for p, r in zip(preds, labels, strict=True)]
     rouge = {name: 100 * sum(f[key].fmeasure for f in found) / len(found)

@@ -146,7 +146,10 @@ def test_a_benchmark_through_runner_eval(lora_run: Path):  # noqa: F811
     summary = json.loads((run / "eval_results.json").read_text())
     assert summary["benchmark"] | {"path": None} == {"path": None, "layout": "ceval", "split": "val", "n_shot": 1,
                                                      "lang": "zh"}  # fmt: skip
-    assert summary["questions"] == 6 and set(summary["subjects"]) == {"computer_network", "high_school_physics"}
+    assert summary["questions"] == 6 and set(summary["subjects"]) == {
+        "computer_network",
+        "high_school_physics",
+    }
     rows = [json.loads(line) for line in (run / "benchmark_predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(abs(sum(r["probs"].values()) - 1) < 1e-4 for r in rows)
     correct = sum(r["answer"] == r["predict"] for r in rows)
@@ -155,7 +158,9 @@ def test_a_benchmark_through_runner_eval(lora_run: Path):  # noqa: F811
     # the first question's choice, from the model loaded here
     loaded = load(lora_run)
     _, _, _, subjects = benchmark.load(BenchmarkSpec(path=str(DATA / "benchmark" / "ceval-tiny")))
-    ids = torch.tensor([prompt_ids(loaded, benchmark.messages(subjects[0], subjects[0].questions[0], 1, "zh"))])
+    ids = torch.tensor(
+        [prompt_ids(loaded, benchmark.messages(subjects[0], subjects[0].questions[0], 1, "zh"))]
+    )
     with torch.no_grad():
         logits = loaded.model(input_ids=ids).logits[0, -1]
     letters = [loaded.tokenizer.encode(k, add_special_tokens=False)[-1] for k in "ABCD"]
