@@ -7,6 +7,7 @@ starts; the tools load what it names."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,3 +143,16 @@ def check_out(out: Path, force: bool) -> None:
         raise ExportError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} is not empty; choose a new directory, or pass --force to replace it")
+
+
+def follow_umask(root: Path) -> None:
+    """Directories 0777 and files 0666 less the umask, as any tool writes them (a temporary
+    directory is 0700, and some libraries write 0600 files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(root, 0o777 & ~mask)
+    for here, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(Path(here, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(Path(here, name), 0o666 & ~mask)

@@ -33,7 +33,9 @@ def eval_spec_for(
     if spec.stage == "eval":
         raise RunError(f"run {record.id} is an evaluation; evaluate the run it evaluated")
     if spec.stage == "rm":
-        raise RunError(f"run {record.id} is a reward model (stage rm): it scores answers and writes none, so "
+        from runner.core.target import RewardModelError
+
+        raise RewardModelError(f"run {record.id} is a reward model (stage rm): it scores answers and writes none, so "
                        "there is nothing to generate and score; its pairwise accuracy on the held-out pairs is "
                        f"eval_accuracy in {run.results}")  # fmt: skip
     model = spec.model.model_copy()
