@@ -92,7 +92,9 @@ def test_bare_words_are_messages_and_only_slash_commands_are_commands(tiny_model
     loaded = load(tiny_model)
     expected = {w: generate(loaded, [[{"role": "user", "content": w}]], Settings(max_new_tokens=6))[0]
                 for w in ("clear", "exit")}  # fmt: skip
-    term = Terminal([sys.executable, "-m", "runner.host.cli", "chat", str(tiny_model), "--max-new-tokens", "6"])
+    term = Terminal(
+        [sys.executable, "-m", "runner.host.cli", "chat", str(tiny_model), "--max-new-tokens", "6"]
+    )
     try:
         term.until("user> ")
         for word in ("clear", "exit"):  # asked as they are, each after a /reset
@@ -120,7 +122,9 @@ def test_one_question_is_checked_like_a_request_to_serve(tiny_model: Path):
     assert long.returncode == 2 and "context is 1024 tokens" in long.stderr and "Traceback" not in long.stderr
     short = runner_cli("chat", str(tiny_model), "-m", "你好", "--max-new-tokens", "3")
     assert short.returncode == 0, short.stderr[-2000:]
-    expected = generate(load(tiny_model), [[{"role": "user", "content": "你好"}]], Settings(max_new_tokens=3))[0]
+    expected = generate(
+        load(tiny_model), [[{"role": "user", "content": "你好"}]], Settings(max_new_tokens=3)
+    )[0]
     assert short.stdout.rstrip("\n").endswith(f"assistant> {expected}")
     zero = runner_cli("chat", str(tiny_model), "-m", "你好", "--max-new-tokens", "0")
     assert zero.returncode == 2 and "x>=1" in zero.stderr

@@ -164,7 +164,7 @@ def rm_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     return _submit(_short("3-rm.yaml", tmp), {**env, "SFT": str(sft)})
 
 
-def _reward_scores(model, tokenizer) -> "torch.Tensor":  # noqa: F821
+def _reward_scores(model, tokenizer):
     import torch
 
     texts = ["<|im_start|>user\n你是谁？<|im_end|>\n<|im_start|>assistant\n我是小R。<|im_end|>\n",
@@ -205,7 +205,9 @@ def test_a_reward_model_exports_with_its_head_and_every_adapter_of_its_chain(rm_
         return PeftModel.from_pretrained(model, str(rm_run / "adapter")).eval()  # unmerged: the run as it is
 
     run_scores = _reward_scores(stack(True), tokenizer)
-    assert (run_scores - _reward_scores(stack(False), tokenizer)).abs().max() > 1e-3  # the sft adapter matters
+    assert (
+        run_scores - _reward_scores(stack(False), tokenizer)
+    ).abs().max() > 1e-3  # the sft adapter matters
     torch.testing.assert_close(_reward_scores(exported, tokenizer), run_scores, atol=1e-4, rtol=1e-4)
 
     # chat, eval and serve refuse the run and its export: a reward model writes no answers
@@ -228,4 +230,6 @@ def test_an_export_follows_the_umask(lora_run: Path, tmp_path: Path):  # noqa: F
     assert result.returncode == 0, result.stderr[-3000:]
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "e", *(tmp_path / "e").rglob("*")]}
     assert modes.pop("e") == 0o750 and modes["model.safetensors"] == 0o640
-    assert all(mode == (0o750 if (tmp_path / "e" / name).is_dir() else 0o640) for name, mode in modes.items()), modes
+    assert all(
+        mode == (0o750 if (tmp_path / "e" / name).is_dir() else 0o640) for name, mode in modes.items()
+    ), modes
