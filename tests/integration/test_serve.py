@@ -39,7 +39,10 @@ def start(argv: list[str], key: str | None = KEY) -> tuple[subprocess.Popen, str
     env = {k: v for k, v in os.environ.items() if k != "RUNNER_API_KEY"}
     proc = subprocess.Popen(
         [sys.executable, "-m", *argv, "--port", str(port)], cwd=ROOT,
-        env={**env, **({"RUNNER_API_KEY": key} if key else {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        # One OpenMP thread: on a CPU the suite shares with other processes, OpenMP threads spinning
+        # for a descheduled partner stall a step for seconds; the tiny model gains nothing from two.
+        env={**env, "OMP_NUM_THREADS": "1", **({"RUNNER_API_KEY": key} if key else {})},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
