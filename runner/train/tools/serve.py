@@ -437,6 +437,10 @@ def create_app(loaded, engine, api_key: str | None = None, limits: Limits | None
                                            kind="server_error"))  # fmt: skip
             except EngineError as e:
                 yield error_event(ApiError(503, str(e), "generation_failed", kind="server_error"))
+            except Exception as e:  # the stream ends with an error event, never cut short silently
+                log.exception("stream failed")
+                yield error_event(ApiError(500, f"internal error: {type(e).__name__}: {e}", "internal_error",
+                                           kind="server_error"))  # fmt: skip
             finally:
                 await generated.aclose()
                 release()
