@@ -11,6 +11,7 @@ top-k 1. The bets on the library, each checked by tests/unit/test_cb_compat.py:
 - rows of the scores come in the order `prepare_tensor_args` saw the requests;
 - `output_router.result_handlers` holds the handler of each request (a cancelled request gets
   no final output, so runner removes its handler itself).
+CUDA graphs are off: the sampler's per-row draw is host-driven Python, which a graph cannot hold.
 """
 
 from __future__ import annotations
@@ -90,7 +91,10 @@ def manager(model, loaded, max_batch: int, sampler: Sampler):
         do_sample=True, temperature=0.5, top_k=50, top_p=0.5, max_new_tokens=16,
         eos_token_id=list(loaded.stop_ids), pad_token_id=loaded.tokenizer.pad_token_id,
     )  # fmt: skip
-    options = {"per_request_processors": True, "max_requests_per_batch": max_batch, "max_queue_size": 0}
+    # No CUDA graphs (nor the async batching that comes with them): `Sampler` reads its rows on the
+    # host and draws per row, which a captured graph would freeze.
+    options = {"per_request_processors": True, "max_requests_per_batch": max_batch, "max_queue_size": 0,
+               "use_cuda_graph": False, "use_async_batching": False}  # fmt: skip
     if model.device.type == "cpu":
         # Room for max_batch requests of the full context, not the 60% of the machine's memory
         # transformers takes by default on CPU. On a GPU it sizes the cache from free memory.
