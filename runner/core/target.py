@@ -1,10 +1,13 @@
-"""What a run or a model directory holds to load: a base, an adapter on it, the tokenizer and the
-chat template. Read from files alone (no torch): the host refuses a run without a result, or an
-export directory that is not empty, before anything starts; the tools load what it names."""
+"""What a run or a model directory holds to load: a base, the adapters on it, the tokenizer and the
+chat template, and whether it is a reward model (a value head that scores, not a language model
+that writes). Read from files alone (no torch): the host refuses a run without a result, a reward
+model given to chat, eval or serve, or an export directory that is not empty, before anything
+starts; the tools load what it names."""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,25 @@ class Target:
     # The tokenizer is one a run or an export saved: it carries the job's chat template (and what
     # the job added to it) already, and is used as it is.
     saved_tokenizer: bool = False
+    # A reward model (stage rm, or a one-output sequence classifier): base + value head `score`.
+    reward: bool = False
+    # Adapters merged into the base, in order, before `adapter` goes on top: the sft adapter an rm
+    # run merged before training its own adapter and head.
+    merged: tuple[str, ...] = ()
+
+    def refuse_reward(self, what: str) -> None:
+        """A reward model scores answers; it does not write them."""
+        if self.reward:
+            raise RewardModelError(
+                f"{self.name} is a reward model (stage rm: a value head that scores an answer, no language "
+                f"model head to write one), so it cannot {what}. Its pairwise accuracy on the held-out pairs "
+                "is eval_accuracy in the run's results.json; `runner export` writes it as a sequence "
+                "classifier (AutoModelForSequenceClassification) with its head"
+            )
+
+
+class RewardModelError(RunnerError):
+    exit_code = 2
 
 
 def resolve(path: str | Path) -> Target:
@@ -42,24 +64,31 @@ def resolve(path: str | Path) -> Target:
         name = f"{spec.name}/{path.name}"
         system = getattr(m, "default_system", None)
         result = run.result()
+        reward = spec.stage == "rm"
         if result is not None and result.name == ADAPTER:
             tokenizer = _tokenizer_dir(result, m.path)
+            # rm merges model.adapter into the base and trains a new adapter (runner/train/stages/rm.py);
+            # every other stage continues model.adapter, so its adapter/ holds all of it.
+            merged = (m.adapter,) if reward and m.adapter else ()
             return Target(m.path, str(result), tokenizer, m.template, m.trust_remote_code, name, system,
-                          tokenizer != m.path)  # fmt: skip
+                          tokenizer != m.path, reward, merged)  # fmt: skip
         if result is not None:
-            return Target(str(result), None, str(result), m.template, m.trust_remote_code, name, system, True)
+            return Target(str(result), None, str(result), m.template, m.trust_remote_code, name, system, True,
+                          reward or is_classifier(result))  # fmt: skip
         raise RunnerError(f"run {path.name} has no result (no adapter/ or model/ in {path}); "
                           "only a run that finished training can be used")  # fmt: skip
     if (path / "config.json").exists():
-        return Target(str(path), None, str(path), name=path.name, saved_tokenizer=True)
+        return Target(
+            str(path), None, str(path), name=path.name, saved_tokenizer=True, reward=is_classifier(path)
+        )
     if (path / "adapter_config.json").exists():
-        base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))[
-            "base_model_name_or_path"
-        ]
+        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+        base = config["base_model_name_or_path"]
         if not base or not Path(base, "config.json").exists():
             raise RunnerError(f"{path} is an adapter whose base model ({base!r}) is not on this machine")
         tokenizer = _tokenizer_dir(path, base)
-        return Target(base, str(path), tokenizer, name=path.name, saved_tokenizer=tokenizer != base)
+        return Target(base, str(path), tokenizer, name=path.name, saved_tokenizer=tokenizer != base,
+                      reward=config.get("task_type") == "SEQ_CLS")  # fmt: skip
     raise RunnerError(f"{path} is neither a run directory nor a model directory (no run.json, config.json "
                       "or adapter_config.json)")  # fmt: skip
 
@@ -70,8 +99,28 @@ def of_spec(spec) -> Target:
     tokenizer = _tokenizer_dir(Path(m.adapter), m.path) if m.adapter else m.path
     # A run's model/ (runner eval of a fully trained run) holds the tokenizer the run saved.
     saved = tokenizer != m.path or RunDir.holds_run(Path(m.path).parent)
+    reward = is_classifier(Path(m.path)) or bool(m.adapter and _task_type(m.adapter) == "SEQ_CLS")
     return Target(m.path, m.adapter, tokenizer, m.template, m.trust_remote_code, spec.name,
-                  getattr(m, "default_system", None), saved)  # fmt: skip
+                  getattr(m, "default_system", None), saved, reward)  # fmt: skip
+
+
+def is_classifier(model_dir: str | Path) -> bool:
+    """A model directory saved as a sequence classifier (a reward model's value head)."""
+    try:
+        config = json.loads(Path(model_dir, "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
+
+
+def _task_type(adapter: str | Path) -> str:
+    try:
+        return (
+            json.loads(Path(adapter, "adapter_config.json").read_text(encoding="utf-8")).get("task_type")
+            or ""
+        )
+    except (OSError, ValueError):
+        return ""
 
 
 def _tokenizer_dir(adapter: Path, base: str) -> str:
@@ -94,3 +143,16 @@ def check_out(out: Path, force: bool) -> None:
         raise ExportError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} is not empty; choose a new directory, or pass --force to replace it")
+
+
+def follow_umask(root: Path) -> None:
+    """Directories 0777 and files 0666 less the umask, as any tool writes them (a temporary
+    directory is 0700, and some libraries write 0600 files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(root, 0o777 & ~mask)
+    for here, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(Path(here, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(Path(here, name), 0o666 & ~mask)

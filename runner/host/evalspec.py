@@ -17,17 +17,27 @@ def is_eval_spec(path: str | Path) -> bool:
 
 def eval_spec_for(
     record, data: str | None = None, fmt: str = "alpaca", max_samples: int | None = None,
-    max_new_tokens: int | None = None,
+    max_new_tokens: int | None = None, benchmark: dict | None = None,
 ) -> Path:  # fmt: skip
     """Write the eval spec of a run's result (beside the evaluation runs) and return its path:
-    the run's model, its data (or `data`), its generation defaults."""
-    from runner.core.jobspec.job import DatasetSpec, DataSpec, DistributedSpec
+    the run's model, its data (or `data`), its generation defaults; with `benchmark` (the fields of
+    eval.benchmark) a benchmark evaluation, which reads no data section."""
+    from runner.core.jobspec.job import BenchmarkSpec, DatasetSpec, DataSpec, DistributedSpec
     from runner.core.jobspec.load import load_job, to_yaml
 
+    for name, value in (("--max-samples", max_samples), ("--max-new-tokens", max_new_tokens)):
+        if value is not None and value < 1:
+            raise RunError(f"{name} must be at least 1 (got {value})")
     run = record.dir
     spec = load_job(run.spec_file, files=False)
     if spec.stage == "eval":
         raise RunError(f"run {record.id} is an evaluation; evaluate the run it evaluated")
+    if spec.stage == "rm":
+        from runner.core.target import RewardModelError
+
+        raise RewardModelError(f"run {record.id} is a reward model (stage rm): it scores answers and writes none, so "
+                       "there is nothing to generate and score; its pairwise accuracy on the held-out pairs is "
+                       f"eval_accuracy in {run.results}")  # fmt: skip
     model = spec.model.model_copy()
     result = run.result()
     if result is None:
@@ -39,7 +49,7 @@ def eval_spec_for(
         model.path, model.adapter = str(result), None
     source = spec.data
     absent = [d.path for d in source.datasets if d.path and not Path(d.path).exists()]
-    if absent and not data:
+    if absent and not data and not benchmark:
         raise RunError(f"the data run {record.id} trained on is not on this machine ({absent[0]}: it ran "
                        f"under {record.executor}, which mounted it there); evaluate on a test set here with "
                        "--data FILE")  # fmt: skip
@@ -48,8 +58,15 @@ def eval_spec_for(
             "datasets": [DatasetSpec(path=str(Path(data).resolve()), format=fmt)], "val_size": 0.0,
             "mix_probs": None, "max_samples": None,
         })  # fmt: skip
-    generation = {"max_new_tokens": max_new_tokens or spec.eval.max_new_tokens,
-                  "max_samples": max_samples or spec.eval.max_samples}  # fmt: skip
+    generation: dict = {
+        "max_new_tokens": spec.eval.max_new_tokens if max_new_tokens is None else max_new_tokens,
+        "max_samples": spec.eval.max_samples if max_samples is None else max_samples,
+    }
+    if benchmark:
+        bench = BenchmarkSpec(**{**benchmark, "path": str(Path(benchmark["path"]).resolve())})
+        generation["benchmark"] = bench
+        source = source.model_copy(update={"datasets": [DatasetSpec(path=bench.path)], "val_size": 0.0,
+                                           "mix_probs": None, "max_samples": None, "cache": False})  # fmt: skip
     # One process evaluates, on one GPU at most: training's launcher and DeepSpeed stay behind.
     gpus = spec.resources.gpus
     gpus = gpus[:1] if isinstance(gpus, list) else (0 if gpus == 0 else 1)
@@ -61,5 +78,22 @@ def eval_spec_for(
     })  # fmt: skip
     path = Path(spec.output.dir) / out.name / f"{record.id}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_yaml(out), encoding="utf-8")
+    text = to_yaml(out)
+    if benchmark:
+        text = _without_data(text)  # the benchmark's directory becomes the data when the spec loads
+    path.write_text(text, encoding="utf-8")
     return path
+
+
+def _without_data(text: str) -> str:
+    import io
+
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.width = 4096
+    tree = yaml.load(text)
+    del tree["data"]
+    out = io.StringIO()
+    yaml.dump(tree, out)
+    return out.getvalue()

@@ -48,6 +48,24 @@ def test_eval_runs_in_the_image(dock_run: Path):
     assert (run / "eval_results.json").stat().st_uid == job_user(os.getuid(), os.getgid())[0]
 
 
+def test_a_benchmark_eval_runs_in_the_image(dock_run: Path):
+    """The shipped tiny C-Eval benchmark, mounted read-only into the image as the job's data."""
+    from tests.conftest import DATA
+
+    evals = dock_run.parent.parent / "evalserve-eval"
+    before = set(evals.glob("*/run.json"))
+    result = runner_cli(
+        "eval", str(dock_run), "--benchmark", str(DATA / "benchmark" / "ceval-tiny"), "--n-shot", "1"
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (record,) = set(evals.glob("*/run.json")) - before
+    run = record.parent
+    assert read_record(run).executor == "docker"
+    summary = json.loads((run / "eval_results.json").read_text())
+    assert summary["questions"] == 6 and summary["benchmark"]["layout"] == "ceval"
+    assert len((run / "benchmark_predictions.jsonl").read_text().splitlines()) == 6
+
+
 def test_export_runs_in_the_image(dock_run: Path, tmp_path: Path):
     from transformers import AutoModelForCausalLM
 

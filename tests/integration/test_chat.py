@@ -84,3 +84,47 @@ def test_an_interactive_chat_on_a_terminal(lora_run: Path):  # noqa: F811
     finally:
         term.proc.kill()
         os.close(term.fd)
+
+
+def test_bare_words_are_messages_and_only_slash_commands_are_commands(tiny_model: Path):
+    from runner.train.tools.inference import Settings, generate, load
+
+    loaded = load(tiny_model)
+    expected = {w: generate(loaded, [[{"role": "user", "content": w}]], Settings(max_new_tokens=6))[0]
+                for w in ("clear", "exit")}  # fmt: skip
+    term = Terminal(
+        [sys.executable, "-m", "runner.host.cli", "chat", str(tiny_model), "--max-new-tokens", "6"]
+    )
+    try:
+        term.until("user> ")
+        for word in ("clear", "exit"):  # asked as they are, each after a /reset
+            term.type(word)
+            assert term.until("user> ").split("assistant> ", 1)[1].split("\n")[0].strip() == expected[word]
+            term.type("/reset")
+            term.until("user> ")
+        term.type("你好 " * 1200)  # longer than the model's 1024 tokens: refused, the chat goes on
+        shown = term.until("user> ")
+        assert "not sent" in shown and "context is 1024 tokens" in shown and "assistant> " not in shown
+        term.type("/exit")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        term.proc.kill()
+        os.close(term.fd)
+
+
+def test_one_question_is_checked_like_a_request_to_serve(tiny_model: Path):
+    from runner.train.tools.inference import Settings, generate, load
+    from tests.conftest import runner_cli
+
+    empty = runner_cli("chat", str(tiny_model), "-m", " ")
+    assert empty.returncode == 2 and "empty" in empty.stderr
+    long = runner_cli("chat", str(tiny_model), "-m", "你好 " * 1200)
+    assert long.returncode == 2 and "context is 1024 tokens" in long.stderr and "Traceback" not in long.stderr
+    short = runner_cli("chat", str(tiny_model), "-m", "你好", "--max-new-tokens", "3")
+    assert short.returncode == 0, short.stderr[-2000:]
+    expected = generate(
+        load(tiny_model), [[{"role": "user", "content": "你好"}]], Settings(max_new_tokens=3)
+    )[0]
+    assert short.stdout.rstrip("\n").endswith(f"assistant> {expected}")
+    zero = runner_cli("chat", str(tiny_model), "-m", "你好", "--max-new-tokens", "0")
+    assert zero.returncode == 2 and "x>=1" in zero.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import runner_cli
+from tests.conftest import DATA, runner_cli
 from tests.integration.trained import lora_run  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -42,6 +42,7 @@ def test_eval_writes_predictions_and_metrics_that_agree(evaluated: Path):
     assert summary["perplexity"] == pytest.approx(math.exp(summary["eval_loss"]), rel=1e-3)
     scores = corpus([r["predict"] for r in rows], [r["label"] for r in rows])
     assert {k: summary[k] for k in scores} == scores
+    assert summary["metrics"]["language"] == "zh" and "jieba" in summary["metrics"]["method"]
     assert "perplexity" in (evaluated / "train.log").read_text()
 
 
@@ -119,3 +120,70 @@ def test_the_loss_is_the_trainers_on_the_rows_training_held_out(lora_run: Path):
     ours, tokens = evaluate.loss(loaded, rows, batch_size=3)  # batches of another size: the same mean
     assert tokens > 0
     assert ours == pytest.approx(json.loads((lora_run / "results.json").read_text())["eval_loss"], rel=1e-4)
+
+
+def _new_run(parent: Path, before: list[Path]) -> Path:
+    (run,) = [p.parent for p in sorted(parent.glob("*/run.json")) if p not in before]
+    return run
+
+
+def test_a_benchmark_through_runner_eval(lora_run: Path):  # noqa: F811
+    """The shipped tiny C-Eval-layout benchmark: per-subject and overall accuracy from the
+    answer-letter logits, which are those of the model loaded here."""
+    import torch
+
+    from runner.core.jobspec.job import BenchmarkSpec
+    from runner.train.tools import benchmark
+    from runner.train.tools.inference import load, prompt_ids
+
+    evals = lora_run.parent.parent / "job-eval"
+    before = sorted(evals.glob("*/run.json"))
+    result = runner_cli("eval", str(lora_run), "--executor", "local", "--benchmark", str(DATA / "benchmark" / "ceval-tiny"),
+                        "--n-shot", "1")  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Average" in result.stdout and "高中物理" in result.stdout  # the table, as the log has it
+    run = _new_run(evals, before)
+    summary = json.loads((run / "eval_results.json").read_text())
+    assert summary["benchmark"] | {"path": None} == {"path": None, "layout": "ceval", "split": "val", "n_shot": 1,
+                                                     "lang": "zh"}  # fmt: skip
+    assert summary["questions"] == 6 and set(summary["subjects"]) == {
+        "computer_network",
+        "high_school_physics",
+    }
+    rows = [json.loads(line) for line in (run / "benchmark_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(abs(sum(r["probs"].values()) - 1) < 1e-4 for r in rows)
+    correct = sum(r["answer"] == r["predict"] for r in rows)
+    assert summary["accuracy"] == pytest.approx(100 * correct / 6, abs=1e-4)
+    assert summary["categories"] == {"STEM": summary["accuracy"]}
+    # the first question's choice, from the model loaded here
+    loaded = load(lora_run)
+    _, _, _, subjects = benchmark.load(BenchmarkSpec(path=str(DATA / "benchmark" / "ceval-tiny")))
+    ids = torch.tensor(
+        [prompt_ids(loaded, benchmark.messages(subjects[0], subjects[0].questions[0], 1, "zh"))]
+    )
+    with torch.no_grad():
+        logits = loaded.model(input_ids=ids).logits[0, -1]
+    letters = [loaded.tokenizer.encode(k, add_special_tokens=False)[-1] for k in "ABCD"]
+    assert rows[0]["predict"] == "ABCD"[int(logits[letters].argmax())]
+
+
+def test_a_benchmark_eval_spec_has_no_data_section(lora_run: Path, tmp_path: Path):  # noqa: F811
+    from runner.core.jobspec.load import load_job
+
+    trained = load_job(lora_run / "spec.yaml", files=False)
+    spec = tmp_path / "bench.yaml"
+    spec.write_text(json.dumps({
+        "name": "bench", "stage": "eval", "model": {"path": trained.model.path, "adapter": str(lora_run / "adapter")},
+        "eval": {"benchmark": {"path": str(DATA / "benchmark" / "mmlu-tiny"), "n_shot": 0}, "max_samples": 1},
+        "resources": {"gpus": 0}, "output": {"dir": str(tmp_path / "out")},
+    }))  # fmt: skip
+    result = runner_cli("eval", str(spec), "--executor", "local")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((only_run(tmp_path / "out" / "bench") / "eval_results.json").read_text())
+    assert summary["benchmark"]["layout"] == "mmlu" and summary["questions"] == 2  # one per subject
+
+
+def test_zero_and_reward_evaluations_are_refused(lora_run: Path):  # noqa: F811
+    for flag in ("--max-new-tokens", "--max-samples"):
+        result = runner_cli("eval", str(lora_run), "--executor", "local", flag, "0")
+        assert result.returncode == 2 and "0 is not in the range x>=1" in result.stderr, result.stderr

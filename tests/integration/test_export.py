@@ -142,3 +142,94 @@ def test_a_fully_trained_model_exports_with_its_tokenizer_and_template(tmp_path:
         logits(AutoModelForCausalLM.from_pretrained(out).eval(), tokenizer),
         logits(AutoModelForCausalLM.from_pretrained(run / "model").eval(), tokenizer),
     )
+
+
+@pytest.fixture(scope="module")
+def rm_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """The shipped chain's rm step on its sft step (two steps each; sft with a learning rate that
+    moves its adapter enough to matter)."""
+    from ruamel.yaml import YAML
+
+    from tests.integration.test_chain import _short, _submit
+
+    tmp = tmp_path_factory.mktemp("rm-chain")
+    env = {"MODEL_DIR": str(tiny_model), "OUTPUT_DIR": str(tmp / "out")}
+    sft_spec = _short("1-sft.yaml", tmp)
+    yaml = YAML()
+    spec = yaml.load(sft_spec.read_text(encoding="utf-8"))
+    spec["training"]["learning_rate"] = 5e-2
+    with sft_spec.open("w", encoding="utf-8") as f:
+        yaml.dump(spec, f)
+    sft = _submit(sft_spec, env)
+    return _submit(_short("3-rm.yaml", tmp), {**env, "SFT": str(sft)})
+
+
+def _reward_scores(model, tokenizer):
+    import torch
+
+    texts = ["<|im_start|>user\n你是谁？<|im_end|>\n<|im_start|>assistant\n我是小R。<|im_end|>\n",
+             "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nHello! How can I help?<|im_end|>\n"]  # fmt: skip
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(**batch).logits.float()
+
+
+def test_a_reward_model_exports_with_its_head_and_every_adapter_of_its_chain(rm_run: Path, tmp_path: Path):
+    """The export is a sequence classifier that scores as the rm run's own stack does: its base,
+    the sft adapter the rm run merged, then the rm adapter with its value head."""
+    import torch
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from runner.core.jobspec.load import load_job
+
+    out = tmp_path / "rm-export"
+    result = runner_cli("export", str(rm_run), "--out", str(out), "--executor", "local")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "reward model" in result.stdout and "score" in result.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"] and len(config["id2label"]) == 1
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    exported = AutoModelForSequenceClassification.from_pretrained(out).eval()
+
+    spec = load_job(rm_run / "spec.yaml", files=False)
+
+    def stack(with_sft: bool):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            spec.model.path, num_labels=1, pad_token_id=tokenizer.pad_token_id
+        )
+        if with_sft:
+            sft = PeftConfig.from_pretrained(spec.model.adapter)
+            sft.task_type = None
+            model = PeftModel.from_pretrained(model, spec.model.adapter, config=sft).merge_and_unload()
+        return PeftModel.from_pretrained(model, str(rm_run / "adapter")).eval()  # unmerged: the run as it is
+
+    run_scores = _reward_scores(stack(True), tokenizer)
+    assert (
+        run_scores - _reward_scores(stack(False), tokenizer)
+    ).abs().max() > 1e-3  # the sft adapter matters
+    torch.testing.assert_close(_reward_scores(exported, tokenizer), run_scores, atol=1e-4, rtol=1e-4)
+
+    # chat, eval and serve refuse the run and its export: a reward model writes no answers
+    for command in (["chat", str(rm_run), "-m", "hi"], ["eval", str(rm_run)], ["serve", str(rm_run)],
+                    ["chat", str(out), "-m", "hi"], ["serve", str(out)]):  # fmt: skip
+        result = runner_cli(*command, "--executor", "local")
+        assert result.returncode == 2 and "reward model" in result.stderr, (command, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr
+
+
+def test_an_export_follows_the_umask(lora_run: Path, tmp_path: Path):  # noqa: F811
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        result = runner_cli("export", str(lora_run), "--out", str(tmp_path / "e"), "--executor", "local")
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr[-3000:]
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "e", *(tmp_path / "e").rglob("*")]}
+    assert modes.pop("e") == 0o750 and modes["model.safetensors"] == 0o640
+    assert all(
+        mode == (0o750 if (tmp_path / "e" / name).is_dir() else 0o640) for name, mode in modes.items()
+    ), modes

@@ -44,3 +44,23 @@ def test_an_adapter_whose_base_is_missing_is_named(tmp_path: Path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/nowhere/base"}))
     with pytest.raises(RunnerError, match=r"base model \('/nowhere/base'\) is not on this machine"):
         resolve(tmp_path)
+
+
+def test_zero_and_empty_values_are_refused_before_anything_runs(tmp_path: Path):
+    cases = [
+        (["eval", "some-run", "--max-new-tokens", "0"], "x>=1"),
+        (["eval", "some-run", "--max-samples", "0"], "x>=1"),
+        (["chat", "some-run", "-m", ""], "the message is empty"),
+        (["chat", "some-run", "--max-new-tokens", "0"], "x>=1"),
+        (["serve", "some-run", "--max-batch", "0"], "x>=1"),
+        (["serve", "some-run", "--timeout", "0"], "x>0"),
+    ]
+    for args, says in cases:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and says in result.stderr, (args, result.stderr)
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    data = tmp_path / "d.json"
+    data.write_text("[]")
+    result = CliRunner().invoke(main, ["eval", "some-run", "--data", str(data), "--benchmark", str(bench)])
+    assert result.exit_code == 2 and "give one" in result.stderr

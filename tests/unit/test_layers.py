@@ -26,7 +26,7 @@ ALLOWED = {
 TRAINING_LIBRARIES = (
     "torch", "transformers", "peft", "trl", "accelerate", "deepspeed", "datasets", "bitsandbytes",
     "tokenizers", "safetensors", "liger_kernel", "flash_attn", "fastapi", "uvicorn", "starlette",
-    "jieba", "nltk", "rouge_score", "matplotlib", "numpy",
+    "jieba", "nltk", "rouge_score", "rouge_chinese", "sacrebleu", "matplotlib", "numpy",
 )  # fmt: skip
 # The host's own tools: the command line, templates, the Docker engine.
 HOST_LIBRARIES = ("click", "jinja2", "docker")

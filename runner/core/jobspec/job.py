@@ -513,8 +513,37 @@ class DistributedSpec(_Spec):
     )
 
 
+class BenchmarkSpec(_Spec):
+    """A multiple-choice benchmark read from local files, in the layout its authors ship it."""
+
+    path: str = Field(
+        description="Directory of the benchmark: MMLU (dev/ val/ test/ of SUBJECT_dev.csv ..., no header), "
+        "C-Eval (the same names, header id,question,A,B,C,D,answer) or CMMLU (dev/ test/ of SUBJECT.csv, "
+        "header ,Question,A,B,C,D,Answer); an optional mapping.json or subject_mapping.json names subjects "
+        "and their categories."
+    )  # fmt: skip
+    layout: Literal["auto", "mmlu", "ceval", "cmmlu"] = Field(
+        "auto", description="mmlu, ceval or cmmlu; auto: read from the files."
+    )
+    split: Literal["auto", "val", "test"] = Field(
+        "auto", description="The questions scored; auto: test for MMLU and CMMLU, val for C-Eval (whose "
+        "test answers are not published)."
+    )  # fmt: skip
+    n_shot: int = Field(
+        5, ge=0, description="Solved examples before each question: the first n of the subject's dev split "
+        "(fewer where the prompt would not fit the model's context)."
+    )  # fmt: skip
+    subjects: list[str] | None = Field(
+        None, description="Score only these subjects (file names); all by default."
+    )
+    lang: Literal["auto", "en", "zh"] = Field(
+        "auto",
+        description="Prompt wording: en (MMLU's 'Answer:') or zh (C-Eval's '答案：'); auto: by layout.",
+    )
+
+
 class EvalSpec(_Spec):
-    """Generation settings of stage eval (names as in transformers' GenerationConfig)."""
+    """Settings of stage eval: generation (names as in transformers' GenerationConfig) and scoring."""
 
     max_new_tokens: int = Field(128, ge=1, description="Longest generated answer, in tokens.")
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
@@ -524,8 +553,18 @@ class EvalSpec(_Spec):
     num_beams: int = Field(1, ge=1, description="Beam search width (1: none).")
     repetition_penalty: float = Field(1.0, gt=0, description="Penalty on repeated tokens (1: none).")
     max_samples: int | None = Field(
-        None, ge=1, description="Evaluate at most this many records (the first of the validation split)."
-    )
+        None, ge=1, description="Evaluate at most this many records (the first of the validation split); "
+        "with a benchmark, this many questions per subject."
+    )  # fmt: skip
+    metric_language: Literal["auto", "zh", "en"] = Field(
+        "auto", description="How BLEU and ROUGE are computed: zh as LLaMA-Factory and ChatGLM do (BLEU-4 on "
+        "characters, ROUGE with rouge-chinese on jieba words), en with sacreBLEU and rouge-score; auto: zh "
+        "when at least half the references hold Chinese."
+    )  # fmt: skip
+    benchmark: BenchmarkSpec | None = Field(
+        None, description="Score a multiple-choice benchmark (MMLU, C-Eval, CMMLU layouts) instead of "
+        "generating answers to the data; the spec then needs no data section."
+    )  # fmt: skip
 
 
 class OutputSpec(_Spec):
@@ -558,11 +597,18 @@ class JobSpec(_Spec):
     @model_validator(mode="before")
     @classmethod
     def _method_optional(cls, data: Any) -> Any:
-        """A stage that trains nothing (eval): its spec may leave out the method."""
+        """A stage that trains nothing (eval): its spec may leave out the method. A benchmark
+        evaluation reads no data section: its directory is the data the job reads (and its
+        executor mounts)."""
         name = data.get("stage") if isinstance(data, dict) else None
         stage = stages.STAGES.get(name) if isinstance(name, str) else None
-        if stage is not None and not stage.trains and "method" not in data:
-            return {**data, "method": {"type": "full"}}
+        if stage is None or stage.trains:
+            return data
+        if "method" not in data:
+            data = {**data, "method": {"type": "full"}}
+        bench = (data.get("eval") or {}).get("benchmark") if isinstance(data.get("eval"), dict) else None
+        if isinstance(bench, dict) and "data" not in data and bench.get("path"):
+            data = {**data, "data": {"datasets": [{"path": bench["path"]}], "cache": False}}
         return data
 
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)

@@ -92,6 +92,9 @@ def _export_in_image(record, args: list[str], target: Path) -> int:
         code = run_tool(record, args, "docker", lambda chunk: sink(chunk.replace(staged, shown)),
                         interactive=False, writes=(str(staging),))  # fmt: skip
         if code == 0:
+            from runner.core.target import follow_umask
+
+            follow_umask(staging / target.name)  # this user's umask, not the container's
             if target.exists():
                 shutil.rmtree(target)  # --force, checked before anything started
             os.replace(staging / target.name, target)
@@ -107,27 +110,47 @@ def _export_in_image(record, args: list[str], target: Path) -> int:
               "validation split where data.val_size is set].")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["alpaca", "sharegpt"]), default="alpaca", show_default=True,
               help="Format of --data.")  # fmt: skip
-@click.option("--max-samples", type=int, default=None, help="Evaluate at most this many records.")
-@click.option("--max-new-tokens", type=int, default=None, help="Longest generated answer.")
+@click.option("--max-samples", type=click.IntRange(min=1), default=None,
+              help="Evaluate at most this many records (with --benchmark: questions per subject).")  # fmt: skip
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Longest generated answer.")
+@click.option("--benchmark", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Score a multiple-choice benchmark in this directory (MMLU, C-Eval or CMMLU layout) "
+              "instead of generating answers.")  # fmt: skip
+@click.option("--layout", type=click.Choice(["auto", "mmlu", "ceval", "cmmlu"]), default="auto", show_default=True,
+              help="The benchmark's layout.")  # fmt: skip
+@click.option("--split", type=click.Choice(["auto", "val", "test"]), default="auto", show_default=True,
+              help="The benchmark split scored (auto: test; val for C-Eval).")  # fmt: skip
+@click.option("--n-shot", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Solved dev examples before each benchmark question.")  # fmt: skip
+@click.option("--subject", "subjects", multiple=True, help="Only this benchmark subject (repeat for more).")
 @_executor
 def evaluate(job: str, data: str | None, fmt: str, max_samples: int | None, max_new_tokens: int | None,
+             benchmark: str | None, layout: str, split: str, n_shot: int, subjects: tuple[str, ...],
              executor: str | None) -> None:  # fmt: skip
-    """Loss, perplexity, generated answers, BLEU-4 and ROUGE of a run (or of a `stage: eval` spec).
+    """Loss, perplexity, generated answers, BLEU and ROUGE of a run (or of a `stage: eval` spec);
+    with --benchmark, a multiple-choice benchmark's accuracy per subject and overall.
 
     JOB is a `stage: eval` job spec (submitted as it is), or a run: a run directory, run id, or
     a training spec (its latest succeeded run). The evaluation is a run of its own, under
-    OUTPUT/NAME-eval/, with generated_predictions.jsonl and eval_results.json."""
+    OUTPUT/NAME-eval/, with generated_predictions.jsonl (benchmark_predictions.jsonl) and
+    eval_results.json."""
     from runner.host.evalspec import eval_spec_for, is_eval_spec
     from runner.host.execute.submit import submit
 
+    if data and benchmark:
+        raise click.UsageError("--data and --benchmark are two kinds of evaluation; give one")
     if Path(job).is_file() and is_eval_spec(job):
-        if data or max_samples or max_new_tokens:
-            raise RunError("--data, --max-samples and --max-new-tokens apply to a run; a stage: eval spec "
-                           "sets them in its data and eval sections")  # fmt: skip
+        if data or max_samples or max_new_tokens or benchmark:
+            raise RunError("--data, --benchmark, --max-samples and --max-new-tokens apply to a run; a stage: eval "
+                           "spec sets them in its data and eval sections")  # fmt: skip
         spec_file, base, name = Path(job), None, executor or "docker"
     else:
         record = run_of(job)
-        spec_file = eval_spec_for(record, data, fmt, max_samples, max_new_tokens)
+        bench = None
+        if benchmark:
+            bench = {"path": benchmark, "layout": layout, "split": split, "n_shot": n_shot,
+                     "subjects": list(subjects) or None}  # fmt: skip
+        spec_file = eval_spec_for(record, data, fmt, max_samples, max_new_tokens, bench)
         base, name = Path.cwd(), where(record, executor)
     report(submit(spec_file, name, sink, base=base))
 
@@ -140,9 +163,22 @@ def evaluate(job: str, data: str | None, fmt: str, max_samples: int | None, max_
 @click.option("--api-key", envvar="RUNNER_API_KEY", default=None,
               help="Require `Authorization: Bearer KEY` [env: RUNNER_API_KEY].")  # fmt: skip
 @click.option("--name", default=None, help="The model id clients name [default: the run's or directory's].")
-@click.option("--max-tokens", default=512, show_default=True, help="Answer length when a request sets none.")
+@click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Answer length when a request sets none.")  # fmt: skip
+@click.option("--max-batch", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Requests generated together (continuous batching).")  # fmt: skip
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(min=0),
+              help="Requests waiting beyond those; more are answered 429 with Retry-After.")  # fmt: skip
+@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds one request may take, waiting included (then 504).")  # fmt: skip
+@click.option("--drain", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds running requests get to finish after SIGTERM or Ctrl-C.")  # fmt: skip
+@click.option("--engine", type=click.Choice(["auto", "batched", "serial"]), default="auto", show_default=True,
+              help="batched: transformers' continuous batching; serial: one request at a time; auto: "
+              "batched where the model allows (not prefix/P-tuning/prompt-tuning adapters, remote code).")  # fmt: skip
 @_executor
 def serve(target: str, host: str, port: int, api_key: str | None, name: str | None, max_tokens: int,
+          max_batch: int, max_queue: int, timeout: float, drain: float, engine: str,
           executor: str | None) -> None:  # fmt: skip
     """An OpenAI-compatible HTTP server (/v1/models, /v1/chat/completions, streaming or not).
 
@@ -157,17 +193,16 @@ def serve(target: str, host: str, port: int, api_key: str | None, name: str | No
     exported = Path(target, "config.json").exists() or Path(target, "adapter_config.json").exists()
     record = None if exported else run_of(target)
     path = str(Path(target).resolve()) if exported else record.run_dir
-    resolve(path)  # a run without a result, or a directory that is no model: refused before loading
+    # a run without a result, a directory that is no model, a reward model: refused before loading
+    resolve(path).refuse_reward("be served as a chat model")
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         click.echo(f"warning: serving on {host} without an API key: anyone who reaches it can use it",
                    err=True)  # fmt: skip
     module_args = [
-        "runner.train.tools.serve",
-        path,
-        "--max-tokens",
-        str(max_tokens),
+        "runner.train.tools.serve", path, "--max-tokens", str(max_tokens), "--max-batch", str(max_batch),
+        "--max-queue", str(max_queue), "--timeout", str(timeout), "--drain", str(drain), "--engine", engine,
         *(["--name", name] if name else []),
-    ]
+    ]  # fmt: skip
     if record is not None and where(record, executor) == "docker":
         from runner.host.execute.serving import serve_in_image
 
@@ -191,29 +226,39 @@ def serve(target: str, host: str, port: int, api_key: str | None, name: str | No
 @click.argument("run")
 @click.option("-m", "--message", help="Ask one question and exit; omit for an interactive chat.")
 @click.option("--system", help="System prompt.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
+              help="Longest answer, in tokens [default: 128, within the model's context].")  # fmt: skip
 @click.option("--executor", type=click.Choice(["docker", "local"]), default=None,
               help="Where the model runs; default: where the run trained.")  # fmt: skip
-def chat(run: str, message: str | None, system: str | None, executor: str | None) -> None:
+def chat(run: str, message: str | None, system: str | None, max_new_tokens: int | None,
+         executor: str | None) -> None:  # fmt: skip
     """Talk to what a run trained. RUN is a run directory, a run id, a job spec (its latest
     succeeded run), or an exported model directory. Interactive: answers stream, the conversation is kept, /reset
     forgets it."""
     from runner.core.launch import render_chat
+    from runner.core.target import resolve
     from runner.host.execute.local import require_training_libraries
     from runner.host.execute.result_tools import run_tool
 
+    if message is not None and not message.strip():
+        raise click.BadParameter("the message is empty; ask something, or leave -m out for an interactive chat",
+                                 param_hint="-m/--message")  # fmt: skip
+    extra = ["--max-new-tokens", str(max_new_tokens)] if max_new_tokens else []
     if Path(run, "config.json").exists() or Path(run, "adapter_config.json").exists():  # an exported model
         import os
         import subprocess
 
         from runner.core.offline import OFFLINE_ENV
 
+        resolve(run).refuse_reward("chat")
         require_training_libraries(
             "chatting with an exported model", "Chat with the run instead (runner chat RUN: in its image)"
         )
-        argv = [sys.executable, "-m", *render_chat(Path(run).resolve(), message, system)]
+        argv = [sys.executable, "-m", *render_chat(Path(run).resolve(), message, system), *extra]
         sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
     record = run_of(run)
-    module_args = render_chat(Path(record.run_dir), message, system)
+    resolve(record.run_dir).refuse_reward("chat")
+    module_args = [*render_chat(Path(record.run_dir), message, system), *extra]
     sys.exit(run_tool(record, module_args, where(record, executor), sink, interactive=message is None))
 
 

@@ -1,5 +1,7 @@
 """Stage eval: loss and perplexity on the data (teacher-forced on its reference answers),
-then a generated answer for every record, scored with BLEU-4 and ROUGE-1/2/L.
+then a generated answer for every record, scored with BLEU and ROUGE by the conventions of the
+set's language (runner/train/tools/scores.py); or, with eval.benchmark, a multiple-choice
+benchmark's accuracy (runner/train/tools/benchmark.py).
 
 With data.val_size only the held-out share is evaluated: the same rows training held out when
 the data and training.seed are the same. Writes generated_predictions.jsonl (prompt, predict,
@@ -98,7 +100,11 @@ def run(spec: JobSpec, run_dir: Path) -> dict:
     if int(os.environ.get("RANK", "0")) != 0:
         return {}  # one process evaluates; others a launcher started have nothing to do
     seed_everything(spec)
-    loaded = inference.load_target(of_spec(spec))
+    loaded = inference.load_target(of_spec(spec), purpose="eval")
+    if spec.eval.benchmark is not None:
+        from runner.train.tools import benchmark
+
+        return benchmark.run(spec, run_dir, loaded)
     conversations, rows = records(spec, loaded.tokenizer)
     batch = spec.training.per_device_eval_batch_size
     log.info("evaluating %s on %d record(s)", loaded.name, len(rows))
@@ -126,7 +132,8 @@ def run(spec: JobSpec, run_dir: Path) -> dict:
             log.info("generated %d/%d", len(predictions), len(prompts))
     summary = {
         "eval_loss": round(eval_loss, 4), "perplexity": round(math.exp(min(eval_loss, 50)), 4),
-        "eval_tokens": tokens, "samples": len(rows), **metrics.corpus(predictions, references),
+        "eval_tokens": tokens, "samples": len(rows), **metrics.corpus(predictions, references, e.metric_language),
+        "metrics": metrics.describe(references, e.metric_language),
         "split": "validation" if spec.data.val_size else "all", "seconds": round(time.time() - started, 1),
         "model": spec.model.path, "adapter": spec.model.adapter, "generation": e.model_dump(),
     }  # fmt: skip
@@ -139,8 +146,14 @@ def run(spec: JobSpec, run_dir: Path) -> dict:
 
 
 def table(summary: dict) -> str:
-    keys = ("eval_loss", "perplexity", "bleu-4", "rouge-1", "rouge-2", "rouge-l", "samples")
+    keys = ("eval_loss", "perplexity", *metrics_names(summary), "samples")
     width = max(map(len, keys))
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 10}"]
     lines += [f"{k:<{width}}  {summary[k]}" for k in keys]
     return "\n".join(lines)
+
+
+def metrics_names(summary: dict) -> tuple[str, ...]:
+    from runner.train.tools.scores import NAMES
+
+    return NAMES[summary["metrics"]["language"]]

@@ -7,8 +7,12 @@ with its chat template and a generation config that stops where the template end
 adapters (prefix, P-Tuning, prompt tuning) add virtual tokens instead of changing weights and
 cannot be merged: the adapter is exported with the tokenizer and a note on how to load it.
 
+A reward model (an rm run) is exported as a one-output sequence classifier with its value head
+`score`: the base, every adapter of its chain merged in order (the sft adapter the rm run merged
+before training, then its own adapter), loaded by `AutoModelForSequenceClassification`.
+
 Everything is written to a new directory beside OUT and moved into place once complete, so OUT
-never holds half a model.
+never holds half a model; its directories and files then get the permissions the umask gives.
 """
 
 from __future__ import annotations
@@ -24,7 +28,15 @@ from pathlib import Path
 
 from runner.core import offline
 from runner.core.errors import RunnerError
-from runner.core.target import PROMPT_PEFT_TYPES, ExportError, Target, check_out, peft_type, resolve
+from runner.core.target import (
+    PROMPT_PEFT_TYPES,
+    ExportError,
+    Target,
+    check_out,
+    follow_umask,
+    peft_type,
+    resolve,
+)
 from runner.train.tools.inference import fit_vocabulary
 
 log = logging.getLogger(__name__)
@@ -55,11 +67,18 @@ def export(run_dir: Path, out: Path, dtype: str = "auto", force: bool = False) -
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
-        if target.adapter and peft_type(target.adapter) in PROMPT_PEFT_TYPES:
+        prompt_learning = bool(target.adapter) and peft_type(target.adapter) in PROMPT_PEFT_TYPES
+        if target.reward and prompt_learning:
+            raise ExportError(f"{target.adapter} is a {peft_type(target.adapter)} reward adapter: its virtual "
+                              "tokens cannot be merged into a sequence classifier; use the run's adapter as it is")  # fmt: skip
+        if target.reward:
+            what = _reward(target, work, dtype)
+        elif prompt_learning:
             what = _adapter_only(target, work)
         else:
             what = _merged(target, work, dtype)
         _verify(work)
+        follow_umask(work)
         if out.exists():
             shutil.rmtree(out)
         os.replace(work, out)
@@ -82,9 +101,7 @@ def _merged(target: Target, work: Path, dtype: str) -> str:
     from runner.core.data.templates import stop_token_ids
 
     tokenizer = _tokenizer(target)
-    config = json.loads(Path(target.base, "config.json").read_text(encoding="utf-8"))
-    saved_dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
-    saved_dtype = saved_dtype if saved_dtype in DTYPES.values() else "float32"
+    saved_dtype = _saved_dtype(target.base)
     model = AutoModelForCausalLM.from_pretrained(
         target.base, local_files_only=True, trust_remote_code=target.trust_remote_code,
         dtype=torch.float32,  # merged in full precision, cast once at the end
@@ -107,6 +124,42 @@ def _merged(target: Target, work: Path, dtype: str) -> str:
     tokenizer.padding_side = "left"  # what generation from the exported model wants
     tokenizer.save_pretrained(str(work))
     return f"{how}; {want} safetensors"
+
+
+def _reward(target: Target, work: Path, dtype: str) -> str:
+    """The base as a one-output classifier, the chain's adapters merged into it in order, the value
+    head trained; as stage ppo builds its reward model (runner/train/stages/ppo.py)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = _tokenizer(target)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        target.base, num_labels=1, local_files_only=True, trust_remote_code=target.trust_remote_code,
+        dtype=torch.float32, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    fit_vocabulary(model, tokenizer)
+    chain = [*target.merged, *([target.adapter] if target.adapter else [])]
+    if chain:
+        from peft import PeftConfig, PeftModel
+
+        for adapter in chain:
+            config = PeftConfig.from_pretrained(adapter)
+            if adapter != target.adapter:
+                config.task_type = None  # an sft adapter (a causal LM's), merged as stage rm merged it
+            model = PeftModel.from_pretrained(model, adapter, config=config).merge_and_unload()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.use_cache = True
+    want = DTYPES.get(dtype, _saved_dtype(target.base) if dtype == "auto" else dtype)
+    model.to(getattr(torch, want)).save_pretrained(str(work), max_shard_size=SHARD)
+    tokenizer.save_pretrained(str(work))
+    how = " then ".join(chain) + f" merged into {target.base}" if chain else f"full model {target.base}"
+    return f"reward model (sequence classifier with its value head `score`): {how}; {want} safetensors"
+
+
+def _saved_dtype(base: str) -> str:
+    config = json.loads(Path(base, "config.json").read_text(encoding="utf-8"))
+    saved = str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
+    return saved if saved in DTYPES.values() else "float32"
 
 
 def _adapter_only(target: Target, work: Path) -> str:

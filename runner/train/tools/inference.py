@@ -41,7 +41,7 @@ class Loaded:
     stop_ids: list[int]
     name: str
     context: int  # the longest sequence the model takes (prompt + answer)
-    lock: threading.Lock = field(default_factory=threading.Lock)  # one generation at a time
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one generate() at a time
 
 
 def default_dtype():
@@ -52,16 +52,22 @@ def default_dtype():
     return torch.float32
 
 
-def load(path: str | Path, dtype=None) -> Loaded:
+PURPOSES = {"chat": "chat", "serve": "be served as a chat model", "eval": "generate answers to evaluate"}
+
+
+def load(path: str | Path, dtype=None, purpose: str = "chat") -> Loaded:
     """Model and tokenizer ready to generate (eval mode, left padding, the chat template)."""
-    return load_target(resolve(path), dtype)
+    return load_target(resolve(path), dtype, purpose)
 
 
-def load_target(target: Target, dtype=None) -> Loaded:
+def load_target(target: Target, dtype=None, purpose: str = "chat") -> Loaded:
+    """A reward model is refused: loaded as a language model it would lose its value head and
+    write from an untrained one."""
     from transformers import AutoModelForCausalLM
 
     from runner.core.data.templates import stop_token_ids
 
+    target.refuse_reward(PURPOSES.get(purpose, purpose))
     tokenizer = prepare_tokenizer(target)
     tokenizer.padding_side = "left"  # batched generation continues every row from its end
     model = AutoModelForCausalLM.from_pretrained(
@@ -111,6 +117,17 @@ class Settings:
         return out
 
 
+def context_problem(loaded: Loaded, prompt_tokens: int, wanted: int | None = None) -> str | None:
+    """Why a prompt (and the answer length asked for) does not fit the model's context, or None;
+    the one rule of serve and chat."""
+    room = loaded.context - prompt_tokens
+    if room < 1 or (wanted is not None and wanted > room):
+        asked = f" and {wanted} more asked for the answer" if wanted else ""
+        return (f"this model's context is {loaded.context} tokens; the messages take {prompt_tokens}{asked}; "
+                "shorten the conversation" + (" or ask for a shorter answer" if wanted else ""))  # fmt: skip
+    return None
+
+
 def prompt_ids(loaded: Loaded, messages: list[dict]) -> list[int]:
     from runner.core.data.templates import render
 
@@ -133,28 +150,40 @@ def generate(loaded: Loaded, conversations: list[list[dict]], settings: Settings
 
 
 def stream(loaded: Loaded, messages: list[dict], settings: Settings) -> Iterator[str]:
-    """The answer's text piece by piece, as the model produces it."""
+    """The answer's text piece by piece, as the model produces it. Closing the iterator early
+    (a consumer that stops reading, Ctrl-C) stops the generation within one token; the model's
+    lock is held by the generating thread alone, never across the consumer's pace."""
     import torch
-    from transformers import TextIteratorStreamer
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
     ids = torch.tensor([prompt_ids(loaded, messages)], device=loaded.model.device)
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     failure: list[BaseException] = []
+    cancelled = threading.Event()
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full(
+                (input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device
+            )
 
     def work() -> None:
         try:
-            with torch.no_grad():
+            with loaded.lock, torch.no_grad():
+                _seed(settings)
                 loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
+                                      stopping_criteria=StoppingCriteriaList([Cancelled()]),
                                       **settings.kwargs(loaded))  # fmt: skip
         except BaseException as e:  # handed to the reader, which would otherwise wait forever
             failure.append(e)
             streamer.end()
 
-    with loaded.lock:
-        _seed(settings)
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
         yield from (piece for piece in streamer if piece)
+    finally:
+        cancelled.set()
         thread.join()
     if failure:
         raise failure[0]
