@@ -21,8 +21,17 @@ import runner
 from runner.core.errors import RunnerError
 from runner.core.jobspec.image import ImageSpec, image_ref
 from runner.host.docker_api import Docker
-from runner.host.images.lock import lock_path, spec_hash
-from runner.host.images.wheels import WheelhouseError, dists, install_requirements, sha256, verify, wheel_dir
+from runner.host.images import licenses
+from runner.host.images.lock import lock_path, parse_lock, spec_hash, via
+from runner.host.images.wheels import (
+    WheelhouseError,
+    dists,
+    install_requirements,
+    judge_licenses,
+    sha256,
+    verify,
+    wheel_dir,
+)
 from runner.host.render.dockerfile import render_dockerfile
 
 
@@ -64,13 +73,22 @@ def runner_wheel(out: Path) -> Path:
 
 
 def make_context(spec: ImageSpec, images_dir: Path, wheels_root: Path, ctx: Path) -> dict[str, str]:
-    """Fill ctx; returns the provenance labels of the image."""
+    """Fill ctx; returns the provenance labels of the image.
+
+    Refused before anything is written: a wheelhouse that is not the lock's (WheelhouseError), and
+    a package whose license the spec's policy refuses (LicenseError; unknown ones are warnings).
+    """
     problems = verify(spec, images_dir, wheels_root)
     if problems:
         raise WheelhouseError(
             f"the wheelhouse of image {spec.name} is not complete; the build would fail offline:\n  "
             + "\n  ".join(problems)
         )
+    entries = parse_lock(lock_path(images_dir, spec).read_text(encoding="utf-8"))
+    licenses.enforce(
+        spec.licenses, judge_licenses(spec, wheels_root), f"{images_dir / spec.name}.yaml",
+        lambda name: via(entries, name),
+    )  # fmt: skip
     (ctx / "Dockerfile").write_text(render_dockerfile(spec), encoding="utf-8")
     # The context mirrors the project root, so the top-level Dockerfile builds from it as well.
     src = wheel_dir(wheels_root, spec)
