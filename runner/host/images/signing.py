@@ -34,9 +34,17 @@ _HASHES = {b"sha256": hashlib.sha256, b"sha512": hashlib.sha512}
 
 
 class SignatureError(RunnerError):
-    """A key that cannot be used, or a signature that is missing, malformed or not the trusted key's."""
+    """A key that cannot be used, or a signature that does not hold."""
 
     exit_code = 5
+
+
+class BadSignature(SignatureError):
+    """The signature itself is at fault: malformed, or made by a key that is not trusted."""
+
+
+class ChangedSince(SignatureError):
+    """A well-formed signature by the key it names, over other bytes: the message changed."""
 
 
 @dataclass(frozen=True)
@@ -251,16 +259,16 @@ def verify(message: bytes, armored: bytes, trusted: list[PublicKey] | None = Non
     try:
         public, hash_alg, raw = _parse(armored)
     except (ValueError, UnicodeDecodeError, binascii.Error) as e:
-        raise SignatureError(f"the signature is malformed ({e})") from None
+        raise BadSignature(f"the signature is malformed ({e})") from None
     if trusted is not None and public.raw not in {k.raw for k in trusted}:
         names = ", ".join(k.fingerprint for k in trusted)
-        raise SignatureError(
+        raise BadSignature(
             f"it is signed by the key {public.fingerprint}, which is not the trusted key ({names})"
         )
     try:
         Ed25519PublicKey.from_public_bytes(public.raw).verify(raw, _signed_data(message, hash_alg))
     except InvalidSignature:
-        raise SignatureError(
+        raise ChangedSince(
             f"the signature does not match it: it changed after it was signed by {public.fingerprint}"
         ) from None
     return public
