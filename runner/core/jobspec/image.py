@@ -20,9 +20,10 @@ DEEPSPEED_OPS = ("fused_adam", "cpu_adam", "cpu_adagrad", "cpu_lion", "fused_lam
 DEFAULT_CUDA_ARCH = ["8.0", "8.6", "8.9", "9.0"]
 
 
-# An SPDX license identifier (MIT, Apache-2.0, GPL-3.0-or-later, LicenseRef-...) or a pattern over
-# them with `*` (GPL-*, AGPL-*): what a license policy lists.
-_LICENSE_ID = r"^[A-Za-z0-9*][A-Za-z0-9.+*-]*$"
+# An SPDX license identifier (MIT, Apache-2.0, GPL-3.0-or-later, LicenseRef-...), a pattern over
+# them with `*` (GPL-*, AGPL-*), or one with its exception (GPL-2.0-only WITH Classpath-exception-2.0):
+# what a license policy lists.
+_LICENSE_ID = r"^[A-Za-z0-9*][A-Za-z0-9.+*-]*( WITH [A-Za-z0-9*][A-Za-z0-9.+*-]*)?$"
 LicenseId = Annotated[str, StringConstraints(pattern=_LICENSE_ID)]
 
 

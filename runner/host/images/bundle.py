@@ -506,10 +506,10 @@ def _extract(contents: Contents, work: Path | None, names: list[str], log: Calla
             for member in tar:
                 if member.name not in contents.expected:
                     continue
-                log(f"checksum {member.name}")
+                dest = work / member.name if work and member.name in names else None
+                log(f"checksum {member.name}" + (" (unpacking)" if dest else ""))
                 h = hashlib.sha256()
                 src = tar.extractfile(member)
-                dest = work / member.name if work and member.name in names else None
                 if dest:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                 with open(dest, "wb") if dest else contextlib.nullcontext() as out:
@@ -597,6 +597,11 @@ def _load(
                     f"{_mib(need)} there; free some space or choose --to on a larger disk"
                 )
         docker = docker or Docker()
+        if trusted is not None and unpack:
+            # A signed bundle from a source not yet trusted: nothing of it is written, not even into
+            # the hidden directory, until every member matches the signed checksums (so model and
+            # data are read twice, and hashed again as they are unpacked).
+            _extract(contents, None, [], log)
         _extract(contents, work, unpack, log)  # every checksum, before anything is loaded
         _docker_load(contents, docker, log)
         manifest = contents.manifest

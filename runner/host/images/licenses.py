@@ -166,7 +166,9 @@ def declared(meta: Metadata | None, reviewed: str | None = None) -> Declared:
     if expression := (meta.get("License-Expression") or "").strip():
         return Declared(spdx(expression) or expression, "License-Expression", spdx(expression))
     text = (meta.get("License") or "").strip()
-    if text and text.upper() not in ("UNKNOWN", "NONE") and "\n" not in text and len(text) <= 100:
+    if text.upper() in ("UNKNOWN", "NONE"):  # what old setuptools wrote for "not stated"
+        text = ""
+    if text and "\n" not in text and len(text) <= 100:
         if parsed := spdx(text):
             return Declared(parsed, "License", parsed)
         if (ids := _alias(text)) is not None:
@@ -227,6 +229,8 @@ class Judged:
 
     @property
     def shown(self) -> str:
+        if self.declared.source == "none":
+            return "no license stated"
         if self.declared.families and self.declared.source != "reviewed":
             may = "; ".join(" or ".join(f) for f in self.declared.families)
             return f"{self.declared.text} ({self.declared.source}: {may})"
@@ -279,8 +283,8 @@ def policy_problems(policy: LicensePolicy) -> list[str]:
                 continue
             if "*" in entry and any(fnmatch.fnmatchcase(k.lower(), entry.lower()) for k in keys):
                 continue
-            close = difflib.get_close_matches(entry, keys, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else " (see https://spdx.org/licenses/)"
+            close = _closest(entry, keys)
+            hint = f"; did you mean {' or '.join(close)}?" if close else " (see https://spdx.org/licenses/)"
             problems.append(
                 f"licenses.{where}: {entry!r} is no SPDX license identifier and matches none{hint}"
             )
@@ -289,6 +293,25 @@ def policy_problems(policy: LicensePolicy) -> list[str]:
             problems.append(f"licenses.reviewed.{name}: {expression!r} is not an SPDX license expression "
                             "(e.g. MIT, Apache-2.0, BSD-3-Clause OR MIT)")  # fmt: skip
     return problems
+
+
+def _closest(entry: str, keys: list[str]) -> list[str]:
+    """The identifiers `entry` most likely meant, compared without case and punctuation: those it
+    begins (GPL3 -> GPL-3.0-only, GPL-3.0-or-later), else the nearest spelling."""
+
+    if (ids := _alias(entry)) is not None:
+        return list(ids[:2])
+
+    def bare(text: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", text.lower())
+
+    by_bare: dict[str, str] = {}
+    for key in sorted(keys, key=lambda k: (k.endswith("+"), len(k), k)):  # deprecated spellings last
+        by_bare.setdefault(bare(key), key)
+    starting = sorted((k for b, k in by_bare.items() if b.startswith(bare(entry))), key=lambda k: (len(k), k))
+    if starting:
+        return starting[:2]
+    return [by_bare[b] for b in difflib.get_close_matches(bare(entry), list(by_bare), n=1, cutoff=0.6)]
 
 
 def judge_all(policy: LicensePolicy, packages: Iterable[tuple[str, str, Metadata | None]]) -> list[Judged]:
@@ -334,7 +357,7 @@ def enforce(
 def _unknown_why(policy: LicensePolicy, j: Judged) -> str:
     if not j.declared.known:
         if j.declared.source == "none":
-            return "no license stated (no License-Expression, License or license classifier)"
+            return "its metadata has no License-Expression, License or license classifier"
         return "not an SPDX license expression"
     if j.declared.families and any(len(f) > 1 for f in j.declared.families):
         return "which of these it is decides it, and the metadata does not say"

@@ -77,9 +77,6 @@ def lock(
     """
     if outside := torch_outside(spec):
         raise LockError(f"{images_dir / spec.name}.yaml: " + "\n".join(outside))
-    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-    if not Path(uv).exists():
-        raise LockError("runner lock needs uv on the connected machine: pip install uv")
     links = []
     for link in find_links or []:
         if "://" not in link:  # a folder: uv runs elsewhere, so it goes by its absolute path
@@ -87,9 +84,29 @@ def lock(
                 raise LockError(f"--find-links {link}: no such directory")
             link = str(Path(link).resolve())
         links.append(link)
+    text = resolve(spec, lock_path(images_dir, spec), links)
+    if spec.torch_from == "base":
+        text = drop_with_exclusive_deps(text, "torch")
+    if _can_refuse(spec.licenses):
+        check_licenses(spec, images_dir, parse_lock(text), wheels_root, links)
+    path = lock_path(images_dir, spec)
+    header = (f"# lock of image '{spec.name}' (spec {spec_hash(spec)}), for python {spec.python} on "
+              f"{spec.platform}; written by `runner lock {spec.name}`\n")  # fmt: skip
+    try:
+        path.write_text(seal(header + text), encoding="utf-8")
+    except OSError as e:
+        raise LockError(f"cannot write {path}: {e.strerror}") from None
+    return path
+
+
+def resolve(spec: ImageSpec, previous: Path, links: list[str]) -> str:
+    """uv's resolution of the spec's requirements for its python and platform, pinned with hashes
+    (the pins of `previous`, where it exists and they still fit, kept)."""
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    if not Path(uv).exists():
+        raise LockError("runner lock needs uv on the connected machine: pip install uv")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / REQUIREMENTS_IN).write_text("\n".join(requirements(spec)) + "\n", encoding="utf-8")
-        previous = lock_path(images_dir, spec)
         if previous.exists():  # uv keeps the pins of an existing output file that still fit: no churn
             shutil.copy(previous, Path(tmp) / "lock.txt")
         argv = [uv, "pip", "compile", REQUIREMENTS_IN, "-o", "lock.txt", "--generate-hashes",
@@ -103,19 +120,7 @@ def lock(
             message = f"resolving the requirements of image {spec.name} failed:\n{uv_says}"
             hint = torch_hint(spec, proc.stderr)
             raise LockError(message + (f"\n{hint}" if hint else ""))
-        text = (Path(tmp) / "lock.txt").read_text(encoding="utf-8")
-    if spec.torch_from == "base":
-        text = drop_with_exclusive_deps(text, "torch")
-    if _can_refuse(spec.licenses):
-        check_licenses(spec, images_dir, parse_lock(text), wheels_root, links)
-    path = lock_path(images_dir, spec)
-    header = (f"# lock of image '{spec.name}' (spec {spec_hash(spec)}), for python {spec.python} on "
-              f"{spec.platform}; written by `runner lock {spec.name}`\n")  # fmt: skip
-    try:
-        path.write_text(seal(header + text), encoding="utf-8")
-    except OSError as e:
-        raise LockError(f"cannot write {path}: {e.strerror}") from None
-    return path
+        return (Path(tmp) / "lock.txt").read_text(encoding="utf-8")
 
 
 def _can_refuse(policy) -> bool:
