@@ -464,8 +464,11 @@ def _check_signature(
         return signing.verify(checksums, signature, trusted)
     except signing.BadSignature as e:
         raise BundleError(f"{SIGNATURE} in {archive}: {e}; nothing was loaded") from None
-    except signing.ChangedSince as e:
-        raise BundleError(f"{CHECKSUMS} in {archive}: {e}; nothing was loaded") from None
+    except signing.ChangedSince:
+        raise BundleError(
+            f"{CHECKSUMS} in {archive} does not match its signature {SIGNATURE} (by {signing.signer(signature).fingerprint}): "
+            "one of them changed after it was signed; nothing was loaded"
+        ) from None
 
 
 def _workdir(contents: Contents, extract_to: Path) -> tuple[Path, Path | None]:

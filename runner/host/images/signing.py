@@ -140,8 +140,8 @@ def load_private(path: Path):
             key = serialization.load_pem_private_key(data, password=None)
     except TypeError:  # cryptography's word for "it is encrypted and no password was given"
         raise SignatureError(
-            f"--sign {path}: the key is protected by a passphrase; runner signs with an unencrypted key "
-            "kept offline (runner keygen), or sign checksums.txt by hand with ssh-keygen -Y sign"
+            f"--sign {path}: the key is protected by a passphrase; runner signs with an unencrypted Ed25519 "
+            "key kept on offline media (runner keygen)"
         ) from None
     except (ValueError, binascii.Error) as e:
         raise SignatureError(f"--sign {path}: not a private key ({e})") from None
@@ -269,6 +269,6 @@ def verify(message: bytes, armored: bytes, trusted: list[PublicKey] | None = Non
         Ed25519PublicKey.from_public_bytes(public.raw).verify(raw, _signed_data(message, hash_alg))
     except InvalidSignature:
         raise ChangedSince(
-            f"the signature does not match it: it changed after it was signed by {public.fingerprint}"
+            f"the signature by {public.fingerprint} does not match: one of them changed after it was signed"
         ) from None
     return public
