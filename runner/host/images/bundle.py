@@ -207,7 +207,7 @@ def _describe(
             continue
         log(f"sbom of {image['ref']}")
         try:
-            text, facts = sbom.image_sbom(image["id"], docker)
+            text, facts = sbom.image_sbom(image["ref"], docker)
         except _engine_errors() as e:
             raise BundleError(f"reading what {image['ref']} holds for its SBOM failed: {e}") from None
         name = _unique(_slug(image["ref"]), {d["name"] for d in described})

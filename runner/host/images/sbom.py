@@ -190,7 +190,8 @@ def bom(facts: ImageFacts):
         return [HashType(alg=HashAlgorithm.SHA_256, content=hexdigest)] if hexdigest else []
 
     labels = facts.labels
-    repo, tag = _split_ref(facts.ref)
+    named = facts.ref if not facts.ref.startswith("sha256:") or not facts.tags else facts.tags[0]
+    repo, tag = _split_ref(named)
     root = Component(
         type=ComponentType.CONTAINER, name=repo, version=_content_tag(facts.tags, repo) or tag,
         bom_ref=facts.image_id, hashes=sha256(facts.image_id.removeprefix("sha256:")),
