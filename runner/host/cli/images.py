@@ -50,7 +50,10 @@ def wheels(image: str, verify: bool, find_links: tuple[str, ...]) -> None:
 @click.command()
 @click.argument("image")
 @click.option("--quiet", "-q", is_flag=True, help="Do not stream the build log.")
-def build(image: str, quiet: bool) -> None:
+@click.option(
+    "--record-host", is_flag=True, help="Label the image with this machine's host name (provenance)."
+)
+def build(image: str, quiet: bool, record_host: bool) -> None:
     """Build IMAGE from its wheelhouse with the network off for every step."""
     from runner.core.jobspec.load import load_image
     from runner.host.images.build import build as do_build
@@ -60,6 +63,7 @@ def build(image: str, quiet: bool) -> None:
         Path("images"),
         Path("offline_wheels"),
         log=(lambda s: None) if quiet else click.echo,
+        record_host=record_host,
     )
     click.echo(f"built {built.tag} ({built.image_id[:19]}) in {built.seconds:.0f} s")
 
@@ -164,7 +168,8 @@ def _show(archive: Path, info: dict, pubkey: str | None) -> None:
         d = described.get(image["id"], {})
         if d.get("built"):
             by = f" by runner {d['built_by_runner']}" if d.get("built_by_runner") else ""
-            click.echo(f"  built {d['built']}{by}")
+            on = f" on {d['built_on']}" if d.get("built_on") else ""
+            click.echo(f"  built {d['built']}{by}{on}")
         for key, label in (("lock_sha256", "lock sha256"), ("image_spec_sha256", "image spec sha256"),
                            ("wheel_sha256", "runner wheel sha256")):  # fmt: skip
             if d.get(key):

@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -125,8 +126,10 @@ def content_tag(spec: ImageSpec, labels: dict[str, str], dockerfile: str) -> str
 
 def build(
     spec: ImageSpec, images_dir: Path, wheels_root: Path, log: Callable[[str], None] = lambda s: None,
-    docker: Docker | None = None,
+    docker: Docker | None = None, record_host: bool = False,
 ) -> Built:  # fmt: skip
+    """Build the image; `record_host` adds this machine's name as the `runner.build-host` label
+    (left out otherwise: a host name can say more than a site wants to ship)."""
     docker = docker or Docker()
     if not docker.image_id(spec.base):
         raise BaseImageMissing(
@@ -139,6 +142,8 @@ def build(
     with tempfile.TemporaryDirectory(prefix=".build-", dir=wheels_root) as tmp:
         ctx = Path(tmp)
         labels = make_context(spec, images_dir, wheels_root, ctx)
+        if record_host:
+            labels["runner.build-host"] = socket.gethostname()
         tag = content_tag(spec, labels, (ctx / "Dockerfile").read_text())
         image_id = docker.build(ctx, tag, labels, log)
     docker.tag(image_id, image_ref(spec.name))

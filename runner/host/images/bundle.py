@@ -208,8 +208,8 @@ def _describe(
         log(f"sbom of {image['ref']}")
         try:
             text, facts = sbom.image_sbom(image["ref"], docker)
-        except _engine_errors() as e:
-            raise BundleError(f"reading what {image['ref']} holds for its SBOM failed: {e}") from None
+        except (*_engine_errors(), sbom.SbomError) as e:
+            raise BundleError(f"the SBOM of {image['ref']} could not be made: {e}") from None
         name = _unique(_slug(image["ref"]), {d["name"] for d in described})
         judged = facts.judged()
         reports[f"{SBOMS}/{name}.cdx.json"] = text.encode()
@@ -218,7 +218,8 @@ def _describe(
         labels = facts.labels
         described.append({
             "name": name, "id": image["id"], "built": facts.created,
-            "built_by_runner": labels.get("runner.version"), "lock_sha256": labels.get("runner.lock-sha256"),
+            "built_by_runner": labels.get("runner.version"), "built_on": labels.get("runner.build-host"),
+            "lock_sha256": labels.get("runner.lock-sha256"),
             "image_spec_sha256": labels.get("runner.image-spec-sha256"),
             "wheel_sha256": labels.get("runner.wheel-sha256"),
             "base": facts.base["name"] if facts.base else None,

@@ -176,7 +176,6 @@ def freeze_names(lines: list[str]) -> dict[str, str]:
 
 def bom(facts: ImageFacts):
     """The CycloneDX BOM (cyclonedx.model.bom.Bom) of an image's facts."""
-    from cyclonedx.contrib.this.builders import this_component
     from cyclonedx.model import HashAlgorithm, HashType, Property
     from cyclonedx.model.bom import Bom, BomMetaData
     from cyclonedx.model.component import Component, ComponentType
@@ -197,7 +196,8 @@ def bom(facts: ImageFacts):
         bom_ref=facts.image_id, hashes=sha256(facts.image_id.removeprefix("sha256:")),
         properties=props(
             image_id=facts.image_id, tags=" ".join(facts.tags), created=facts.created, platform=facts.platform,
-            built_by_runner=labels.get("runner.version"), lock_sha256=labels.get("runner.lock-sha256"),
+            built_by_runner=labels.get("runner.version"), built_on=labels.get("runner.build-host"),
+            lock_sha256=labels.get("runner.lock-sha256"),
             image_spec_sha256=labels.get("runner.image-spec-sha256"),
             runner_wheel_sha256=labels.get("runner.wheel-sha256"),
         ),
@@ -251,6 +251,10 @@ def bom(facts: ImageFacts):
                 license_verdict=judged.verdict,
             ),
         ))  # fmt: skip
+    try:
+        from cyclonedx.contrib.this.builders import this_component
+    except ImportError:  # before the library's contrib package (11.x)
+        from cyclonedx.builder.this import this_component
     tool = Component(
         type=ComponentType.APPLICATION, name="runner", version=runner.__version__,
         description="runner sbom: fine-tune open LLMs on GPU servers that have no internet",
