@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import posixpath
+import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -49,6 +52,50 @@ class Docker:
     def image_size(self, ref: str) -> int:
         """Bytes of the image's layers, about what a `docker save` of it writes."""
         return int(self.client.images.get(ref).attrs.get("Size") or 0)
+
+    def image_attrs(self, ref: str) -> dict[str, Any]:
+        """The engine's record of an image (`docker image inspect`): Id, RepoTags, RepoDigests,
+        Created, Os, Architecture, Config (with its Labels), RootFS (the layer digests)."""
+        return dict(self.client.images.get(ref).attrs)
+
+    def read_files(self, image: str, paths: list[str]) -> dict[str, bytes]:
+        """Files of an image, copied out of a container that is created and never started: nothing
+        of the image runs. A path the image lacks is left out; a symbolic link is followed once."""
+        import docker
+
+        container = self.client.containers.create(image, command=["/nonexistent"], network_disabled=True)
+        try:
+            found = {}
+            for asked in paths:
+                path = asked
+                for _ in range(2):
+                    try:
+                        chunks, _stat = container.get_archive(path)
+                    except docker.errors.NotFound:
+                        break
+                    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+                        member = tar.next()
+                        if member is not None and member.issym():
+                            path = posixpath.normpath(
+                                posixpath.join(posixpath.dirname(path), member.linkname)
+                            )
+                            continue
+                        if member is not None and member.isfile():
+                            found[asked] = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    break
+            return found
+        finally:
+            container.remove(force=True)
+
+    def output(self, image: str, command: list[str], **kwargs: Any) -> tuple[int, str, str]:
+        """Run to completion; returns (exit code, stdout, stderr) apart."""
+        container = self.client.containers.run(image, command, detach=True, **kwargs)
+        try:
+            code = container.wait()["StatusCode"]
+            out = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+            return code, out, container.logs(stdout=False, stderr=True).decode("utf-8", "replace")
+        finally:
+            container.remove(force=True)
 
     def build(
         self, context: Path, tag: str, labels: dict[str, str], log: Callable[[str], None] = lambda s: None

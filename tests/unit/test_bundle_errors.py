@@ -44,6 +44,14 @@ class FakeDocker:
     def image_size(self, ref: str) -> int:
         return self.size
 
+    def image_attrs(self, ref: str) -> dict:
+        image_id = self.image_id(ref)
+        return {"Id": image_id, "RepoTags": self.image_tags(ref), "Created": "2026-01-01T00:00:00Z",
+                "Os": "linux", "Architecture": "amd64", "Config": {"Labels": None}}  # fmt: skip
+
+    def read_files(self, image: str, paths: list[str]) -> dict[str, bytes]:
+        return {}  # an image with no dpkg database and no Python of runner's: an SBOM of the image alone
+
     def save_stream(self, refs: list[str]) -> Iterator[bytes]:
         self.saved.append(list(refs))
         head = json.dumps({r: self.image_id(r) for r in refs}).encode() + b"\n"

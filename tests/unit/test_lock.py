@@ -137,3 +137,22 @@ def test_torch_ranges_compare_release_numbers():
     assert torch_outside(cpu.model_copy(update={"torch": "2.2.0"}))[0].startswith(
         "image cpu carries torch 2.2.0"
     )
+
+
+@needs_pypi
+@pytest.mark.slow
+def test_a_real_lock_with_a_policy_refuses_a_denied_license_from_the_index(tmp_path: Path):
+    """The first lock of an image, before any wheelhouse: the licenses come from the index (the
+    wheels' metadata only, PEP 658; the sdists' PKG-INFO). The shipped cpu lock's certifi and tqdm
+    are under MPL-2.0."""
+    if not list(WHEELS.glob("torch-*+cpu-*.whl")):
+        pytest.skip(f"no CPU torch wheel in {WHEELS}")
+    project = _project(tmp_path)
+    spec = project / "images" / "cpu.yaml"
+    spec.write_text(spec.read_text() + "licenses:\n  deny: [MPL-*]\n")
+    shutil.copy(ROOT / "images" / "cpu.lock", project / "images" / "cpu.lock")  # keep its pins
+    result = runner_cli("lock", "cpu", "--find-links", str(WHEELS), cwd=project)
+    assert result.returncode == 6, result.stderr
+    assert "images/cpu.yaml licenses.deny: the policy refuses the license of " in result.stderr
+    assert "  certifi " in result.stderr and ": MPL-2.0 (License), denied by MPL-*" in result.stderr
+    assert (project / "images" / "cpu.lock").read_bytes() == (ROOT / "images" / "cpu.lock").read_bytes()

@@ -20,6 +20,41 @@ DEEPSPEED_OPS = ("fused_adam", "cpu_adam", "cpu_adagrad", "cpu_lion", "fused_lam
 DEFAULT_CUDA_ARCH = ["8.0", "8.6", "8.9", "9.0"]
 
 
+# An SPDX license identifier (MIT, Apache-2.0, GPL-3.0-or-later, LicenseRef-...), a pattern over
+# them with `*` (GPL-*, AGPL-*), or one with its exception (GPL-2.0-only WITH Classpath-exception-2.0):
+# what a license policy lists.
+_LICENSE_ID = r"^[A-Za-z0-9*][A-Za-z0-9.+*-]*( WITH [A-Za-z0-9*][A-Za-z0-9.+*-]*)?$"
+LicenseId = Annotated[str, StringConstraints(pattern=_LICENSE_ID)]
+
+
+class LicensePolicy(BaseModel):
+    """Which licenses the packages of an image may carry. `runner lock` and `runner build` refuse
+    a denied one, naming the package and its license; an unknown one is warned about or refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow: list[LicenseId] = Field(
+        default_factory=list,
+        description="SPDX identifiers (or patterns such as BSD-*) the site has approved. When given, a "
+        "license it does not cover counts as unknown; empty: every license not denied is allowed.",
+    )
+    deny: list[LicenseId] = Field(
+        default_factory=list,
+        description="SPDX identifiers (or patterns such as GPL-*, AGPL-*) no package may be licensed "
+        "under; a package offering a choice (MIT OR GPL-3.0-only) passes if one choice is not denied.",
+    )
+    unknown: Literal["warn", "refuse"] = Field(
+        "warn",
+        description="What a license that cannot be read, or that the allow list does not cover, does: "
+        "warn (the image builds, the report and SBOM say so) or refuse.",
+    )
+    reviewed: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")], str] = Field(
+        default_factory=dict,
+        description="Licenses the site's own review established, package -> SPDX expression, for packages "
+        "whose metadata states none or states it wrongly; used instead of the metadata and marked so.",
+    )
+
+
 class ImageSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -63,6 +98,11 @@ class ImageSpec(BaseModel):
     )
     user: str = Field("runner", pattern=r"^[a-z_][a-z0-9_-]*$", description="Non-root user jobs run as.")
     uid: int = Field(1000, ge=1, description="That user's uid (runner submit overrides it with yours).")
+    licenses: LicensePolicy = Field(
+        default_factory=LicensePolicy,
+        description="License policy of the image's packages: allow and deny lists of SPDX identifiers, "
+        "what an unknown license does, and licenses established by review.",
+    )
 
     @property
     def prebuilt_ops(self) -> list[str]:

@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,8 +22,17 @@ import runner
 from runner.core.errors import RunnerError
 from runner.core.jobspec.image import ImageSpec, image_ref
 from runner.host.docker_api import Docker
-from runner.host.images.lock import lock_path, spec_hash
-from runner.host.images.wheels import WheelhouseError, dists, install_requirements, sha256, verify, wheel_dir
+from runner.host.images import licenses
+from runner.host.images.lock import lock_path, parse_lock, spec_hash, via
+from runner.host.images.wheels import (
+    WheelhouseError,
+    dists,
+    install_requirements,
+    judge_licenses,
+    sha256,
+    verify,
+    wheel_dir,
+)
 from runner.host.render.dockerfile import render_dockerfile
 
 
@@ -64,13 +74,22 @@ def runner_wheel(out: Path) -> Path:
 
 
 def make_context(spec: ImageSpec, images_dir: Path, wheels_root: Path, ctx: Path) -> dict[str, str]:
-    """Fill ctx; returns the provenance labels of the image."""
+    """Fill ctx; returns the provenance labels of the image.
+
+    Refused before anything is written: a wheelhouse that is not the lock's (WheelhouseError), and
+    a package whose license the spec's policy refuses (LicenseError; unknown ones are warnings).
+    """
     problems = verify(spec, images_dir, wheels_root)
     if problems:
         raise WheelhouseError(
             f"the wheelhouse of image {spec.name} is not complete; the build would fail offline:\n  "
             + "\n  ".join(problems)
         )
+    entries = parse_lock(lock_path(images_dir, spec).read_text(encoding="utf-8"))
+    licenses.enforce(
+        spec.licenses, judge_licenses(spec, wheels_root), f"{images_dir / spec.name}.yaml",
+        lambda name: via(entries, name),
+    )  # fmt: skip
     (ctx / "Dockerfile").write_text(render_dockerfile(spec), encoding="utf-8")
     # The context mirrors the project root, so the top-level Dockerfile builds from it as well.
     src = wheel_dir(wheels_root, spec)
@@ -107,8 +126,10 @@ def content_tag(spec: ImageSpec, labels: dict[str, str], dockerfile: str) -> str
 
 def build(
     spec: ImageSpec, images_dir: Path, wheels_root: Path, log: Callable[[str], None] = lambda s: None,
-    docker: Docker | None = None,
+    docker: Docker | None = None, record_host: bool = False,
 ) -> Built:  # fmt: skip
+    """Build the image; `record_host` adds this machine's name as the `runner.build-host` label
+    (left out otherwise: a host name can say more than a site wants to ship)."""
     docker = docker or Docker()
     if not docker.image_id(spec.base):
         raise BaseImageMissing(
@@ -121,6 +142,8 @@ def build(
     with tempfile.TemporaryDirectory(prefix=".build-", dir=wheels_root) as tmp:
         ctx = Path(tmp)
         labels = make_context(spec, images_dir, wheels_root, ctx)
+        if record_host:
+            labels["runner.build-host"] = socket.gethostname()
         tag = content_tag(spec, labels, (ctx / "Dockerfile").read_text())
         image_id = docker.build(ctx, tag, labels, log)
     docker.tag(image_id, image_ref(spec.name))

@@ -4,10 +4,19 @@ Layout of the archive (a plain tar, so `tar -tf` shows it on any machine):
   images.tar      `docker save` of the images, with every tag each image has
   model/...       optional: a model directory
   data/...        optional: a data directory
-  manifest.json   image refs, ids and tags, file sizes
+  sbom/NAME.cdx.json       the CycloneDX SBOM of each image (runner.host.images.sbom)
+  sbom/NAME.licenses.txt   the license report of its Python packages under its policy
+  manifest.json   image refs, ids and tags, file sizes; provenance: what built each image (runner
+                  version, lock and spec hashes, build time) and the bundle (runner, time, and the
+                  host only if asked); the signing key's fingerprint
   checksums.txt   `sha256  path` per file, then `aggregate  <sha256 of those lines>`
+  checksums.txt.sig  optional (`bundle --sign KEY`): an SSHSIG signature of checksums.txt, which
+                  `ssh-keygen -Y verify -n runner-bundle` checks by hand (runner.host.images.signing)
 A load verifies every checksum, refuses missing and extra files, and checks the loaded image
-ids (under every tag) against the manifest before reporting success.
+ids (under every tag) against the manifest before reporting success. With trusted keys
+(`load --require-signature PUBKEY`) it first refuses a bundle that is unsigned or signed by
+another key, or whose checksums.txt changed since it was signed; every member's sha256 in the
+signed checksums.txt is then checked before anything is loaded or put in place.
 
 Neither side copies the images through a temporary file: `docker save` streams into the
 archive (hashed on the way) and `docker load` reads images.tar from inside it, so each side
@@ -26,7 +35,10 @@ import hashlib
 import io
 import json
 import os
+import platform
+import re
 import shutil
+import socket
 import tarfile
 import tempfile
 import time
@@ -38,11 +50,14 @@ from typing import BinaryIO
 import runner
 from runner.core.errors import RunnerError
 from runner.host.docker_api import Docker
+from runner.host.images import licenses, sbom, signing
 from runner.host.images.wheels import sha256
 
 CHECKSUMS = "checksums.txt"
+SIGNATURE = "checksums.txt.sig"
 MANIFEST = "manifest.json"
 IMAGES = "images.tar"
+SBOMS = "sbom"  # the directory of the SBOMs and license reports
 CARRIED = ("model", "data")  # directories a bundle may carry besides the images
 
 
@@ -117,22 +132,26 @@ def _check_carried(directory: Path | None, prefix: str) -> list[tuple[str, Path]
 def bundle(
     refs: list[str], out: Path, model: Path | None = None, data: Path | None = None,
     docker: Docker | None = None, log: Callable[[str], None] = lambda s: None,
+    sign: Path | None = None, record_host: bool = False,
 ) -> str:  # fmt: skip
     """Write the archive; returns its aggregate checksum.
 
     Each image is saved with every tag it has (e.g. `runner/cpu:latest` brings its content-hash
     tag `runner/cpu:<hash>` along), and the manifest lists them, so a load restores them all.
+    Each image's SBOM and license report go in too; with `sign` (an Ed25519 private key),
+    checksums.txt is signed. `record_host` writes this machine's name into the provenance.
     """
     with _os_errors(f"writing {out}", "; nothing was written"):
-        return _bundle(refs, out, model, data, docker, log)
+        return _bundle(refs, out, model, data, docker, log, sign, record_host)
 
 
 def _bundle(
     refs: list[str], out: Path, model: Path | None, data: Path | None, docker: Docker | None,
-    log: Callable[[str], None],
+    log: Callable[[str], None], sign: Path | None, record_host: bool,
 ) -> str:  # fmt: skip
     _check_output(out)
     carried = _check_carried(model, "model") + _check_carried(data, "data")
+    key = signing.load_private(sign) if sign else None  # a key that cannot sign, before anything slow
     partial = out.with_name(out.name + ".partial")
     try:
         f = open(partial, "wb")  # noqa: SIM115 - closed before the rename below
@@ -151,7 +170,10 @@ def _bundle(
                     f"about {_mib(need)} there (the saved images plus model and data); free some "
                     "space or choose -o on a larger disk"
                 )
-            total = _write(f, images, carried, docker, log)
+            reports, provenance = _describe(images, docker, log)
+            if record_host:
+                provenance["bundled"] = {"host": socket.gethostname()}
+            total = _write(f, images, carried, docker, log, reports, provenance, key)
         os.replace(partial, out)
     finally:
         with contextlib.suppress(OSError):
@@ -173,11 +195,64 @@ def _images(refs: list[str], docker: Docker) -> tuple[list[dict], int]:
     return images, image_bytes
 
 
+def _describe(
+    images: list[dict], docker: Docker, log: Callable[[str], None]
+) -> tuple[dict[str, bytes], dict]:
+    """The SBOM and license report of each distinct image (name -> bytes), and the provenance of
+    each: what built it, from the image's own labels."""
+    reports: dict[str, bytes] = {}
+    described: list[dict] = []
+    for image in images:
+        if image["id"] in {d["id"] for d in described}:
+            continue
+        log(f"sbom of {image['ref']}")
+        try:
+            text, facts = sbom.image_sbom(image["ref"], docker)
+        except (*_engine_errors(), sbom.SbomError) as e:
+            raise BundleError(f"the SBOM of {image['ref']} could not be made: {e}") from None
+        name = _unique(_slug(image["ref"]), {d["name"] for d in described})
+        judged = facts.judged()
+        reports[f"{SBOMS}/{name}.cdx.json"] = text.encode()
+        title = f"license report of {image['ref']} ({image['id']})"
+        reports[f"{SBOMS}/{name}.licenses.txt"] = licenses.report(judged, title, facts.policy).encode()
+        labels = facts.labels
+        described.append({
+            "name": name, "id": image["id"], "built": facts.created,
+            "built_by_runner": labels.get("runner.version"), "built_on": labels.get("runner.build-host"),
+            "lock_sha256": labels.get("runner.lock-sha256"),
+            "image_spec_sha256": labels.get("runner.image-spec-sha256"),
+            "wheel_sha256": labels.get("runner.wheel-sha256"),
+            "base": facts.base["name"] if facts.base else None,
+            "base_id": facts.base["id"] if facts.base else None,
+            "sbom": f"{SBOMS}/{name}.cdx.json", "licenses": f"{SBOMS}/{name}.licenses.txt",
+            "packages": {"python": len(facts.python), "os": len(facts.dpkg)},
+            "license_verdicts": {v: sum(j.verdict == v for j in judged) for v in (licenses.ALLOWED,
+                                 licenses.UNKNOWN, licenses.DENIED)},
+        })  # fmt: skip
+    return reports, {"images": [{k: v for k, v in d.items() if v is not None} for d in described]}
+
+
+def _slug(ref: str) -> str:
+    """A file name for an image's reports: `localhost/runner/cpu:latest` -> cpu."""
+    name = ref.removeprefix("sha256:")[:12] if ref.startswith("sha256:") else ref.split("@")[0]
+    name = name.rsplit("/", 1)[-1].split(":")[0]
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "image"
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    n, candidate = 1, name
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
 def _write(
     f: BinaryIO, images: list[dict], carried: list[tuple[str, Path]], docker: Docker,
-    log: Callable[[str], None],
+    log: Callable[[str], None], reports: dict[str, bytes], provenance: dict, key=None,
 ) -> str:  # fmt: skip
-    """images.tar, the carried files, manifest.json, checksums.txt; returns the aggregate."""
+    """images.tar, the carried files, the SBOMs and license reports, manifest.json, checksums.txt
+    and its signature; returns the aggregate."""
     names = list(dict.fromkeys(n for i in images for n in (i["tags"] or [i["ref"]])))
     log(f"saving {', '.join(names)}")
     try:
@@ -189,22 +264,36 @@ def _write(
         log(f"checksum {name}")
         sums.append(f"{sha256(path)}  {name}")
         sizes[name] = path.stat().st_size
+    for name, data_bytes in reports.items():
+        sums.append(f"{hashlib.sha256(data_bytes).hexdigest()}  {name}")
+        sizes[name] = len(data_bytes)
+    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    provenance["bundled"] = {
+        "runner_version": runner.__version__, "python": platform.python_version(), "created": created,
+        **provenance.get("bundled", {}),
+    }  # fmt: skip
     manifest = {
         "runner_version": runner.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": created,
         "images": images,
         "files": sizes,
+        "provenance": provenance,
+        **({"signed_by": signing.public_of(key).fingerprint} if key else {}),
     }
     manifest_bytes = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
     sums.append(f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST}")
     total = aggregate(sums)
     checksums = ("\n".join(sums) + f"\naggregate  {total}\n").encode()
+    members = [*reports.items(), (MANIFEST, manifest_bytes), (CHECKSUMS, checksums)]
+    if key:
+        log(f"signing {CHECKSUMS} with {signing.public_of(key).fingerprint}")
+        members.append((SIGNATURE, signing.sign(checksums, key)))
     with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, path in carried:
             tar.add(path, arcname=name, recursive=False)
-        for name, data_bytes in ((MANIFEST, manifest_bytes), (CHECKSUMS, checksums)):
+        for name, data_bytes in members:
             info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data_bytes), int(time.time())
+            info.size, info.mtime, info.mode = len(data_bytes), int(time.time()), 0o644
             tar.addfile(info, io.BytesIO(data_bytes))
     return total
 
@@ -258,6 +347,8 @@ class Contents:
     manifest: dict
     aggregate: str
     carried: list[str] = field(default_factory=list)  # "model", "data" where present
+    signer: signing.PublicKey | None = None  # whose signature checksums.txt carries (verified)
+    trusted: bool = False  # the signer is one of the keys the load was told to require
 
 
 def _damaged(archive: Path, e: object) -> BundleError:
@@ -272,9 +363,11 @@ def _read(tar: tarfile.TarFile, name: str) -> bytes:
     return f.read() if f else b""
 
 
-def inspect(archive: Path) -> Contents:
-    """Everything that can be checked without extracting: tar structure, the checksum list and
-    its aggregate, missing and extra files, the manifest against its checksum."""
+def inspect(archive: Path, trusted: list[signing.PublicKey] | None = None) -> Contents:
+    """Everything that can be checked without extracting: tar structure, the signature of the
+    checksum list (required, and by one of `trusted`, when that is given; checked against the key
+    it names otherwise), the list's aggregate, missing and extra files, the manifest against its
+    checksum."""
     if not archive.exists():
         raise BundleError(f"{archive}: no such file")
     if archive.is_dir():
@@ -287,12 +380,12 @@ def inspect(archive: Path) -> Contents:
         raise BundleError(f"cannot read {archive} ({e.strerror})") from None
     try:
         with tar:
-            return _inspect(archive, tar)
+            return _inspect(archive, tar, trusted)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise _damaged(archive, e) from None
 
 
-def _inspect(archive: Path, tar: tarfile.TarFile) -> Contents:
+def _inspect(archive: Path, tar: tarfile.TarFile, trusted: list[signing.PublicKey] | None) -> Contents:
     members = tar.getmembers()
     # tarfile stops quietly at a header it cannot read; an archive ends with zero blocks instead.
     tar.fileobj.seek(tar.offset)  # type: ignore[union-attr]
@@ -304,8 +397,12 @@ def _inspect(archive: Path, tar: tarfile.TarFile) -> Contents:
     sizes = {m.name: m.size for m in members if m.isfile()}
     if CHECKSUMS not in sizes or MANIFEST not in sizes:
         raise BundleError(f"{archive} has no {CHECKSUMS} or {MANIFEST}; it is not a runner bundle")
+    checksums = _read(tar, CHECKSUMS)
+    signer = _check_signature(
+        archive, checksums, _read(tar, SIGNATURE) if SIGNATURE in sizes else None, trusted
+    )
     try:
-        lines = _read(tar, CHECKSUMS).decode("utf-8").splitlines()
+        lines = checksums.decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise BundleError(f"{CHECKSUMS} in {archive} is damaged (not text)") from None
     body = [line for line in lines if not line.startswith("aggregate")]
@@ -323,11 +420,13 @@ def _inspect(archive: Path, tar: tarfile.TarFile) -> Contents:
         if (
             path.is_absolute()
             or ".." in path.parts
-            or not (name in (IMAGES, MANIFEST) or path.parts[0] in CARRIED)
+            or not (name in (IMAGES, MANIFEST) or path.parts[0] in (*CARRIED, SBOMS))
         ):
-            raise BundleError(f"{archive} names a file outside {IMAGES}, model/ and data/: {name!r}")
+            raise BundleError(
+                f"{archive} names a file outside {IMAGES}, model/, data/ and {SBOMS}/: {name!r}"
+            )
         expected[name] = digest
-    extra = sorted(set(sizes) - set(expected) - {CHECKSUMS})
+    extra = sorted(set(sizes) - set(expected) - {CHECKSUMS, SIGNATURE})
     missing = sorted(set(expected) - set(sizes))
     if extra:
         raise BundleError(f"{archive} holds files not in {CHECKSUMS}: {', '.join(extra)}")
@@ -347,7 +446,30 @@ def _inspect(archive: Path, tar: tarfile.TarFile) -> Contents:
     except (ValueError, KeyError, TypeError, AssertionError):
         raise BundleError(f"{MANIFEST} in {archive} is not a runner bundle manifest") from None
     carried = [p for p in CARRIED if any(n.startswith(p + "/") for n in expected)]
-    return Contents(archive, expected, sizes, manifest, stated, carried)
+    return Contents(archive, expected, sizes, manifest, stated, carried, signer, trusted is not None)
+
+
+def _check_signature(
+    archive: Path, checksums: bytes, signature: bytes | None, trusted: list[signing.PublicKey] | None
+) -> signing.PublicKey | None:
+    """The signer of checksums.txt, its signature verified; refused: no signature where one is
+    required, a key that is not trusted, a checksums.txt that changed after it was signed."""
+    if signature is None:
+        if trusted is not None:
+            raise BundleError(
+                f"{archive} is not signed (it has no {SIGNATURE}), and --require-signature refuses an "
+                "unsigned bundle; ask for one made with `runner bundle --sign KEY`"
+            )
+        return None
+    try:
+        return signing.verify(checksums, signature, trusted)
+    except signing.BadSignature as e:
+        raise BundleError(f"{SIGNATURE} in {archive}: {e}; nothing was loaded") from None
+    except signing.ChangedSince:
+        raise BundleError(
+            f"{CHECKSUMS} in {archive} does not match its signature {SIGNATURE} (by {signing.signer(signature).fingerprint}): "
+            "one of them changed after it was signed; nothing was loaded"
+        ) from None
 
 
 def _workdir(contents: Contents, extract_to: Path) -> tuple[Path, Path | None]:
@@ -388,10 +510,10 @@ def _extract(contents: Contents, work: Path | None, names: list[str], log: Calla
             for member in tar:
                 if member.name not in contents.expected:
                     continue
-                log(f"checksum {member.name}")
+                dest = work / member.name if work and member.name in names else None
+                log(f"checksum {member.name}" + (" (unpacking)" if dest else ""))
                 h = hashlib.sha256()
                 src = tar.extractfile(member)
-                dest = work / member.name if work and member.name in names else None
                 if dest:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                 with open(dest, "wb") if dest else contextlib.nullcontext() as out:
@@ -450,20 +572,23 @@ def _docker_load(contents: Contents, docker: Docker, log: Callable[[str], None])
 
 def load(
     archive: Path, extract_to: Path | None = None, docker: Docker | None = None,
-    log: Callable[[str], None] = lambda s: None,
+    log: Callable[[str], None] = lambda s: None, trusted: list[signing.PublicKey] | None = None,
 ) -> dict:  # fmt: skip
     """Verify, `docker load`, check image ids; model/ and data/ go to extract_to if given.
 
     Refused before anything slow (extraction, `docker load`): a damaged or truncated archive, a
     `--to` whose parent is missing, that is not writable, or that already holds model/ or data/,
-    and too little free space to unpack.
+    and too little free space to unpack. With `trusted` keys: a bundle not signed by one of them.
     """
     with _os_errors(f"loading {archive}"):
-        return _load(archive, extract_to, docker, log)
+        return _load(archive, extract_to, docker, log, trusted)
 
 
-def _load(archive: Path, extract_to: Path | None, docker: Docker | None, log: Callable[[str], None]) -> dict:
-    contents = inspect(archive)
+def _load(
+    archive: Path, extract_to: Path | None, docker: Docker | None, log: Callable[[str], None],
+    trusted: list[signing.PublicKey] | None,
+) -> dict:  # fmt: skip
+    contents = inspect(archive, trusted)
     unpack = [n for n in contents.expected if extract_to and n.split("/")[0] in contents.carried]
     work, created = _workdir(contents, extract_to) if extract_to else (None, None)
     ok = False
@@ -476,6 +601,11 @@ def _load(archive: Path, extract_to: Path | None, docker: Docker | None, log: Ca
                     f"{_mib(need)} there; free some space or choose --to on a larger disk"
                 )
         docker = docker or Docker()
+        if trusted is not None and unpack:
+            # A signed bundle from a source not yet trusted: nothing of it is written, not even into
+            # the hidden directory, until every member matches the signed checksums (so model and
+            # data are read twice, and hashed again as they are unpacked).
+            _extract(contents, None, [], log)
         _extract(contents, work, unpack, log)  # every checksum, before anything is loaded
         _docker_load(contents, docker, log)
         manifest = contents.manifest
@@ -500,4 +630,21 @@ def _load(archive: Path, extract_to: Path | None, docker: Docker | None, log: Ca
         if created and not ok:
             shutil.rmtree(created, ignore_errors=True)
     manifest["aggregate"] = contents.aggregate
+    manifest["signature"] = _signature_info(contents)
     return manifest
+
+
+def _signature_info(contents: Contents) -> dict | None:
+    if contents.signer is None:
+        return None
+    return {"signer": contents.signer.fingerprint, "trusted": contents.trusted}
+
+
+def describe(archive: Path, trusted: list[signing.PublicKey] | None = None) -> dict:
+    """What `load --inspect` shows: the manifest (provenance included), the member sizes and the
+    signature, after the checks that need no extraction (see `inspect`); nothing is loaded, and
+    the members' own sha256 are not read (a load checks them)."""
+    with _os_errors(f"reading {archive}"):
+        contents = inspect(archive, trusted)
+    return {**contents.manifest, "aggregate": contents.aggregate, "sizes": contents.sizes,
+            "signature": _signature_info(contents)}  # fmt: skip

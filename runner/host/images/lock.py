@@ -19,6 +19,8 @@ from pathlib import Path
 from runner.core.errors import RunnerError
 from runner.core.jobspec.compat import torch_outside
 from runner.core.jobspec.image import ImageSpec
+from runner.host.images import distmeta, licenses
+from runner.host.images.distmeta import normalize
 
 EXTRA_REQUIREMENTS = {
     "trl": "trl>=1.0",
@@ -55,22 +57,26 @@ def lock_path(images_dir: Path, spec: ImageSpec) -> Path:
 
 
 def spec_hash(spec: ImageSpec) -> str:
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+    # The license policy decides what may be built, not what the image is made of.
+    return hashlib.sha256(spec.model_dump_json(exclude={"licenses"}).encode()).hexdigest()[:16]
 
 
-def lock(spec: ImageSpec, images_dir: Path, find_links: list[str] | None = None) -> Path:
+def lock(
+    spec: ImageSpec, images_dir: Path, find_links: list[str] | None = None, wheels_root: Path | None = None
+) -> Path:
     """Resolve and write images/NAME.lock; returns its path.
 
     The same resolution gives the same bytes: uv runs inside a scratch directory on
     `requirements.in` by that relative name, so no temporary path reaches the `# via` lines.
     Locking again keeps the versions of the existing lock that still fit (uv prefers the pins of
     its output file), so a changed spec moves only what it must.
+
+    A spec whose license policy can refuse something (`licenses.deny`, `licenses.allow` or
+    `unknown: refuse`) has the licenses of the resolution checked before anything is written
+    (LicenseError naming each package and its license); see `check_licenses`.
     """
     if outside := torch_outside(spec):
         raise LockError(f"{images_dir / spec.name}.yaml: " + "\n".join(outside))
-    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-    if not Path(uv).exists():
-        raise LockError("runner lock needs uv on the connected machine: pip install uv")
     links = []
     for link in find_links or []:
         if "://" not in link:  # a folder: uv runs elsewhere, so it goes by its absolute path
@@ -78,9 +84,29 @@ def lock(spec: ImageSpec, images_dir: Path, find_links: list[str] | None = None)
                 raise LockError(f"--find-links {link}: no such directory")
             link = str(Path(link).resolve())
         links.append(link)
+    text = resolve(spec, lock_path(images_dir, spec), links)
+    if spec.torch_from == "base":
+        text = drop_with_exclusive_deps(text, "torch")
+    if _can_refuse(spec.licenses):
+        check_licenses(spec, images_dir, parse_lock(text), wheels_root, links)
+    path = lock_path(images_dir, spec)
+    header = (f"# lock of image '{spec.name}' (spec {spec_hash(spec)}), for python {spec.python} on "
+              f"{spec.platform}; written by `runner lock {spec.name}`\n")  # fmt: skip
+    try:
+        path.write_text(seal(header + text), encoding="utf-8")
+    except OSError as e:
+        raise LockError(f"cannot write {path}: {e.strerror}") from None
+    return path
+
+
+def resolve(spec: ImageSpec, previous: Path, links: list[str]) -> str:
+    """uv's resolution of the spec's requirements for its python and platform, pinned with hashes
+    (the pins of `previous`, where it exists and they still fit, kept)."""
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    if not Path(uv).exists():
+        raise LockError("runner lock needs uv on the connected machine: pip install uv")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / REQUIREMENTS_IN).write_text("\n".join(requirements(spec)) + "\n", encoding="utf-8")
-        previous = lock_path(images_dir, spec)
         if previous.exists():  # uv keeps the pins of an existing output file that still fit: no churn
             shutil.copy(previous, Path(tmp) / "lock.txt")
         argv = [uv, "pip", "compile", REQUIREMENTS_IN, "-o", "lock.txt", "--generate-hashes",
@@ -94,17 +120,39 @@ def lock(spec: ImageSpec, images_dir: Path, find_links: list[str] | None = None)
             message = f"resolving the requirements of image {spec.name} failed:\n{uv_says}"
             hint = torch_hint(spec, proc.stderr)
             raise LockError(message + (f"\n{hint}" if hint else ""))
-        text = (Path(tmp) / "lock.txt").read_text(encoding="utf-8")
-    if spec.torch_from == "base":
-        text = drop_with_exclusive_deps(text, "torch")
-    path = lock_path(images_dir, spec)
-    header = (f"# lock of image '{spec.name}' (spec {spec_hash(spec)}), for python {spec.python} on "
-              f"{spec.platform}; written by `runner lock {spec.name}`\n")  # fmt: skip
-    try:
-        path.write_text(seal(header + text), encoding="utf-8")
-    except OSError as e:
-        raise LockError(f"cannot write {path}: {e.strerror}") from None
-    return path
+        return (Path(tmp) / "lock.txt").read_text(encoding="utf-8")
+
+
+def _can_refuse(policy) -> bool:
+    return bool(policy.deny or policy.allow or policy.unknown == "refuse")
+
+
+def check_licenses(
+    spec: ImageSpec, images_dir: Path, entries: dict[str, dict], wheels_root: Path | None = None,
+    find_links: list[str] | None = None,
+) -> list[licenses.Judged]:  # fmt: skip
+    """The licenses of every locked package under the spec's policy: refused ones raise
+    LicenseError, unknown ones are logged as warnings. The metadata comes from the wheelhouse's
+    files where they are the pinned ones, else from the package index."""
+    if problems := licenses.policy_problems(spec.licenses):
+        raise licenses.LicenseError("\n".join(f"{images_dir / spec.name}.yaml {p}" for p in problems))
+    pins = {n: (e["version"], set(e["hashes"])) for n, e in entries.items()}
+    found = distmeta.from_folder(wheels_root / spec.name, pins) if wheels_root else {}
+    rest = {n: e["text"] for n, e in entries.items() if n not in found}
+    if rest:
+        tags = distmeta.platform_tags(spec.platform)
+        found.update(distmeta.from_index(rest, spec.python, tags, find_links))
+    judged = licenses.judge_all(
+        spec.licenses, [(e["name"], e["version"], found.get(n)) for n, e in sorted(entries.items())]
+    )
+    licenses.enforce(spec.licenses, judged, f"{images_dir / spec.name}.yaml", lambda n: via(entries, n))
+    return judged
+
+
+def via(entries: dict[str, dict], name: str) -> str:
+    """Who requires `name`, as the lock's `# via` lines say (the spec itself for -r requirements.in)."""
+    via = sorted(entries.get(normalize(name), {}).get("via", ()))
+    return ", ".join("the image's requirements" if v == "-r" else v for v in via)
 
 
 _SEAL = "# sha256 of this lock without this line: "
@@ -190,8 +238,3 @@ def drop_with_exclusive_deps(text: str, package: str) -> str:
     kept = [e["text"] for n, e in entries.items() if n not in removed]
     dropped = ", ".join(sorted(entries[n]["name"] for n in removed if n in entries))
     return f"# carried by the base image, not locked: {dropped}\n" + "\n".join(kept) + "\n"
-
-
-def normalize(name: str) -> str:
-    """PEP 503 project name: lower case, runs of -_. as one '-'."""
-    return re.sub(r"[-_.]+", "-", name).lower()

@@ -21,6 +21,9 @@ from pathlib import Path
 
 from runner.core.errors import RunnerError
 from runner.core.jobspec.image import ImageSpec
+from runner.host.images import distmeta, licenses
+from runner.host.images.distmeta import SDIST, platform_tags
+from runner.host.images.distmeta import dist_project as wheel_project
 from runner.host.images.lock import check_seal, lock_path, normalize, parse_lock
 
 MANIFEST = "manifest.json"
@@ -33,16 +36,6 @@ class WheelhouseError(RunnerError):
 
 def wheel_dir(root: Path, spec: ImageSpec) -> Path:
     return root / spec.name
-
-
-def platform_tags(platform: str) -> list[str]:
-    """x86_64-manylinux_2_28 -> manylinux_2_28_x86_64 ... manylinux_2_17_x86_64, manylinux2014_x86_64."""
-    m = re.fullmatch(r"(x86_64|aarch64)-manylinux_2_(\d+)", platform)
-    if not m:
-        raise WheelhouseError(f"platform '{platform}' is not of the form x86_64-manylinux_2_NN")
-    arch, glibc = m[1], int(m[2])
-    tags = [f"manylinux_2_{n}_{arch}" for n in range(glibc, 16, -1)]
-    return tags + [f"manylinux2014_{arch}", "any"]
 
 
 def kept_as_sdist(spec: ImageSpec) -> set[str]:
@@ -86,9 +79,6 @@ def fill(spec: ImageSpec, images_dir: Path, root: Path, find_links: list[str] | 
     (out / "requirements.txt").write_text(install_requirements(out), encoding="utf-8")
     (out / "sdists.txt").write_text(install_requirements(out, sdists=True), encoding="utf-8")
     return manifest
-
-
-SDIST = ".tar.gz"
 
 
 def dists(folder: Path) -> list[Path]:
@@ -213,12 +203,6 @@ def write_manifest(spec: ImageSpec, lock_file: Path, out: Path, built: list[str]
     return path
 
 
-def wheel_project(filename: str) -> tuple[str, str]:
-    """(normalized project name, version) of a wheel or sdist file name."""
-    name, version = filename.removesuffix(SDIST).split("-")[:2]
-    return normalize(name), version
-
-
 def verify(spec: ImageSpec, images_dir: Path, root: Path) -> list[str]:
     """Problems with the wheelhouse against the lock and the manifest; empty means complete."""
     lock_file = lock_path(images_dir, spec)
@@ -273,3 +257,14 @@ def install_requirements(out: Path, sdists: bool = False) -> str:
             name, version = filename.removesuffix(SDIST).split("-")[:2]
             lines.append(f"{name}=={version} --hash=sha256:{info['sha256']}")
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def judge_licenses(spec: ImageSpec, root: Path) -> list[licenses.Judged]:
+    """The license of every wheel and kept sdist of the wheelhouse, read from the file's own
+    metadata, under the spec's policy (the wheelhouse verified first: see `verify`)."""
+    packages = []
+    for path in dists(wheel_dir(root, spec)):
+        meta = distmeta.from_file(path)
+        name, version = wheel_project(path.name)
+        packages.append((meta["Name"] or name, meta["Version"] or version, meta))
+    return licenses.judge_all(spec.licenses, packages)
