@@ -468,7 +468,17 @@ class ResourcesSpec(_Spec):
     def _gpus(cls, v: Any) -> Any:
         if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
             return v
-        if isinstance(v, list) and v and all(isinstance(i, int) and i >= 0 for i in v):
+        if isinstance(v, list) and v and all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+            negative = [i for i in v if i < 0]
+            if negative:
+                raise ValueError(f"device ids are 0 or more, as nvidia-smi numbers them (got {v!r}); "
+                                 f"remove {', '.join(map(str, negative))}")  # fmt: skip
+            twice = sorted({i for i in v if v.count(i) > 1})
+            if twice:
+                distinct = sorted(set(v))
+                distinct += [max(distinct) + 1 + n for n in range(len(v) - len(distinct))]
+                raise ValueError(f"lists device {', '.join(map(str, twice))} more than once (got {v!r}); each "
+                                 f"process needs a GPU of its own: list every id once, e.g. {distinct}")  # fmt: skip
             return v
         raise ValueError(f"must be 'all', a count >= 0, or a list of device ids (got {v!r})")
 
@@ -498,11 +508,30 @@ class NcclSpec(_Spec):
 class DistributedSpec(_Spec):
     deepspeed: DeepSpeedSpec | None = Field(None, description="Train with DeepSpeed ZeRO.")
     nccl: NcclSpec = Field(default_factory=NcclSpec, description="NCCL switches for multi-GPU runs.")
-    master_addr: str = Field("127.0.0.1", description="Address of node 0 (multi-node rendezvous).")
-    master_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port on node 0.")
+    master_addr: str | None = Field(
+        None, description="Multi-node: the IP address or host name of node 0, as every node reaches it "
+        "(required where runner starts the nodes; `runner render --target hosts|k8s|slurm` sets it "
+        "for each node). One node needs none.",
+    )  # fmt: skip
+    master_port: int = Field(
+        29500, description="Multi-node: the TCP port node 0 listens on for the rendezvous (1024-65535)."
+    )
     node_rank: int = Field(
         0, ge=0, description="This machine's rank; write ${NODE_RANK:-0} to set it per node."
     )
+    rendezvous_timeout_s: int = Field(
+        300, ge=10, description="Multi-node: how long the nodes wait for each other at node 0's "
+        "rendezvous before the job ends with a message naming the address (torchrun's own wait is "
+        "600 s and ends in a traceback).",
+    )  # fmt: skip
+
+    @field_validator("master_port", mode="before")
+    @classmethod
+    def _port(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool) and not 1024 <= v <= 65535:
+            below = "; ports below 1024 need root, which the job does not run as" if 0 < v < 1024 else ""
+            raise ValueError(f"must be a TCP port from 1024 to 65535 (got {v!r}){below}; e.g. 29500")
+        return v
 
 
 class EvalSpec(_Spec):

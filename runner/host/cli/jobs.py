@@ -33,7 +33,7 @@ def validate(jobs: tuple[str, ...], no_data: bool) -> None:
     for job in jobs:
         try:
             with reading_data(not no_data):
-                load_job(job)
+                load_job(job, launched_here=True)
             click.echo(f"ok  {job}")
         except SpecError as e:
             problems += e.problems
