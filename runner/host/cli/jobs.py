@@ -64,7 +64,7 @@ def convert(config: str, out: str | None) -> None:
     else:
         click.echo(text, nl=False)
     for note in notes:
-        click.echo(f"{'not carried over' if note.at is None else 'note'}: {note}", err=True)
+        click.echo(f"{note.label}: {note}", err=True)
 
 
 @click.command()
