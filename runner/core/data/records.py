@@ -338,7 +338,8 @@ def missing_columns(
     own = [f for f in missing if f in have]  # mapped away from a column that has the field's own name
     rest = [f for f in missing if f not in own]
     if len(spare) >= len(rest):
-        mapping = {**ds.columns, **{f: f for f in own}, **dict(zip(rest, spare[: len(rest)], strict=False))}
+        mapping = {**{k: v for k, v in ds.columns.items() if v}, **{f: f for f in own},
+                   **dict(zip(rest, spare[: len(rest)], strict=False))}  # fmt: skip
     else:
         mapping = {missing[0]: "<your column>"} if missing else {}
     if ds.name:  # a registry entry: the fix belongs in dataset_info.json, in its own key names
@@ -379,6 +380,8 @@ def field(
     column = ds.columns.get(name, name)
     if not isinstance(record, dict):
         raise record_error(origin, f"expected an object with keys, got {kind_of(record)}")
+    if column == "" and not required:  # a field mapped to no column: not read (a registry entry's system)
+        return None
     if column not in record:
         if not required:
             return None

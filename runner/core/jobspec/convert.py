@@ -385,7 +385,7 @@ def _preference(take, notes: list[Note], stage: str) -> dict[str, Any]:
     """pref_loss, pref_beta and KTO's weights: runner's preference section, read by dpo and kto."""
     out: dict[str, Any] = {}
     keys = ("pref_loss", "pref_beta", "kto_chosen_weight", "kto_rejected_weight")
-    if stage not in ("dpo", "kto"):
+    if stage != "dpo" and stage != "kto":  # the stages that read the preference section
         for key in keys:
             if take(key) is not None:
                 notes.append(

@@ -16,16 +16,24 @@ from runner.core import stages
 
 StageName = Literal[stages.NAMES]  # type: ignore[valid-type]
 DATA_FORMATS = ("alpaca", "sharegpt", "text")
-# Built-in chat templates; "auto" means the tokenizer's own chat_template.
-TEMPLATES = ("auto", "default", "alpaca", "chatml", "qwen", "llama3", "chatglm3", "mistral", "baichuan2")
+# Built-in chat templates (core/data/chat_formats.py), LLaMA-Factory's names; "auto" means the
+# tokenizer's own chat_template.
+TEMPLATES = (
+    "auto", "default", "alpaca", "vicuna", "chatml", "qwen", "qwen3_nothink", "qwen3", "yi", "intern2", "llama2",
+    "llama3", "mistral", "chatglm3", "glm4", "baichuan2", "deepseek", "deepseek3", "gemma", "phi",
+)  # fmt: skip
+_IM = ("<|im_start|>", "<|im_end|>")
 # The strings each built-in template needs as single tokens of the model's vocabulary.
 CONTROL_TOKENS: dict[str, tuple[str, ...]] = {
-    "chatml": ("<|im_start|>", "<|im_end|>"),
-    "qwen": ("<|im_start|>", "<|im_end|>"),
+    "chatml": _IM, "qwen": _IM, "qwen3_nothink": _IM, "qwen3": _IM, "yi": _IM, "intern2": _IM,
     "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
     "chatglm3": ("[gMASK]", "sop", "<|system|>", "<|user|>", "<|assistant|>"),
+    "glm4": ("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"),
     "baichuan2": ("<reserved_106>", "<reserved_107>"),
-}
+    "deepseek3": ("<｜User｜>", "<｜Assistant｜>"),
+    "gemma": ("<start_of_turn>", "<end_of_turn>"),
+    "phi": ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
+}  # fmt: skip
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
     "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay",
@@ -223,7 +231,8 @@ class DatasetSpec(_Spec):
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="Map the format's fields to your file's columns, e.g. {instruction: 问题}.",
+        description="Map the format's fields to your file's columns, e.g. {instruction: 问题}; '' leaves "
+        "an optional field unread (a dataset_info.json entry without a system column reads none).",
     )
     tags: dict[str, str] = Field(
         default_factory=dict,
