@@ -214,6 +214,11 @@ FORMAT_FIELDS = {
     "sharegpt": ("conversations", "system", "chosen", "rejected", "kto_tag"),
     "text": ("text",),
 }
+# LLaMA-Factory's dataset_info.json names for the same fields, taken in `columns` as synonyms.
+LLAMAFACTORY_COLUMNS = {
+    "alpaca": {"prompt": "instruction", "query": "input", "response": "output"},
+    "sharegpt": {"messages": "conversations"},
+}
 SHAREGPT_TAGS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag")
 
 
@@ -267,6 +272,8 @@ class DatasetSpec(_Spec):
     def _columns(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         fmt = info.data.get("format")
         fields = FORMAT_FIELDS.get(fmt) if isinstance(fmt, str) else None
+        synonyms = LLAMAFACTORY_COLUMNS.get(fmt, {}) if isinstance(fmt, str) else {}
+        v = {synonyms.get(k, k) if synonyms.get(k, k) not in v else k: c for k, c in v.items()}
         unknown = [k for k in v if fields and k not in fields]
         if unknown:
             raise ValueError(
