@@ -89,6 +89,11 @@ def launch_env(spec: JobSpec, gpu_names: list[str] | None) -> dict[str, str]:
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU backend (gloo): ZeRO on CPU processes
     if uses_launcher(spec):
         env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = str(SHUTDOWN_GRACE_S)
+    if uses_launcher(spec) and spec.resources.nodes == 1:
+        # One node: gloo (DeepSpeed's CPU collectives, the CPU side of a GPU job) binds the loopback,
+        # as the rendezvous does. Left to itself it resolves the container's hostname, which a
+        # container without network cannot, and each process warns before falling back to it.
+        env["GLOO_SOCKET_IFNAME"] = "lo"
     if spec.distributed.deepspeed is not None and (cache := cache_path(spec)):
         # DeepSpeed compiles its ops (cpu_adam for offload, CPU collectives) on first use; kept
         # in the writable cache, a container compiles them once per output directory, not per run.

@@ -16,6 +16,7 @@ from pathlib import Path
 from runner.core import offline, stages
 from runner.core.errors import RunError, RunnerError, SpecError
 from runner.core.rundir import STOPPED, RunDir, RunRecord, launch_pointer, now
+from runner.train import logs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,18 +31,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_dir and os.environ.get("RUNNER_TEE") == "1":
         _tee(RunDir(args.run_dir).log)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    for noisy in ("httpx", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    policy = logs.LogPolicy(logs.rank())
+    policy.install()
     record = None
     try:
         run_dir, record = _run_dir(args)
+        policy.shared(run_dir)
         from runner.core.jobspec.load import load_job
 
         # Checked again here, with what this process really has: in a container, the mounts.
         spec = load_job(RunDir(run_dir).spec_file, writes=run_dir)
+        if spec.output.verbose:
+            policy.everything()
         _launch_env(spec)
         stage = importlib.import_module(stages.STAGES[spec.stage].module)
         metrics = stage.run(spec, run_dir)
+        policy.summary()
     except BaseException as raised:
         e = raised if isinstance(raised, (SpecError, RunnerError)) else offline_error(raised)
         if e is None:

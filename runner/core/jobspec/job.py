@@ -567,6 +567,11 @@ class EvalSpec(_Spec):
 
 class OutputSpec(_Spec):
     dir: str = Field("outputs", description="Runs are written to DIR/<name>/<run-id>/.")
+    verbose: bool = Field(
+        False, description="Log every line of every process and every library warning each time it "
+        "comes. Off: each distinct warning once (with how often it came, at the end), and the lines "
+        "every rank prints alike from rank 0 only.",
+    )  # fmt: skip
 
 
 class JobSpec(_Spec):
