@@ -165,7 +165,7 @@ SAME: dict[str, tuple[object, str]] = {
 
 def reason(key: str, value: object = None) -> tuple[str, str]:
     """(kind, reason) of a key convert does not map; an unknown key is not supported, by name."""
-    if key in SAME and value == SAME[key][0] and type(value) is type(SAME[key][0]):
+    if key in SAME and _same(value, SAME[key][0]):
         return NOT_NEEDED, SAME[key][1]
     if key in KEYS:
         return KEYS[key]
@@ -173,3 +173,10 @@ def reason(key: str, value: object = None) -> tuple[str, str]:
         if key.startswith(prefix):
             return found
     return NOT_SUPPORTED, "runner has no such setting"
+
+
+def _same(value: object, runner_does: object) -> bool:
+    """Equal, with a number never taken for a switch (0 is not false here)."""
+    if isinstance(value, bool) or isinstance(runner_does, bool):
+        return isinstance(value, bool) and value is runner_does
+    return value == runner_does
