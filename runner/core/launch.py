@@ -58,14 +58,25 @@ def render_launch(
     entry = ["-m", "runner.train", str(spec_file), *(["--run-dir", str(run_dir)] if run_dir else [])]
     if not uses_launcher(spec):
         return [python, *entry]
-    argv = [python, "-m", "torch.distributed.run", f"--nproc-per-node={procs_per_node(spec)}"]
+    nproc = f"--nproc-per-node={procs_per_node(spec)}"
     if spec.resources.nodes == 1:
         # The loopback address, not the hostname: a container without network cannot resolve it.
-        argv += ["--standalone", "--local-addr=127.0.0.1"]
-    else:
-        d = spec.distributed
-        argv += [f"--nnodes={spec.resources.nodes}", f"--node-rank={d.node_rank}",
-                 f"--master-addr={d.master_addr}", f"--master-port={d.master_port}"]  # fmt: skip
+        return [
+            python,
+            "-m",
+            "torch.distributed.run",
+            nproc,
+            "--standalone",
+            "--local-addr=127.0.0.1",
+            *entry,
+        ]
+    # Several nodes: torchrun through the entrypoint's `launch`, which bounds the wait for the
+    # other nodes and, when they never come, ends with a message naming the address to check.
+    d = spec.distributed
+    argv = [python, "-m", "runner.train", "launch", nproc, f"--nnodes={spec.resources.nodes}",
+            f"--node-rank={d.node_rank}"]  # fmt: skip
+    argv += [f"--master-addr={d.master_addr}"] if d.master_addr is not None else []
+    argv += [f"--master-port={d.master_port}", f"--rdzv-conf=timeout={d.rendezvous_timeout_s}"]
     return argv + entry
 
 
@@ -78,6 +89,11 @@ def launch_env(spec: JobSpec, gpu_names: list[str] | None) -> dict[str, str]:
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU backend (gloo): ZeRO on CPU processes
     if uses_launcher(spec):
         env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = str(SHUTDOWN_GRACE_S)
+    if uses_launcher(spec) and spec.resources.nodes == 1:
+        # One node: gloo (DeepSpeed's CPU collectives, the CPU side of a GPU job) binds the loopback,
+        # as the rendezvous does. Left to itself it resolves the container's hostname, which a
+        # container without network cannot, and each process warns before falling back to it.
+        env["GLOO_SOCKET_IFNAME"] = "lo"
     if spec.distributed.deepspeed is not None and (cache := cache_path(spec)):
         # DeepSpeed compiles its ops (cpu_adam for offload, CPU collectives) on first use; kept
         # in the writable cache, a container compiles them once per output directory, not per run.
@@ -173,7 +189,7 @@ def prepare(
     before anything exists on disk. Without an executor this is the job's own process (a compose
     file, a cluster): RUNNER_EXECUTOR and RUNNER_IMAGE, set by what launched it, say where it runs."""
     base = base or Path.cwd()
-    spec = resolve(load_job(spec_path, base=base), base)
+    spec = resolve(load_job(spec_path, base=base, launched_here=executor is not None), base)
     launched_in = os.environ.get("RUNNER_IMAGE") if executor is None else None
     if image or launched_in:
         spec.image = image or launched_in

@@ -16,9 +16,13 @@ from pathlib import Path
 from runner.core import offline, stages
 from runner.core.errors import RunError, RunnerError, SpecError
 from runner.core.rundir import STOPPED, RunDir, RunRecord, launch_pointer, now
+from runner.train import logs
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"]:
+        return launch(argv[1:])
     offline.enter()
     parser = argparse.ArgumentParser(prog="python -m runner.train", description=__doc__)
     parser.add_argument("spec", help="job spec (YAML)")
@@ -27,18 +31,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_dir and os.environ.get("RUNNER_TEE") == "1":
         _tee(RunDir(args.run_dir).log)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    for noisy in ("httpx", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    policy = logs.LogPolicy(logs.rank())
+    policy.install()
     record = None
     try:
         run_dir, record = _run_dir(args)
+        policy.shared(run_dir)
         from runner.core.jobspec.load import load_job
 
         # Checked again here, with what this process really has: in a container, the mounts.
         spec = load_job(RunDir(run_dir).spec_file, writes=run_dir)
+        if spec.output.verbose:
+            policy.everything()
         _launch_env(spec)
         stage = importlib.import_module(stages.STAGES[spec.stage].module)
         metrics = stage.run(spec, run_dir)
+        policy.summary()
     except BaseException as raised:
         e = raised if isinstance(raised, (SpecError, RunnerError)) else offline_error(raised)
         if e is None:
@@ -64,6 +72,78 @@ def main(argv: list[str] | None = None) -> int:
     loss = metrics.get("train_loss")
     print(f"done: {metrics['global_step']} steps, train_loss {loss:.4f}, saved {run_dir / metrics['output']}")
     return 0
+
+
+def launch(argv: list[str]) -> int:
+    """`python -m runner.train launch TORCHRUN-ARGS`: torchrun, for one node of a multi-node job.
+    Its wait for the other nodes at node 0's rendezvous ends after `--rdzv-conf timeout=S` (the
+    spec's distributed.rendezvous_timeout_s) with what to check, instead of torchrun's traceback;
+    a run directory's record says so. Every other outcome is torchrun's own."""
+    # While it waits, c10d logs every failed try with a C++ stack; this process's own C++ log
+    # (read once, as torch loads) keeps fatal lines only. Its workers log as they would.
+    own = os.environ.get("TORCH_CPP_LOG_LEVEL")
+    os.environ["TORCH_CPP_LOG_LEVEL"] = "FATAL"
+    import torch  # noqa: F401
+
+    if own is None:
+        del os.environ["TORCH_CPP_LOG_LEVEL"]
+    else:
+        os.environ["TORCH_CPP_LOG_LEVEL"] = own
+    from torch.distributed import DistError
+    from torch.distributed.elastic.rendezvous import RendezvousError
+    from torch.distributed.run import main as torchrun
+    from torch.distributed.run import parse_args
+
+    args = parse_args(argv)
+    try:
+        torchrun(argv)
+    except (DistError, RendezvousError, TimeoutError, ConnectionError) as e:
+        if not _at_rendezvous(e):
+            raise
+        message = rendezvous_failure(args, e)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        script_args = args.training_script_args
+        run_dir = next(
+            (b for a, b in zip(script_args, script_args[1:], strict=False) if a == "--run-dir"), None
+        )
+        if run_dir and RunDir.holds_run(Path(run_dir)):
+            from runner.core.rundir import read_record
+
+            read_record(run_dir).update(status="failed", exit_code=1, ended=now(), message=message)
+        return 1
+    return 0
+
+
+def _at_rendezvous(e: BaseException) -> bool:
+    """Whether `e` was raised while this node waited at the rendezvous (no worker started yet)."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in ("_rendezvous", "next_rendezvous"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def rendezvous_failure(args: argparse.Namespace, e: BaseException) -> str:
+    """What a rendezvous that never completed means, and what to check, in the node's own terms."""
+    addr, port, rank = args.master_addr, args.master_port, args.node_rank
+    nodes = int(str(args.nnodes).split(":")[-1])
+    others = "node_rank 1" if nodes == 2 else f"node_rank 1 to {nodes - 1}"
+    timeout = dict(kv.split("=", 1) for kv in (args.rdzv_conf or "").split(",") if "=" in kv).get(
+        "timeout", "600"
+    )
+    said = " ".join(str(e).split())[:200]
+    wait = f"distributed.rendezvous_timeout_s ({timeout} s) sets how long the nodes wait"
+    if rank == 0:
+        return (f"the other node(s) of this {nodes}-node job did not reach the rendezvous at {addr}:{port} "
+                f"within {timeout} s ({said}). Check that each was started, with {others} and this "
+                f"master_addr and master_port, that they reach {addr} "
+                f"(ping {addr} there), and that port {port} is open to them on this machine (nc -z {addr} "
+                f"{port} from each); {wait}")  # fmt: skip
+    return (f"node {rank} could not reach node 0's rendezvous at {addr}:{port} within {timeout} s ({said}). "
+            f"Check that node 0 is running (node_rank 0, started at about the same time), that {addr} is "
+            f"node 0's address as this machine reaches it (ping {addr}), and that port {port} is open on "
+            f"node 0 (nc -z {addr} {port} from here); {wait}")  # fmt: skip
 
 
 def offline_error(e: BaseException) -> RunnerError | None:

@@ -142,7 +142,18 @@ def quantization(spec: JobSpec):
     return BitsAndBytesConfig(
         load_in_4bit=m.bits == 4, load_in_8bit=m.bits == 8, bnb_4bit_quant_type=m.quant_type,
         bnb_4bit_use_double_quant=m.double_quant, bnb_4bit_compute_dtype=weight_dtype(spec),
+        **quant_storage(spec),
     )  # fmt: skip
+
+
+def quant_storage(spec: JobSpec) -> dict:
+    """Under ZeRO-3 the packed 4-bit weights are stored in the training dtype, so that ZeRO can
+    partition them with the model's other weights (one flat buffer of one dtype); the spec checks
+    refuse 8-bit weights and parameter offload there. Elsewhere bitsandbytes' own uint8."""
+    ds = spec.distributed.deepspeed
+    if spec.method.type != "qlora" or spec.method.bits != 4 or ds is None or ds.zero != 3:
+        return {}
+    return {"bnb_4bit_quant_storage": weight_dtype(spec)}
 
 
 def count_parameters(model) -> tuple[int, int]:

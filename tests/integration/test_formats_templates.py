@@ -109,6 +109,36 @@ def test_data_formats_golden(tmp_path: Path):
             + "\n",
             {"format": "sharegpt", "columns": {"conversations": "messages"}},
         ),  # fmt: skip
+        # OpenAI's and TRL's messages, read as conversations with no mapping; one line, no wrapper
+        "messages-unmapped": _convert(
+            tmp_path,
+            "o.jsonl",
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "system", "content": "sys"},
+                        {"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "hello"},
+                    ]
+                }
+            )
+            + "\n",
+            {"format": "sharegpt"},
+        ),  # fmt: skip
+        # LLaMA-Factory's own column names (dataset_info.json's) as synonyms in `columns`
+        "llamafactory-column-names": _convert(
+            tmp_path,
+            "l.json",
+            json.dumps([{"q": "翻译", "ctx": "hello", "a": "你好"}], ensure_ascii=False),
+            {"format": "alpaca", "columns": {"prompt": "q", "query": "ctx", "response": "a"}},
+        ),  # fmt: skip
+        "llamafactory-messages-column": _convert(
+            tmp_path,
+            "lm.jsonl",
+            json.dumps({"chat": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]})
+            + "\n",
+            {"format": "sharegpt", "columns": {"messages": "chat"}},
+        ),  # fmt: skip
         "csv-columns": _convert(
             tmp_path,
             "c.csv",
@@ -140,6 +170,17 @@ def test_bad_jsonl_line_is_named_or_skipped(tmp_path: Path, caplog):
         (items,) = load(spec)
     assert [m[0]["content"] for m in items] == ["a", "c"]
     assert "skipped 1 bad record(s)" in caplog.text
+
+
+def test_chat_turns_in_format_alpaca_point_to_sharegpt(tmp_path: Path):
+    from runner.core.data.readers import DataError
+
+    line = json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    )
+    with pytest.raises(DataError, match=r"its records hold chat turns \('messages'\), which format alpaca does not "
+                                        r"read: set format: sharegpt on data\.datasets\[0\]"):  # fmt: skip
+        _convert(tmp_path, "m.jsonl", line + "\n", {})
 
 
 def test_missing_column_names_the_record_and_the_fix(tmp_path: Path):

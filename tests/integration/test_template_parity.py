@@ -154,7 +154,7 @@ def test_missing_control_tokens_are_refused_with_the_fix(tiny_model):
     assert len(tokenizer("<|eot_id|>", add_special_tokens=False)["input_ids"]) == 1
 
 
-# --- SentencePiece: the tokens training sees are those of the whole rendered string ------------
+# --- SentencePiece: each prompt and each answer tokenized on its own, as LLaMA-Factory does ----
 
 
 @pytest.fixture(scope="module")
@@ -180,23 +180,20 @@ def sentencepiece_tokenizer(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["alpaca", "default", "mistral"])
-def test_sentencepiece_tokens_are_those_of_the_whole_string(sentencepiece_tokenizer, name):
-    from runner.core.data.templates import _tokenize, apply_template, encode, segments
+def test_sentencepiece_answers_are_tokenized_apart_from_their_prompts(sentencepiece_tokenizer, name):
+    from runner.core.data.templates import apply_template, encode, turn_pairs
 
     tokenizer = sentencepiece_tokenizer
     apply_template(tokenizer, name)
     messages = [SYSTEM, *TURNS]
-    whole = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)
     row = encode(tokenizer, messages, cutoff_len=4096)
-    assert row["input_ids"] == whole["input_ids"]
-    pieces = segments(tokenizer, messages)
-    assert _tokenize(tokenizer, "".join(p for p, _ in pieces), pieces, offsets=False)[0] == whole["input_ids"]
-    # Tokenizing piece by piece (as before) would train on other tokens than chat reads:
-    # SentencePiece marks the start of each piece as the start of a word.
-    by_piece = [t for piece, _ in pieces for t in tokenizer(piece, add_special_tokens=False)["input_ids"]]
-    assert by_piece != whole["input_ids"]
-    # ... and the answers are still what is trained, with either way of finding them.
-    for offsets in (True, False):
-        ids, owner = _tokenize(tokenizer, "".join(p for p, _ in pieces), pieces, offsets=offsets)
-        trained = tokenizer.decode([t for t, k in zip(ids, owner, strict=True) if pieces[k][1]])
-        assert "I am 小R." in trained and "Who are you?" not in trained
+    pairs = turn_pairs(tokenizer, messages)
+    assert row["input_ids"] == [t for prompt, answer in pairs for t in prompt + answer]
+    trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
+    assert trained == [t for _, answer in pairs for t in answer]
+    # an answer is what the tokenizer makes of it alone, whatever prompt precedes it
+    answer = tokenizer(" I am 小R." if name == "mistral" else "I am 小R.", add_special_tokens=False)[
+        "input_ids"
+    ]
+    assert pairs[-1][1][: len(answer)] == answer
+    assert "I am 小R." in tokenizer.decode(trained) and "Who are you?" not in tokenizer.decode(trained)

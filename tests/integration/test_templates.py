@@ -45,13 +45,18 @@ def test_every_assistant_turn_is_trained(tokenizer):
     assert trained_text(tokenizer, row) == "a1<|im_end|>\na2<|im_end|>\n"
 
 
-def test_cutoff_truncates_and_drops_answerless_rows(tokenizer):
-    from runner.core.data.templates import encode
+def test_cutoff_cuts_the_prompt_first_and_drops_answerless_rows(tokenizer):
+    """As LLaMA-Factory cuts (infer_seqlen): a short answer is kept whole and its prompt gives way;
+    a row left with no answer token is dropped."""
+    from runner.core.data.templates import IGNORE, encode, turn_pairs
 
     messages = [{"role": "user", "content": "long " * 50}, {"role": "assistant", "content": "x"}]
-    assert encode(tokenizer, messages, cutoff_len=8) is None
-    row = encode(tokenizer, messages, cutoff_len=1000)
-    assert len(row["input_ids"]) == len(row["labels"]) == len(row["attention_mask"])
+    ((prompt, answer),) = turn_pairs(tokenizer, messages)
+    row = encode(tokenizer, messages, cutoff_len=8)
+    assert row["input_ids"] == prompt[: 8 - len(answer)] + answer
+    assert [t for t in row["labels"] if t != IGNORE] == answer
+    assert encode(tokenizer, messages, cutoff_len=1000)["input_ids"] == prompt + answer
+    assert encode(tokenizer, [messages[0], {"role": "assistant", "content": ""}][:1], cutoff_len=8) is None
 
 
 def test_builtin_template_is_applied_and_saved(tiny_model, tmp_path):

@@ -138,7 +138,7 @@ def test_pure_mapping():
         {
             "model_name_or_path": "./models/qwen", "finetuning_type": "freeze", "freeze_trainable_layers": -4,
             "freeze_extra_modules": "embed_tokens,lm_head", "deepspeed": "ds_z3_offload_config.json",
-            "template": "phi", "dataset": "a", "dataset_dir": "/data", "stage": "pt",
+            "template": "cpm", "dataset": "a", "dataset_dir": "/data", "stage": "pt",
             "enable_liger_kernel": True, "disable_gradient_checkpointing": True, "pissa_init": True,
         },
         "my job.yaml",

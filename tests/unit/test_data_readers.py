@@ -93,5 +93,8 @@ def test_sharegpt_out_of_order_is_skipped_with_skip(tmp_path: Path):
 
 
 def test_columns_keys_must_be_the_formats_fields():
-    with pytest.raises(ValueError, match="unknown field prompt for format alpaca"):
-        DataSpec.model_validate({"datasets": [{"path": "x.csv", "columns": {"prompt": "问题"}}]})
+    with pytest.raises(ValueError, match="unknown field question for format alpaca"):
+        DataSpec.model_validate({"datasets": [{"path": "x.csv", "columns": {"question": "问题"}}]})
+    # LLaMA-Factory's own names for the fields (dataset_info.json's) are taken as synonyms
+    spec = DataSpec.model_validate({"datasets": [{"path": "x.csv", "columns": {"prompt": "问题"}}]})
+    assert spec.datasets[0].columns == {"instruction": "问题"}

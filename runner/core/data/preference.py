@@ -140,16 +140,12 @@ def _tag(record: dict, ds: DatasetSpec, origin: tuple) -> bool:
 def encode_answer(
     tokenizer, prompt: list[dict], answer: str, cutoff_len: int, efficient_eos: bool = False
 ) -> tuple[list[int], list[int]] | None:
-    """(prompt ids, answer ids) of one answer to `prompt`, as sft tokenizes and labels them: the
-    whole conversation is tokenized at once and the answer is the last trained piece. Cut to
-    cutoff_len; None when the prompt leaves no room for the answer."""
-    from runner.core.data.templates import _tokenize, segments
+    """(prompt ids, answer ids) of one answer to `prompt`, each tokenized on its own as sft does
+    (and LLaMA-Factory's encode_oneturn), so no token spans the two. Cut to cutoff_len; None
+    when the prompt leaves no room for the answer."""
+    from runner.core.data.templates import prompt_and_answer
 
-    pieces = segments(tokenizer, [*prompt, {"role": "assistant", "content": answer}])
-    head = "".join(text for text, _ in pieces[:-1])
-    ids, owner = _tokenize(tokenizer, head + pieces[-1][0], [(head, False), (pieces[-1][0], True)])
-    start = owner.index(1) if 1 in owner else len(ids)
-    prompt_ids, answer_ids = ids[:start], ids[start:]
+    prompt_ids, answer_ids = prompt_and_answer(tokenizer, [*prompt, {"role": "assistant", "content": answer}])
     if efficient_eos and tokenizer.eos_token_id is not None:
         answer_ids = answer_ids + [tokenizer.eos_token_id]
     if len(prompt_ids) >= cutoff_len or not answer_ids:
@@ -169,11 +165,11 @@ def encode_pair(tokenizer, item: dict, cutoff_len: int, efficient_eos: bool = Fa
 
 
 def encode_prompt(tokenizer, prompt: list[dict], cutoff_len: int) -> list[int] | None:
-    """A ppo prompt's ids: the messages rendered with the generation prompt, tokenized as sft
-    tokenizes a conversation; None when longer than cutoff_len (a cut question is another one)."""
-    from runner.core.data.templates import render
+    """A ppo prompt's ids, as sft tokenizes the prompt of a turn (up to where the answer would
+    start); None when longer than cutoff_len (a cut question is another one)."""
+    from runner.core.data.templates import prompt_and_answer
 
-    ids = tokenizer(render(tokenizer, prompt, generation_prompt=True), add_special_tokens=False)["input_ids"]
+    ids, _ = prompt_and_answer(tokenizer, [*prompt, {"role": "assistant", "content": ""}])
     return ids if len(ids) <= cutoff_len else None
 
 

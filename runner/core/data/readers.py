@@ -6,6 +6,7 @@ reject is rejected there first."""
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,6 +39,7 @@ def load(
     given, receives how many bad records each dataset skipped (on_bad_record: skip).
     """
     sources, skipped = [], 0
+    rng = numpy_random(seed)  # one stream for every dataset in order, as LLaMA-Factory's global one
     for i, ds in enumerate(data.datasets):
         bad = [0]
         if ds.num_samples:  # as LLaMA-Factory: draw from every record, then cut to max_samples
@@ -46,7 +48,7 @@ def load(
                     ds.model_copy(update={"max_samples": None}), data, f"data.datasets[{i}]", bad, stage=stage
                 )
             )
-            items = draw(every, ds.num_samples, seed)[: ds.max_samples]
+            items = draw(every, ds.num_samples, rng)[: ds.max_samples]
         else:
             items = list(items_of(ds, data, f"data.datasets[{i}]", bad, stage=stage))
         skipped += bad[0]
@@ -58,15 +60,46 @@ def load(
     return sources
 
 
-def draw(items: list[Any], n: int, seed: int) -> list[Any]:
-    """num_samples as LLaMA-Factory defines it: n items in a random order; beyond the dataset's
-    size, every item once and the rest drawn again at random."""
-    import random
-
-    rng = random.Random(seed)
-    picked = rng.sample(range(len(items)), min(n, len(items)))
-    picked += rng.choices(range(len(items)), k=n - len(picked))
+def draw(items: list[Any], n: int, rng: random.Random | int) -> list[Any]:
+    """num_samples as LLaMA-Factory draws them (data/loader.py): a random permutation of every
+    record cut to n; beyond the dataset's size, every record once and the rest drawn again with
+    replacement. `rng`: numpy_random(seed), or the seed itself."""
+    rng = numpy_random(rng) if isinstance(rng, int) else rng
+    picked = _permutation(rng, len(items))[:n]
+    picked += [_interval(rng, len(items) - 1) for _ in range(n - len(picked))]
     return [items[i] for i in picked]
+
+
+def numpy_random(seed: int) -> random.Random:
+    """The stream numpy's legacy global generator gives after np.random.seed(seed), which is what
+    transformers.set_seed leaves for LLaMA-Factory's draws: MT19937 seeded by init_genrand
+    (numpy's mt19937_seed), whose 32-bit outputs Python's Mersenne Twister yields alike. Pure
+    Python: the host side has no numpy."""
+    state = [seed & 0xFFFFFFFF]
+    for i in range(1, 624):
+        state.append((1812433253 * (state[-1] ^ (state[-1] >> 30)) + i) & 0xFFFFFFFF)
+    rng = random.Random()
+    rng.setstate((3, (*state, 624), None))
+    return rng
+
+
+def _interval(rng: random.Random, top: int) -> int:
+    """numpy's random_interval: a value in [0, top] by masked rejection of 32-bit draws."""
+    if top <= 0:
+        return 0
+    mask = (1 << top.bit_length()) - 1
+    while (value := rng.getrandbits(32) & mask) > top:
+        pass
+    return value
+
+
+def _permutation(rng: random.Random, n: int) -> list[int]:
+    """numpy's legacy permutation(n): a Fisher-Yates shuffle of range(n), from the end."""
+    out = list(range(n))
+    for i in reversed(range(1, n)):
+        j = _interval(rng, i)
+        out[i], out[j] = out[j], out[i]
+    return out
 
 
 def items_of(

@@ -178,10 +178,14 @@ def _json(path: Path, text: str, ds: DatasetSpec) -> Iterator[tuple[tuple[Path, 
         if e.msg == "Extra data":  # several values, one a line: JSON Lines
             yield from _json_lines(path, text)
             return
-        raise DataError(f"invalid JSON at column {e.colno}: {e.msg}", path, e.lineno, fatal=True) from None
+        raise DataError(
+            f"invalid JSON at column {e.colno}: {plain_json(e.msg)}", path, e.lineno, fatal=True
+        ) from None
     if isinstance(rows, dict):
         keys = list(rows)
-        one_record = ds.columns.get("conversations", "conversations") in keys or len(keys) != 1
+        one_record = (
+            bool({ds.columns.get("conversations", "conversations"), "messages"} & set(keys)) or len(keys) != 1
+        )
         if not one_record and isinstance(rows[keys[0]], list):
             for n, row in enumerate(rows[keys[0]], 1):
                 yield (path, None, n), row
@@ -189,6 +193,28 @@ def _json(path: Path, text: str, ds: DatasetSpec) -> Iterator[tuple[tuple[Path, 
         yield (path, start_line(text, start), 1), rows  # one record (JSON Lines of one line)
         return
     raise DataError(f"expected a JSON list of records, got {kind_of(rows)}", path, fatal=True)
+
+
+# The JSON decoder's words, and what they mean for a person fixing the file.
+_JSON = {
+    "Expecting value": "a value is missing here",
+    "Expecting ',' delimiter": "a ',' is missing between two items",
+    "Expecting ':' delimiter": "a ':' is missing after a key",
+    "Expecting property name enclosed in double quotes": "a key must be in double quotes (or a ',' is left "
+    "before a closing '}')",
+    "Unterminated string starting at": "a string is never closed (a '\"' is missing)",
+    "Invalid control character at": "a raw tab or line break inside a string; write it as \\t or \\n",
+    "Invalid \\escape": "a backslash that starts no escape; write \\\\ for a backslash",
+    "Extra data": "more text after the JSON value",
+}
+
+
+def plain_json(msg: str, at_end: bool = False) -> str:
+    """A json.JSONDecodeError message in plain words; `at_end`: the text stops where it failed."""
+    if at_end and msg in ("Expecting value", "Expecting ',' delimiter", "Expecting ':' delimiter",
+                          "Expecting property name enclosed in double quotes"):  # fmt: skip
+        return "the line ends before the record does (is it cut short?)"
+    return next((plain for raw, plain in _JSON.items() if msg.startswith(raw)), msg)
 
 
 def start_line(text: str, pos: int) -> int:
@@ -207,7 +233,7 @@ def _json_array(path: Path, text: str, start: int) -> Iterator[tuple[tuple[Path,
         if pos >= len(text.rstrip()):
             msg = "the file ends before the list is closed (is it truncated?)"
         e = json.JSONDecodeError(msg, text, pos)
-        return DataError(f"invalid JSON at column {e.colno}: {e.msg}", path, e.lineno, fatal=True)
+        return DataError(f"invalid JSON at column {e.colno}: {plain_json(e.msg)}", path, e.lineno, fatal=True)
 
     i = ws(i)
     if text[i : i + 1] == "]":
@@ -240,11 +266,13 @@ def _json_lines(path: Path, text: str) -> Iterator[tuple[tuple[Path, int | None,
         if not line.strip():
             continue
         n += 1
+        line = line.rstrip("\r\n")
         try:
             value = json.loads(line)
         except json.JSONDecodeError as e:
             value = DataError(
-                f"invalid JSON ({e.msg} at column {e.colno}); fix the line or set data.on_bad_record: skip",
+                f"invalid JSON at column {e.colno}: {plain_json(e.msg, e.pos >= len(line.rstrip()))}; fix the line "
+                "or set data.on_bad_record: skip",
                 path, lineno,
             )  # fmt: skip
         yield (path, lineno, n), value
@@ -338,9 +366,14 @@ def missing_columns(
     own = [f for f in missing if f in have]  # mapped away from a column that has the field's own name
     rest = [f for f in missing if f not in own]
     if len(spare) >= len(rest):
-        mapping = {**ds.columns, **{f: f for f in own}, **dict(zip(rest, spare[: len(rest)], strict=False))}
+        mapping = {**{k: v for k, v in ds.columns.items() if v}, **{f: f for f in own},
+                   **dict(zip(rest, spare[: len(rest)], strict=False))}  # fmt: skip
     else:
         mapping = {missing[0]: "<your column>"} if missing else {}
+    chat = [c for c in ("messages", "conversations") if c in have]
+    if ds.format == "alpaca" and chat and "instruction" in missing:
+        return missing, (f"its records hold chat turns ('{chat[0]}'), which format alpaca does not read: set "
+                         f"format: sharegpt on {where}")  # fmt: skip
     if ds.name:  # a registry entry: the fix belongs in dataset_info.json, in its own key names
         from runner.core.data.registry import REGISTRY, columns_as_registry
 
@@ -379,6 +412,8 @@ def field(
     column = ds.columns.get(name, name)
     if not isinstance(record, dict):
         raise record_error(origin, f"expected an object with keys, got {kind_of(record)}")
+    if column == "" and not required:  # a field mapped to no column: not read (a registry entry's system)
+        return None
     if column not in record:
         if not required:
             return None
@@ -453,6 +488,13 @@ def sharegpt_messages(
     ends_with: str = "assistant",
 ) -> list[dict[str, str]]:
     """A sharegpt record's messages, checked to alternate and to end with `ends_with`'s turn."""
+    if (
+        "conversations" not in ds.columns
+        and isinstance(record, dict)
+        and "conversations" not in record
+        and "messages" in record
+    ):  # OpenAI's and TRL's name for the turns, taken as they are
+        ds = ds.model_copy(update={"columns": {**ds.columns, "conversations": "messages"}})
     turns = field(record, ds, "conversations", origin, where, stage=stage)
     system = text_field(record, ds, origin, where, "system", required=False)
     messages = [{"role": "system", "content": system}] if system else []

@@ -94,9 +94,11 @@ def expand(name: str, dataset_dir: Path, stage: str, shown: str | None = None) -
     columns = entry.get("columns") or {}
     tags = entry.get("tags") or {}
     formatting = entry.get("formatting", "alpaca")
+    if formatting == "openai":  # role/content messages: runner's sharegpt reader takes them as they are
+        formatting = "sharegpt"
     if formatting not in ("alpaca", "sharegpt"):
         raise RegistryError(
-            f"{where}: '{name}' has formatting '{formatting}'; runner reads alpaca and sharegpt"
+            f"{where}: '{name}' has formatting '{formatting}'; runner reads alpaca, sharegpt and openai"
         )
     if not isinstance(columns, dict) or not isinstance(tags, dict):
         raise RegistryError(f"{where}: '{name}' must give columns and tags as objects")
@@ -121,6 +123,11 @@ def expand(name: str, dataset_dir: Path, stage: str, shown: str | None = None) -
         # LLaMA-Factory trains pt on the prompt column.
         return {**out, "format": "text", "columns": {"text": columns.get("prompt", "instruction")}}
     mapped = {fields[k]: v for k, v in columns.items() if k in fields and v and fields[k] != v}
+    # LLaMA-Factory reads a record's system prompt and history only from the columns its entry
+    # names (DatasetAttr: system and history default to None): an entry without them leaves a
+    # `system` or `history` field of the file unread, and so does runner ('' reads no column).
+    unread = ("system", "history") if formatting == "alpaca" else ("system",)
+    mapped.update({field: "" for field in unread if field not in columns})
     out.update(format=formatting, columns=mapped)
     if formatting == "sharegpt":
         out["tags"] = {k: v for k, v in tags.items() if k in SHAREGPT_TAGS and v}

@@ -1,100 +1,35 @@
-"""Chat templates and the label mask: only assistant turns are trained.
+"""Chat templates and the encoding of a conversation into input_ids and labels: only answers train.
 
-A template is a Jinja chat template, the same thing a tokenizer ships as `chat_template`,
-so `tokenizer.apply_chat_template` renders training data and chat alike and a saved model
-carries its template with it. Built-ins cover models whose tokenizers ship none.
+A template reaches the tokenizer as a Jinja chat template (`chat_template`), so chat renders what
+training saw and a saved model carries its format. Training encodes as LLaMA-Factory does: a
+built-in template (core/data/chat_formats.py) slot by slot, the tokenizer's own template (`auto`)
+piece by piece; each prompt and each answer is tokenized on its own, so no token ever spans the
+boundary between them (a BPE merge of a prompt's `:` with an answer's `"` would train a token that
+never follows a real chat prompt). Cut to cutoff_len as LLaMA-Factory cuts (infer_seqlen: the
+prompt gives way first); a record left with no answer token is dropped, never kept with an eos
+alone.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
-from dataclasses import dataclass
+import re
 
+from runner.core.data.chat_formats import BOS, BUILTIN, EMPTY_THOUGHT, EOS, Special, Template
 from runner.core.errors import RunnerError
-from runner.core.jobspec.job import CONTROL_TOKENS
 
+__all__ = [
+    "BUILTIN",
+    "IGNORE",
+    "LENGTH",
+    "Template",
+    "apply_template",
+    "encode",
+    "prompt_and_answer",
+    "render",
+]
 IGNORE = -100
 LENGTH = "length"  # tokens per row, kept for length-aware samplers; collators drop it
-
-
-@dataclass(frozen=True)
-class Template:
-    """A built-in template. Those sharing a name with LLaMA-Factory render exactly as its do."""
-
-    name: str
-    jinja: str
-    stop: tuple[str, ...] = ()  # end-of-turn strings besides the tokenizer's eos
-    default_system: str = ""  # the system prompt of a conversation that has none
-    # eos closes the conversation instead of each answer: no eos between turns in the input, and
-    # the first token after each answer but the last is labelled eos (ChatGLM3, Baichuan2).
-    efficient_eos: bool = False
-
-    @property
-    def controls(self) -> tuple[str, ...]:
-        """Strings that must be single tokens of the vocabulary."""
-        return CONTROL_TOKENS.get(self.name, ())
-
-
-def _roles(system: str, user: str, assistant: str, generation: str) -> str:
-    """A template from one Jinja expression per role, `c` standing for the message content."""
-    return (
-        "{% for m in messages %}{% set c = m['content'] %}"
-        f"{{% if m['role'] == 'system' %}}{{{{ {system} }}}}"
-        f"{{% elif m['role'] == 'user' %}}{{{{ {user} }}}}"
-        f"{{% else %}}{{{{ {assistant} }}}}{{% endif %}}{{% endfor %}}"
-        f"{{% if add_generation_prompt %}}{{{{ {generation} }}}}{{% endif %}}"
-    )
-
-
-_CHATML = _roles(
-    "'<|im_start|>system\\n' + c + '<|im_end|>\\n'",
-    "'<|im_start|>user\\n' + c + '<|im_end|>\\n'",
-    "'<|im_start|>assistant\\n' + c + '<|im_end|>\\n'",
-    "'<|im_start|>assistant\\n'",
-)
-_LLAMA3 = "{{ bos_token or '' }}" + _roles(
-    "'<|start_header_id|>system<|end_header_id|>\\n\\n' + c + '<|eot_id|>'",
-    "'<|start_header_id|>user<|end_header_id|>\\n\\n' + c + '<|eot_id|>'",
-    "'<|start_header_id|>assistant<|end_header_id|>\\n\\n' + c + '<|eot_id|>'",
-    "'<|start_header_id|>assistant<|end_header_id|>\\n\\n'",
-)
-# The system prompt joins the first user message, as in Llama 2 and LLaMA-Factory's `mistral`.
-# (Mistral's own v0.3 template puts it in the last [INST] instead: use template auto for that.)
-_MISTRAL = (
-    "{{ bos_token or '' }}{% set system = messages[0]['content'] if messages[0]['role'] == 'system' else '' %}"
-    "{% for m in messages if m['role'] != 'system' %}"
-    "{% if m['role'] == 'user' %}{{ '[INST] ' + (system + '\\n\\n' if system and loop.first else '')"
-    " + m['content'] + '[/INST]' }}"
-    "{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}"
-)
-_CHATGLM3 = "[gMASK]sop" + _roles(
-    "'<|system|>\\n' + c", "'<|user|>\\n' + c", "'<|assistant|>\\n' + c", "'<|assistant|>'"
-)
-_BAICHUAN2 = _roles("c", "'<reserved_106>' + c", "'<reserved_107>' + c", "'<reserved_107>'")
-_ALPACA = _roles(
-    "c", "'### Instruction:\\n' + c + '\\n\\n### Response:\\n'", "c + eos_token + '\\n\\n'", "''"
-)
-_DEFAULT = _roles(
-    "'System: ' + c + eos_token + '\\n'", "'Human: ' + c + eos_token + '\\nAssistant:'",
-    "c + eos_token + '\\n'", "''",
-)  # fmt: skip
-
-BUILTIN: dict[str, Template] = {
-    t.name: t
-    for t in (
-        Template("chatml", _CHATML, ("<|im_end|>",)),
-        Template("qwen", _CHATML, ("<|im_end|>",),
-                 default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
-        Template("llama3", _LLAMA3, ("<|eot_id|>",)),
-        Template("mistral", _MISTRAL),
-        Template("chatglm3", _CHATGLM3, ("<|user|>", "<|observation|>"), efficient_eos=True),
-        Template("baichuan2", _BAICHUAN2, efficient_eos=True),
-        Template("alpaca", _ALPACA, default_system="Below is an instruction that describes a task. "
-                 "Write a response that appropriately completes the request.\n\n"),
-        Template("default", _DEFAULT),
-    )
-}  # fmt: skip
 
 
 def with_default_system(jinja: str, system: str) -> str:
@@ -153,14 +88,85 @@ def render(tokenizer, messages: list[dict], *, generation_prompt: bool = False) 
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
-    """Split a rendered conversation into (text, trained) pieces.
+def builtin_of(tokenizer) -> tuple[Template, str] | None:
+    """The built-in template a tokenizer was given (apply_template), and its default system
+    prompt; None for the tokenizer's own template."""
+    chat = getattr(tokenizer, "chat_template", None)
+    name = _NAMED.search(chat) if isinstance(chat, str) else None
+    template = BUILTIN.get(name.group(1)) if name else None
+    if template is None or not chat.endswith(template.jinja):
+        return None
+    if chat == template.jinja:
+        return template, ""
+    found = _DEFAULT_SYSTEM.fullmatch(chat[: -len(template.jinja)])
+    return (template, json.loads(found.group(1))) if found else None
 
-    Each assistant turn is the text its rendering adds after the generation prompt, so
-    whatever closes the turn (eos, <|im_end|>) is trained too and the model learns to stop.
-    """
-    pieces: list[tuple[str, bool]] = []
-    done = ""
+
+_NAMED = re.compile(r"\{# runner template (\S+) #\}")
+
+
+_DEFAULT_SYSTEM = re.compile(
+    r"\{% if messages and messages\[0\]\['role'\] != 'system' %\}\{% set messages = \[\{'role': 'system', "
+    r"'content': (\".*\")\}\] \+ messages %\}\{% endif %\}",
+    re.DOTALL,
+)
+
+
+def turn_pairs(tokenizer, messages: list[dict]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, answer ids) of every turn, each tokenized on its own: a built-in template's
+    slots one by one, as LLaMA-Factory's Template._encode; the tokenizer's own template by the
+    text its rendering adds for the prompt, then for the answer."""
+    found = builtin_of(tokenizer)
+    if found is not None:
+        return _slot_pairs(tokenizer, *found, messages)
+    return _piece_pairs(tokenizer, messages)
+
+
+def _slot_pairs(tokenizer, template: Template, default_system: str, messages: list[dict]):
+    given = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    turns = messages[1:] if given is not None else messages
+    system = given or default_system
+    encoded: list[list[int]] = []
+    for i, message in enumerate(turns):
+        slots: list = []
+        content = message["content"]
+        if i == 0:
+            slots += template.prefix
+            if system and template.fuse_system:
+                content = _fill(template.system, system)[0] + content
+            elif system:
+                slots += _fill(template.system, system)
+        slots += _fill(template.user if message["role"] == "user" else template.assistant, content)
+        encoded.append(_ids(tokenizer, slots))
+    pairs = list(zip(encoded[0::2], encoded[1::2], strict=False))
+    if template.thought:  # an answer without a thought gets an empty one, trained (LLaMA-Factory's qwen3)
+        thought = tokenizer.encode(EMPTY_THOUGHT, add_special_tokens=False)
+        answers = [m["content"] for m in turns[1::2]]
+        pairs = [(p, a if "<think>" in text or "</think>" in text else thought + a)
+                 for (p, a), text in zip(pairs, answers, strict=False)]  # fmt: skip
+    return pairs
+
+
+def _fill(slots: tuple, content: str) -> list:
+    return [s.replace("{{content}}", content, 1) if isinstance(s, str) else s for s in slots]
+
+
+def _ids(tokenizer, slots: list) -> list[int]:
+    ids: list[int] = []
+    for slot in slots:
+        if isinstance(slot, str):
+            ids += tokenizer.encode(slot, add_special_tokens=False) if slot else []
+        elif slot == BOS:
+            ids += [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        elif slot == EOS:
+            ids += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        elif isinstance(slot, Special):
+            ids.append(tokenizer.convert_tokens_to_ids(slot.token))
+    return ids
+
+
+def _piece_pairs(tokenizer, messages: list[dict]) -> list[tuple[list[int], list[int]]]:
+    pairs, done = [], ""
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
@@ -171,68 +177,69 @@ def segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
                 "the chat template renders earlier turns differently once later turns are added, "
                 "so answers cannot be located; choose a built-in model.template"
             )
-        pieces += [(prompt[len(done) :], False), (turn[len(prompt) :], True)]
+        pairs.append((_text_ids(tokenizer, prompt[len(done) :]), _text_ids(tokenizer, turn[len(prompt) :])))
         done = turn
-    return [(text, trained) for text, trained in pieces if text]
+    return pairs
+
+
+def _text_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False) if text else []
+
+
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """How much of a prompt and its answer fit in cutoff_len (LLaMA-Factory's rule): a short answer
+    is kept whole and the prompt cut; a long answer is cut to what a short prompt leaves; else
+    both are cut in proportion."""
+    if target_len * 2 < cutoff_len:
+        max_target = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target = cutoff_len - source_len
+    else:
+        max_target = int(cutoff_len * (target_len / (source_len + target_len)))
+    target = min(max_target, target_len)
+    return min(max(cutoff_len - target, 0), source_len), target
 
 
 def encode(
-    tokenizer, messages: list[dict], cutoff_len: int, *, efficient_eos: bool = False
+    tokenizer, messages: list[dict], cutoff_len: int, *, efficient_eos: bool | None = None
 ) -> dict[str, list[int]] | None:
-    """input_ids and labels (-100 outside assistant turns), cut to cutoff_len.
-
-    The whole rendered conversation is tokenized at once, exactly as chat will tokenize it; each
-    token is then labelled by the piece its text falls in. Tokenizing the pieces one by one would differ at every boundary with
-    SentencePiece tokenizers, which mark the start of a text. Returns None when nothing
-    trainable is left after truncation.
-    """
-    pieces = segments(tokenizer, messages)
-    text = "".join(piece for piece, _ in pieces)
-    input_ids, owner = _tokenize(tokenizer, text, pieces)
-    labels = [tid if pieces[k][1] else IGNORE for tid, k in zip(input_ids, owner, strict=True)]
-    if efficient_eos and tokenizer.eos_token_id is not None:
-        # The first token after an answer is labelled eos: the model learns to stop there.
-        for i in range(1, len(owner)):
-            if owner[i] != owner[i - 1] and pieces[owner[i - 1]][1] and not pieces[owner[i]][1]:
-                labels[i] = tokenizer.eos_token_id
-        input_ids, labels = input_ids[: cutoff_len - 1], labels[: cutoff_len - 1]
-        input_ids, labels = input_ids + [tokenizer.eos_token_id], labels + [tokenizer.eos_token_id]
-    input_ids, labels = input_ids[:cutoff_len], labels[:cutoff_len]
-    if all(label == IGNORE for label in labels):
+    """input_ids and labels (-100 outside answers), cut to cutoff_len as LLaMA-Factory cuts; None
+    when no answer token is left (a record kept for a lone eos would train nothing real).
+    `efficient_eos`: for the tokenizer's own template (a built-in one knows its own)."""
+    found = builtin_of(tokenizer)
+    pairs = _slot_pairs(tokenizer, *found, messages) if found else _piece_pairs(tokenizer, messages)
+    efficient = found[0].efficient_eos if found else bool(efficient_eos)
+    eos = tokenizer.eos_token_id
+    efficient = efficient and eos is not None
+    input_ids: list[int] = []
+    labels: list[int] = []
+    answers, total = 0, 1 if efficient else 0
+    for turn, (source, target) in enumerate(pairs):
+        if total >= cutoff_len:
+            break
+        source_len, target_len = infer_seqlen(len(source), len(target), cutoff_len - total)
+        source, target = source[:source_len], target[:target_len]
+        total += source_len + target_len
+        if efficient and turn != 0 and source_len:
+            source_labels = [eos] + [IGNORE] * (source_len - 1)  # the previous answer ends here
+        else:
+            source_labels = [IGNORE] * source_len
+        input_ids += source + target
+        labels += source_labels + target
+        answers += target_len
+    if efficient:
+        input_ids, labels = input_ids + [eos], labels + [eos]
+    if not answers:
         return None
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
 
 
-def _tokenize(tokenizer, text: str, pieces: list[tuple[str, bool]], *, offsets: bool | None = None):
-    """The ids of `text` and, for each, the index of the piece it belongs to."""
-    starts, at = [], 0
-    for piece, _ in pieces:
-        starts.append(at)
-        at += len(piece)
-    if offsets is None:
-        offsets = getattr(tokenizer, "is_fast", False)
-    if offsets:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        # A token belongs to the piece of its last character: one that straddles a prompt and
-        # its answer is trained, as the prefix rule below has it too.
-        owner = [
-            max(bisect.bisect_right(starts, max(end - 1, begin)) - 1, 0)
-            for begin, end in enc["offset_mapping"]
-        ]
-        return enc["input_ids"], owner
-    # Without offsets (slow tokenizers): a piece's tokens start where the tokens of the text before
-    # it stop agreeing with those of the whole text.
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    owner = [0] * len(ids)
-    for k in range(1, len(pieces)):
-        before = tokenizer(text[: starts[k]], add_special_tokens=False)["input_ids"]
-        same = next(
-            (i for i, (a, b) in enumerate(zip(before, ids, strict=False)) if a != b),
-            min(len(before), len(ids)),
-        )
-        for i in range(same, len(ids)):
-            owner[i] = k
-    return ids, owner
+def prompt_and_answer(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of a conversation that ends with the answer, each tokenized on its
+    own (LLaMA-Factory's encode_oneturn): everything before the last answer is its prompt."""
+    pairs = turn_pairs(tokenizer, messages)
+    prompt = [t for source, target in pairs[:-1] for t in source + target] + (pairs[-1][0] if pairs else [])
+    return prompt, pairs[-1][1] if pairs else []
 
 
 def missing_controls(template: str, missing: list[str], where: str) -> str:

@@ -16,16 +16,24 @@ from runner.core import stages
 
 StageName = Literal[stages.NAMES]  # type: ignore[valid-type]
 DATA_FORMATS = ("alpaca", "sharegpt", "text")
-# Built-in chat templates; "auto" means the tokenizer's own chat_template.
-TEMPLATES = ("auto", "default", "alpaca", "chatml", "qwen", "llama3", "chatglm3", "mistral", "baichuan2")
+# Built-in chat templates (core/data/chat_formats.py), LLaMA-Factory's names; "auto" means the
+# tokenizer's own chat_template.
+TEMPLATES = (
+    "auto", "default", "alpaca", "vicuna", "chatml", "qwen", "qwen3_nothink", "qwen3", "yi", "intern2", "llama2",
+    "llama3", "mistral", "chatglm3", "glm4", "baichuan2", "deepseek", "deepseek3", "gemma", "phi",
+)  # fmt: skip
+_IM = ("<|im_start|>", "<|im_end|>")
 # The strings each built-in template needs as single tokens of the model's vocabulary.
 CONTROL_TOKENS: dict[str, tuple[str, ...]] = {
-    "chatml": ("<|im_start|>", "<|im_end|>"),
-    "qwen": ("<|im_start|>", "<|im_end|>"),
+    "chatml": _IM, "qwen": _IM, "qwen3_nothink": _IM, "qwen3": _IM, "yi": _IM, "intern2": _IM,
     "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
     "chatglm3": ("[gMASK]", "sop", "<|system|>", "<|user|>", "<|assistant|>"),
+    "glm4": ("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"),
     "baichuan2": ("<reserved_106>", "<reserved_107>"),
-}
+    "deepseek3": ("<｜User｜>", "<｜Assistant｜>"),
+    "gemma": ("<start_of_turn>", "<end_of_turn>"),
+    "phi": ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
+}  # fmt: skip
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
     "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay",
@@ -209,6 +217,11 @@ FORMAT_FIELDS = {
     "sharegpt": ("conversations", "system", "chosen", "rejected", "kto_tag"),
     "text": ("text",),
 }
+# LLaMA-Factory's dataset_info.json names for the same fields, taken in `columns` as synonyms.
+LLAMAFACTORY_COLUMNS = {
+    "alpaca": {"prompt": "instruction", "query": "input", "response": "output"},
+    "sharegpt": {"messages": "conversations"},
+}
 SHAREGPT_TAGS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag")
 
 
@@ -226,7 +239,8 @@ class DatasetSpec(_Spec):
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="Map the format's fields to your file's columns, e.g. {instruction: 问题}.",
+        description="Map the format's fields to your file's columns, e.g. {instruction: 问题}; '' leaves "
+        "an optional field unread (a dataset_info.json entry without a system column reads none).",
     )
     tags: dict[str, str] = Field(
         default_factory=dict,
@@ -261,6 +275,8 @@ class DatasetSpec(_Spec):
     def _columns(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         fmt = info.data.get("format")
         fields = FORMAT_FIELDS.get(fmt) if isinstance(fmt, str) else None
+        synonyms = LLAMAFACTORY_COLUMNS.get(fmt, {}) if isinstance(fmt, str) else {}
+        v = {synonyms.get(k, k) if synonyms.get(k, k) not in v else k: c for k, c in v.items()}
         unknown = [k for k in v if fields and k not in fields]
         if unknown:
             raise ValueError(
@@ -476,7 +492,17 @@ class ResourcesSpec(_Spec):
     def _gpus(cls, v: Any) -> Any:
         if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
             return v
-        if isinstance(v, list) and v and all(isinstance(i, int) and i >= 0 for i in v):
+        if isinstance(v, list) and v and all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+            negative = [i for i in v if i < 0]
+            if negative:
+                raise ValueError(f"device ids are 0 or more, as nvidia-smi numbers them (got {v!r}); "
+                                 f"remove {', '.join(map(str, negative))}")  # fmt: skip
+            twice = sorted({i for i in v if v.count(i) > 1})
+            if twice:
+                distinct = sorted(set(v))
+                distinct += [max(distinct) + 1 + n for n in range(len(v) - len(distinct))]
+                raise ValueError(f"lists device {', '.join(map(str, twice))} more than once (got {v!r}); each "
+                                 f"process needs a GPU of its own: list every id once, e.g. {distinct}")  # fmt: skip
             return v
         raise ValueError(f"must be 'all', a count >= 0, or a list of device ids (got {v!r})")
 
@@ -506,11 +532,30 @@ class NcclSpec(_Spec):
 class DistributedSpec(_Spec):
     deepspeed: DeepSpeedSpec | None = Field(None, description="Train with DeepSpeed ZeRO.")
     nccl: NcclSpec = Field(default_factory=NcclSpec, description="NCCL switches for multi-GPU runs.")
-    master_addr: str = Field("127.0.0.1", description="Address of node 0 (multi-node rendezvous).")
-    master_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port on node 0.")
+    master_addr: str | None = Field(
+        None, description="Multi-node: the IP address or host name of node 0, as every node reaches it "
+        "(required where runner starts the nodes; `runner render --target hosts|k8s|slurm` sets it "
+        "for each node). One node needs none.",
+    )  # fmt: skip
+    master_port: int = Field(
+        29500, description="Multi-node: the TCP port node 0 listens on for the rendezvous (1024-65535)."
+    )
     node_rank: int = Field(
         0, ge=0, description="This machine's rank; write ${NODE_RANK:-0} to set it per node."
     )
+    rendezvous_timeout_s: int = Field(
+        300, ge=10, description="Multi-node: how long the nodes wait for each other at node 0's "
+        "rendezvous before the job ends with a message naming the address (torchrun's own wait is "
+        "600 s and ends in a traceback).",
+    )  # fmt: skip
+
+    @field_validator("master_port", mode="before")
+    @classmethod
+    def _port(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool) and not 1024 <= v <= 65535:
+            below = "; ports below 1024 need root, which the job does not run as" if 0 < v < 1024 else ""
+            raise ValueError(f"must be a TCP port from 1024 to 65535 (got {v!r}){below}; e.g. 29500")
+        return v
 
 
 class BenchmarkSpec(_Spec):
@@ -569,6 +614,11 @@ class EvalSpec(_Spec):
 
 class OutputSpec(_Spec):
     dir: str = Field("outputs", description="Runs are written to DIR/<name>/<run-id>/.")
+    verbose: bool = Field(
+        False, description="Log every line of every process and every library warning each time it "
+        "comes. Off: each distinct warning once (with how often it came, at the end), and the lines "
+        "every rank prints alike from rank 0 only.",
+    )  # fmt: skip
 
 
 class JobSpec(_Spec):

@@ -26,7 +26,7 @@ Checks = typing.Callable[[Any, Path], list[tuple[Loc, str]]]
 
 def load_job(
     path: str | Path, *, base: Path | None = None, env: dict[str, str] | None = None,
-    writes: Path | None = None, files: bool = True,
+    writes: Path | None = None, files: bool = True, launched_here: bool = False,
 ) -> JobSpec:  # fmt: skip
     """Parse and validate a job spec; raise SpecError listing every problem.
 
@@ -34,15 +34,18 @@ def load_job(
     as they are when a user runs a command from the project root. `writes`: the directory the
     job writes (an existing run directory), checked instead of output.dir. `files=False`: the
     schema only, for a finished run's own spec (its data may have moved since; chat needs none).
+    `launched_here`: runner starts the node itself (validate, submit), not a launcher that gives
+    each node its rendezvous (render --target hosts|k8s|slurm).
     """
     source = load_yaml(path, env)
     if source.problems and source.data is None:
         raise SpecError(source.problems)
     if not files:
         return validate(source, base or Path.cwd(), JobSpec, lambda spec, b: [])
-    if writes is None:
-        return validate(source, base or Path.cwd())
-    return validate(source, base or Path.cwd(), JobSpec, lambda spec, b: check(spec, b, writes=writes))
+    return validate(
+        source, base or Path.cwd(), JobSpec,
+        lambda spec, b: check(spec, b, writes=writes, launched_here=launched_here),
+    )  # fmt: skip
 
 
 def load_image(name_or_path: str | Path, images_dir: Path | None = None) -> ImageSpec:

@@ -16,9 +16,10 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.error import YAMLError
 
 from runner.core.errors import Problem
+from runner.core.jobspec.yaml_errors import duplicate_problems, syntax_problem
 
 Loc = tuple[str | int, ...]
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -76,21 +77,9 @@ def load_yaml(path: str | Path, env: dict[str, str] | None = None) -> Source:
     try:
         doc = YAML(typ="rt").load(text)
     except DuplicateKeyError as e:
-        mark, first = e.problem_mark, e.context_mark
-        where = f" (first at line {first.line + 1})" if first else ""
-        key = str(e.problem).split('"')[1] if '"' in str(e.problem) else "?"
-        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        return Source(file, None, problems=[Problem(file, line, col, key, f"duplicate key{where}; keep one")])
-    except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        what = " ".join(str(x) for x in (e.context, e.problem) if x)
-        return Source(file, None, problems=[Problem(file, line, col, "", f"invalid YAML: {what}")])
-    except YAMLError as e:  # e.g. a control character: no line and column to give
-        line, col = _position(text, getattr(e, "position", None))
-        return Source(
-            file, None, problems=[Problem(file, line, col, "", f"invalid YAML: {e}".split("\n")[0])]
-        )
+        return Source(file, None, problems=duplicate_problems(file, text, e, _key_paths(text)))
+    except YAMLError as e:  # MarkedYAMLError with a line, or e.g. a control character without one
+        return Source(file, None, problems=[syntax_problem(file, text, e)])
     source = Source(file, None)
     source.resolved = text.startswith(RESOLVED_HEADER)
     source.data = _plain(doc, (), source, env)
@@ -99,11 +88,17 @@ def load_yaml(path: str | Path, env: dict[str, str] | None = None) -> Source:
     return source
 
 
-def _position(text: str, offset: int | None) -> tuple[int, int]:
-    if offset is None:
-        return 0, 0
-    before = text[:offset]
-    return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
+def _key_paths(text: str) -> dict[tuple[int, int], str]:
+    """(line, col) -> dotted path of every key, from a parse that lets duplicate keys through."""
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = True
+    try:
+        doc = yaml.load(text)
+    except YAMLError:
+        return {}
+    source = Source("", None)
+    _plain(doc, (), source, {})
+    return {position: dotted(loc) for loc, position in source.keys.items()}
 
 
 def _defaulted(node: CommentedMap, key: Any) -> bool:

@@ -33,7 +33,7 @@ def validate(jobs: tuple[str, ...], no_data: bool) -> None:
     for job in jobs:
         try:
             with reading_data(not no_data):
-                load_job(job)
+                load_job(job, launched_here=True)
             click.echo(f"ok  {job}")
         except SpecError as e:
             problems += e.problems
@@ -64,7 +64,7 @@ def convert(config: str, out: str | None) -> None:
     else:
         click.echo(text, nl=False)
     for note in notes:
-        click.echo(f"{'not carried over' if note.at is None else 'note'}: {note}", err=True)
+        click.echo(f"{note.label}: {note}", err=True)
 
 
 @click.command()

@@ -37,6 +37,13 @@ def require_gpus(spec: JobSpec, have: list[str], where: str) -> None:
             f"resources.gpus asks for {wanted!r} but {where} has {len(have)} GPU(s); "
             "set gpus: 0 to train on CPU, or ask for fewer"
         )
+    procs = spec.resources.procs_per_node
+    if wanted == "all" and procs is not None and procs > len(have):
+        # A count or a list was checked against procs_per_node with the spec; 'all' only here.
+        raise RunError(
+            f"resources.procs_per_node is {procs}, but gpus: all gives the job the {len(have)} GPU(s) {where} "
+            f"has, and every process needs a GPU of its own; set procs_per_node: {len(have)} or leave it out"
+        )
 
 
 def visible_names(names: list[str], spec: JobSpec) -> list[str]:

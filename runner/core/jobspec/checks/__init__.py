@@ -48,11 +48,12 @@ def reading_data(enabled: bool):
         _READ_DATA.reset(token)
 
 
-def check(spec: JobSpec, base: Path, writes: Path | None = None) -> Found:
+def check(spec: JobSpec, base: Path, writes: Path | None = None, launched_here: bool = False) -> Found:
     """Every problem beyond the schema: (location, message). `writes`: the run directory a run's
     own re-check writes into, checked instead of output.dir; that re-check leaves reading the
-    data to the training that follows."""
-    at = Context(base, writes, read=writes is None and _READ_DATA.get())
+    data to the training that follows. `launched_here`: runner starts the node itself (validate,
+    submit), so the spec must say where a multi-node rendezvous is."""
+    at = Context(base, writes, read=writes is None and _READ_DATA.get(), launched_here=launched_here)
     for one in CHECKS:
         with contextlib.suppress(Unchecked):  # it read a part the schema refused, and reported
             one(spec, at)

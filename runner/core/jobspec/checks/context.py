@@ -23,6 +23,9 @@ class Context:
     read: bool = True  # read every record of the data
     found: Found = field(default_factory=list)
     model_dir: Path | None = None  # model.path, once checked to be a readable model directory
+    # runner starts this node itself (validate, submit): a multi-node rendezvous address must be
+    # in the spec. False where a launcher gives it (render --target hosts|k8s|slurm, a node's job).
+    launched_here: bool = False
 
     def add(self, loc: Loc, message: str) -> None:
         self.found.append((loc, message))

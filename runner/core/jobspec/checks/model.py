@@ -11,6 +11,7 @@ from runner.core import stages
 from runner.core.data.templates import missing_controls
 from runner.core.jobspec.checks.context import Context, unset
 from runner.core.jobspec.checks.files import directory, listing
+from runner.core.jobspec.checks.modeldir import contents, tokenizer_files
 from runner.core.jobspec.job import CONTROL_TOKENS, TEMPLATES, JobSpec
 from runner.core.jobspec.yaml_loader import Loc
 from runner.core.rundir import ADAPTER
@@ -24,6 +25,7 @@ def model_dir(spec: JobSpec, at: Context) -> None:
         at.model_dir = at.base / path
         if spec.model.trust_remote_code:
             _remote_code(at.model_dir, at)
+        contents(spec, at, at.model_dir)
 
 
 def _remote_code(model_dir: Path, at: Context) -> None:
@@ -78,7 +80,7 @@ def template(spec: JobSpec, at: Context) -> None:
         missing = [t for t in CONTROL_TOKENS[name] if t not in vocabulary and t not in added]
         if vocabulary and missing:
             at.add(loc, missing_controls(name, missing, spec.model.path))
-    elif name == "auto" and not _has_chat_template(at.model_dir):
+    elif name == "auto" and tokenizer_files(at.model_dir) and not _has_chat_template(at.model_dir):
         at.add(loc, f"the tokenizer in '{spec.model.path}' has no chat_template; name a built-in template "
                     f"({', '.join(TEMPLATES[1:])})")  # fmt: skip
 

@@ -110,4 +110,17 @@ def _special(model_dir: Path, name: str) -> str | None:
     return value.get("content") if isinstance(value, dict) else value if isinstance(value, str) else None
 
 
-CHECKS = (reference_free, reward_model)
+def kto_batch(spec: JobSpec, at: Context) -> None:
+    """KTO estimates its KL term from each answer paired with another prompt of the same batch
+    (TRL's KTO trainer refuses a batch of one after tokenizing)."""
+    batch = spec.training.per_device_train_batch_size
+    if spec.stage == "kto" and batch < 2:
+        accumulation = spec.training.gradient_accumulation_steps
+        keep = (f" and gradient_accumulation_steps: {accumulation // 2} to keep {accumulation} samples "
+                "per step") if accumulation % 2 == 0 and accumulation >= 2 else ""  # fmt: skip
+        at.add(("training", "per_device_train_batch_size"),
+               f"is {batch}, and stage kto needs at least 2: its KL term pairs each answer with another "
+               f"prompt of the same per-device batch, so a batch of one has none; set it to 2{keep}")  # fmt: skip
+
+
+CHECKS = (reference_free, reward_model, kto_batch)
