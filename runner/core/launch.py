@@ -189,7 +189,10 @@ def prepare(
     before anything exists on disk. Without an executor this is the job's own process (a compose
     file, a cluster): RUNNER_EXECUTOR and RUNNER_IMAGE, set by what launched it, say where it runs."""
     base = base or Path.cwd()
-    spec = resolve(load_job(spec_path, base=base, launched_here=executor is not None), base)
+    # Executors that start the nodes themselves need node 0's address in the spec; a scheduler's
+    # (Slurm) gives each node its own.
+    starts_nodes = executor is not None and getattr(executor, "starts_nodes", True)
+    spec = resolve(load_job(spec_path, base=base, launched_here=starts_nodes), base)
     launched_in = os.environ.get("RUNNER_IMAGE") if executor is None else None
     if image or launched_in:
         spec.image = image or launched_in

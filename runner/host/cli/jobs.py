@@ -24,7 +24,12 @@ from runner.host.cli.common import (
 @click.option(
     "--no-data", is_flag=True, help="Do not read the records of the data (its files are still checked)."
 )
-def validate(jobs: tuple[str, ...], no_data: bool) -> None:
+@click.option(
+    "--on-cluster", is_flag=True,
+    help="The specs are for a scheduler that gives each node node 0's address (submit --executor slurm, "
+    "render --target hosts|k8s|slurm): a multi-node spec needs no distributed.master_addr.",
+)  # fmt: skip
+def validate(jobs: tuple[str, ...], no_data: bool, on_cluster: bool) -> None:
     """Check job specs, and read their data; report every problem with its file:line:col."""
     from runner.core.jobspec.checks import reading_data
     from runner.core.jobspec.load import load_job
@@ -33,7 +38,7 @@ def validate(jobs: tuple[str, ...], no_data: bool) -> None:
     for job in jobs:
         try:
             with reading_data(not no_data):
-                load_job(job, launched_here=True)
+                load_job(job, launched_here=not on_cluster)
             click.echo(f"ok  {job}")
         except SpecError as e:
             problems += e.problems

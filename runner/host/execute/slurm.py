@@ -83,6 +83,7 @@ def _exit(code: str, signal: str) -> int:
 
 class SlurmExecutor:
     name = "slurm"
+    starts_nodes = False  # the batch script gives every node node 0's address
 
     def __init__(self, sink: Callable[[bytes], None], tty: bool = False):
         self.sink = sink

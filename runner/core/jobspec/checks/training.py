@@ -161,8 +161,9 @@ def rendezvous(spec: JobSpec, at: Context) -> None:
         at.add(("resources", "nodes"),
                f"is {nodes}, and distributed.master_addr is not set: every node must reach node 0's "
                "rendezvous at an address other machines can reach (unset, torchrun would wait at "
-               "127.0.0.1); set distributed.master_addr to node 0's IP or host name, e.g. 10.0.0.1 "
-               "(runner render --target hosts|k8s|slurm sets it for each node)")  # fmt: skip
+               "127.0.0.1); set distributed.master_addr to node 0's IP or host name, e.g. 10.0.0.1. "
+               "A scheduler sets it for each node (submit --executor slurm, render --target "
+               "hosts|k8s|slurm): validate such a spec with --on-cluster")  # fmt: skip
 
 
 def _local(addr: str, ip) -> bool:
