@@ -41,11 +41,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch", reason="the in-container dependencies (.[train]) are not installed")
     out = tmp_path_factory.mktemp("models") / "tiny"
     subprocess.run([sys.executable, "-m", "runner.train.tools.tiny", str(out)], check=True, cwd=ROOT)
-    # It stands in for the real models of the shipped jobs and converted configs (cutoff_len up to
-    # 2048, where validate refuses more than the model's positions): RoPE takes any position.
-    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    config["max_position_embeddings"] = 4096
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return out
 
 
@@ -106,7 +101,6 @@ def write_job(path: Path, model_dir: Path, **sections) -> Path:
 
     Written as JSON, which every YAML reader accepts.
     """
-    import json
 
     job = {
         "name": "job",

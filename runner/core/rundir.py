@@ -366,8 +366,22 @@ def explain_failure(run_dir: str | Path, code: int | None) -> str | None:
     if code == 137:
         return "killed (SIGKILL): the host ran out of memory, or the stop did not finish in time"
     if code == 143:
-        return "stopped on request; `runner resume` continues from the last checkpoint"
+        saved = sorted(
+            RunDir(run_dir).checkpoints.glob("checkpoint-*/COMPLETE"), key=lambda p: _step(p.parent)
+        )
+        if saved:
+            return f"stopped on request; `runner resume` continues from {saved[-1].parent.name}"
+        return (
+            "stopped on request before any checkpoint was saved; `runner resume` starts it again from step 0"
+        )
     return _last_error(tail)
+
+
+def _step(checkpoint: Path) -> int:
+    try:
+        return int(checkpoint.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
 
 
 def _last_error(log_tail: str) -> str | None:

@@ -44,7 +44,8 @@ def test_eval_runs_in_the_image(dock_run: Path):
     assert read_record(run).executor == "docker"
     assert len((run / "generated_predictions.jsonl").read_text().splitlines()) == 2
     summary = json.loads((run / "eval_results.json").read_text())
-    assert summary["eval_loss"] > 0 and "rouge-l" in summary and "bleu-4" in summary
+    assert summary["eval_loss"] > 0 and "rouge-l" in summary
+    assert "bleu-4" in summary or {"bleu-4-corpus", "bleu-4-sentence"} <= summary.keys()  # zh or en method
     assert (run / "eval_results.json").stat().st_uid == job_user(os.getuid(), os.getgid())[0]
 
 

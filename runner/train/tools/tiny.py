@@ -130,7 +130,9 @@ def build_tiny_model(
     num_layers: int = 2,
     num_heads: int = 4,
     intermediate_size: int = 256,
-    max_position_embeddings: int = 1024,
+    # RoPE takes any position; 4096 lets the tiny model stand in for the real models of the shipped
+    # jobs (cutoff_len up to 2048, where validate refuses more than a model's positions).
+    max_position_embeddings: int = 4096,
 ) -> Path:
     """Create a random-weight Llama causal LM plus tokenizer in ``out_dir``.
 

@@ -59,8 +59,38 @@ def _file(spec: JobSpec, i: int, ds: DatasetSpec, at: Context) -> None:
     stage = stages.STAGES[spec.stage]
     if ds.format not in stage.data.formats:
         at.add(("data", "datasets", i, "format"), _format_message(stage, ds.format))
+    if _scores_a_benchmark(spec):
+        return  # its directory is read by the benchmark's own reader (eval.benchmark), not as records
     if at.read and known and len(at.found) == before and (at.base / path).exists():
         _read(ds.model_copy(update={"path": str(at.base / path)}), spec, where, at)
+
+
+def _scores_a_benchmark(spec: JobSpec) -> bool:
+    return not stages.STAGES[spec.stage].trains and spec.eval.benchmark is not None
+
+
+def benchmark(spec: JobSpec, at: Context) -> None:
+    """A multiple-choice benchmark: scored by a stage that trains nothing, from a directory with
+    the few-shot examples (dev/), and on a split whose answers are published."""
+    bench = spec.eval.benchmark
+    if bench is None:
+        return
+    loc = ("eval", "benchmark")
+    if stages.STAGES[spec.stage].trains:
+        at.add(loc, f"a benchmark is scored by stage eval only (got stage {spec.stage}); put it in a stage: "
+                    "eval spec, or run `runner eval RUN --benchmark DIR`")  # fmt: skip
+        return
+    path = at.base / bench.path
+    if not reachable(path, bench.path, (*loc, "path"), at):
+        return
+    if not path.is_dir():
+        at.add((*loc, "path"), f"is not a directory (got {bench.path}); give the benchmark's directory, the "
+                               "one holding dev/ and val/ or test/")  # fmt: skip
+    elif not (path / "dev").is_dir():
+        at.add((*loc, "path"), f"{bench.path} has no dev/ directory; an MMLU, C-Eval or CMMLU benchmark keeps "
+                               "its few-shot examples there")  # fmt: skip
+    if bench.layout == "ceval" and bench.split == "test":
+        at.add((*loc, "split"), "C-Eval publishes no answers for its test split (got test); use split: val")
 
 
 def _format_message(stage: stages.Stage, fmt: str) -> str:
@@ -141,4 +171,4 @@ def _shown(path: Any, base: Path) -> str:
         return str(path)
 
 
-CHECKS = (mix, dataset_dir, datasets)
+CHECKS = (mix, dataset_dir, datasets, benchmark)
