@@ -30,15 +30,29 @@ def apply_method(model, spec: JobSpec, *, train_embeddings: bool = False, task: 
 
     if method.type == "qlora":
         model = _prepare_quantized(model, spec)
-    if embeddings and method.type not in ("lora", "qlora"):
+    if embeddings and method.type not in ("lora", "qlora", "adalora"):
         raise RunnerError(
             f"model.add_special_tokens added tokens whose embeddings must train, which method "
             f"{method.type} cannot do; use method lora (or freeze, full) with new tokens"
         )
-    tied = bool(embeddings) and model.get_input_embeddings().weight is model.get_output_embeddings().weight
-    config = peft_config(spec, embeddings, tied=tied)
-    config.task_type = task  # SEQ_CLS (stage rm): PEFT trains and saves the value head too
+    output = model.get_output_embeddings()
+    tied = bool(embeddings) and output is not None and model.get_input_embeddings().weight is output.weight
+    config = peft_config(spec, embeddings, tied=tied, heads=heads(model) if task != "CAUSAL_LM" else ())
+    # SEQ_CLS (stages rm, cls), TOKEN_CLS (ner): PEFT trains and saves the head (`score`, `classifier`) too.
+    config.task_type = task
     return _upcast_trained(_lora_forward(get_peft_model(model, config), spec))
+
+
+# The heads transformers' *ForSequenceClassification and *ForTokenClassification put on a model:
+# BERT's and RoBERTa's `classifier`, the decoders' `score`.
+HEADS = ("classifier", "score")
+
+
+def heads(model) -> list[str]:
+    """The names of the model's classification heads (top-level modules)."""
+    import torch
+
+    return [name for name in HEADS if isinstance(getattr(model, name, None), torch.nn.Module)]
 
 
 def _embedding_names(model) -> list[str]:
@@ -101,16 +115,23 @@ def _prepare_quantized(model, spec: JobSpec):
     return model
 
 
-def peft_config(spec: JobSpec, embeddings: list[str] = (), *, tied: bool = False):
+def peft_config(spec: JobSpec, embeddings: list[str] = (), *, tied: bool = False, heads: list[str] = ()):
+    """`heads`: a classifier's heads, which PEFT trains in full (modules_to_save), so no adapter may
+    target them ('all-linear' would, on a token classifier)."""
     import peft
 
     m = spec.method
     task = peft.TaskType.CAUSAL_LM
+    if m.type == "adalora":
+        from runner.train.adalora import config
+
+        return config(spec, embeddings, heads)
     if m.type in ("lora", "qlora"):
         return peft.LoraConfig(
             task_type=task, r=m.r, lora_alpha=m.alpha or 2 * m.r, lora_dropout=m.dropout,
             target_modules=_targets(m.target), use_rslora=m.rslora, use_dora=m.dora,
             modules_to_save=[*m.modules_to_save, *embeddings] or None, ensure_weight_tying=tied,
+            exclude_modules=list(heads) or None,
         )  # fmt: skip
     if m.type == "prefix":
         return peft.PrefixTuningConfig(
@@ -150,7 +171,7 @@ def _freeze(model, n_layers: int, extra: list[str]):
     if n_layers > total:
         raise RunnerError(f"method.trainable_layers is {n_layers} but the model has {total} layers")
     first = total - n_layers
-    layer = re.compile(r"\.(?:layers|h|blocks|encoder\.layers)\.(\d+)\.")
+    layer = re.compile(r"\.(?:layers|layer|h|blocks|encoder\.layers)\.(\d+)\.")  # BERT's: encoder.layer.N
     matched: set[str] = set()
     for name, param in model.named_parameters():
         m = layer.search(f".{name}")

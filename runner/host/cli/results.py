@@ -193,8 +193,11 @@ def serve(target: str, host: str, port: int, api_key: str | None, name: str | No
     exported = Path(target, "config.json").exists() or Path(target, "adapter_config.json").exists()
     record = None if exported else run_of(target)
     path = str(Path(target).resolve()) if exported else record.run_dir
-    # a run without a result, a directory that is no model, a reward model: refused before loading
-    resolve(path).refuse_reward("be served as a chat model")
+    # a run without a result, a directory that is no model, a reward model: refused before loading; a
+    # classifier is served with POST /v1/classify instead of the chat endpoints
+    loaded = resolve(path)
+    if not loaded.classifier:
+        loaded.refuse_not_generative("be served as a chat model")
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         click.echo(f"warning: serving on {host} without an API key: anyone who reaches it can use it",
                    err=True)  # fmt: skip
@@ -250,14 +253,14 @@ def chat(run: str, message: str | None, system: str | None, max_new_tokens: int 
 
         from runner.core.offline import OFFLINE_ENV
 
-        resolve(run).refuse_reward("chat")
+        resolve(run).refuse_not_generative("chat")
         require_training_libraries(
             "chatting with an exported model", "Chat with the run instead (runner chat RUN: in its image)"
         )
         argv = [sys.executable, "-m", *render_chat(Path(run).resolve(), message, system), *extra]
         sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
     record = run_of(run)
-    resolve(record.run_dir).refuse_reward("chat")
+    resolve(record.run_dir).refuse_not_generative("chat")
     module_args = [*render_chat(Path(record.run_dir), message, system), *extra]
     sys.exit(run_tool(record, module_args, where(record, executor), sink, interactive=message is None))
 

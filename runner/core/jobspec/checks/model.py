@@ -70,8 +70,9 @@ def template(spec: JobSpec, at: Context) -> None:
         at.add(loc, f"unknown template '{name}'; " + (f"did you mean '{close}'? " if close else "")
                     + f"known: {', '.join(TEMPLATES)}")  # fmt: skip
         return
-    if at.model_dir is None or stages.STAGES[spec.stage].data is stages.TEXT:
-        return  # no model to look into, or plain text, which no template renders
+    data = stages.STAGES[spec.stage].data
+    if at.model_dir is None or data is stages.TEXT or data.classify:
+        return  # no model to look into, or plain text or a classifier's, which no template renders
     if name in CONTROL_TOKENS:
         vocabulary = _vocabulary(at.model_dir)
         added = spec.model.add_special_tokens
