@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 ORTH_REG_WEIGHT = 0.5  # PEFT's default
 
 
-def config(spec: JobSpec, embeddings: list[str] = (), heads: list[str] = ()):
+def config(spec: JobSpec, whole: list[str] = (), within: list[str] = ()):
+    """`whole`: modules trained in full beside the adapter; `within`: the modules no adapter may target."""
     import peft
 
     from runner.core import stages
@@ -42,7 +43,8 @@ def config(spec: JobSpec, embeddings: list[str] = (), heads: list[str] = ()):
         deltaT=m.deltaT, beta1=m.beta1, beta2=m.beta2, orth_reg_weight=orth, total_step=provisional,
         lora_alpha=m.alpha or 2 * m.init_r, lora_dropout=m.dropout,
         target_modules="all-linear" if m.target == ["all-linear"] else m.target,
-        modules_to_save=[*m.modules_to_save, *embeddings] or None, exclude_modules=list(heads) or None,
+        modules_to_save=list(dict.fromkeys([*m.modules_to_save, *whole])) or None,
+        exclude_modules=list(within) or None,
     )  # fmt: skip
 
 

@@ -227,7 +227,10 @@ def _head_config(labels: LabelSet) -> dict:
 
 
 def load_model(spec: JobSpec, labels: LabelSet, tokenizer):
-    """model.path with a new head for the label set (a head of another size is replaced)."""
+    """model.path with a new head for the label set (a head of another size is replaced). The
+    modules whose weights the checkpoint lacks besides the head (BERT's pooler, where the base was
+    saved as a masked LM) start random: they are named in `model.runner_fresh`, to train and be
+    saved with the head."""
     from runner.train.model import quantization, weight_dtype
 
     kwargs: dict = {"local_files_only": True, "trust_remote_code": spec.model.trust_remote_code,
@@ -237,9 +240,17 @@ def load_model(spec: JobSpec, labels: LabelSet, tokenizer):
         kwargs["attn_implementation"] = spec.model.attn_implementation
     if spec.method.type == "qlora":
         kwargs["quantization_config"] = quantization(spec)
-    model = _auto(labels.task).from_pretrained(spec.model.path, **kwargs)
+    model, info = _auto(labels.task).from_pretrained(spec.model.path, output_loading_info=True, **kwargs)
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
+    from runner.train.methods import heads
+
+    params = dict(model.named_parameters())
+    fresh = {key.rsplit(".", 1)[0] for key in info.get("missing_keys") or () if key in params and "." in key}
+    model.runner_fresh = tuple(sorted(m for m in fresh if m.split(".")[0] not in heads(model)))
+    if model.runner_fresh:
+        log.info("%s: no weights in the checkpoint; they start random and train with the head",
+                 ", ".join(model.runner_fresh))  # fmt: skip
     return model
 
 
@@ -250,11 +261,13 @@ def apply_method(model, spec: JobSpec, tokenizer, kind: str):
     from runner.train.model import fit_vocab
 
     grew = fit_vocab(model, tokenizer)
+    fresh = getattr(model, "runner_fresh", ())
     if spec.method.type in PEFT_METHODS:
-        return apply(model, spec, train_embeddings=grew, task="TOKEN_CLS" if kind == "token" else "SEQ_CLS")
+        task_type = "TOKEN_CLS" if kind == "token" else "SEQ_CLS"
+        return apply(model, spec, train_embeddings=grew, task=task_type, whole=fresh)
     model = apply(model, spec, train_embeddings=grew)
-    for name in heads(model):
-        getattr(model, name).requires_grad_(True)  # freeze: the head is new, it must learn
+    for name in [*heads(model), *fresh]:  # freeze: the head and what starts random must learn
+        model.get_submodule(name).requires_grad_(True)
     return model
 
 
@@ -340,6 +353,46 @@ def _scores(labels: LabelSet, eval_pred) -> dict:
     from runner.train.tools.class_scores import headline
 
     return headline(scores(labels, eval_pred.predictions, eval_pred.label_ids))
+
+
+def preview(spec_file: str, written: JobSpec, spec: JobSpec, n: int, color: bool) -> str:
+    """`runner preview` of a classification job: the label set, then N rows as training sees them:
+    a text with its label(s), or every sub-token with the tag it learns (· where it learns none: a
+    special token, or a word's later sub-token)."""
+    from runner.train import dataset
+
+    green, reset = ("\033[32m", "\033[0m") if color else ("", "")
+    tokenizer = tokenizer_for(spec)
+    train_ds, evaluation, labels = build(spec, tokenizer)
+    stats = dataset.last_stats
+    lines = [f"{spec_file}: {len(train_ds)} training rows, {sum(train_ds[LENGTH]):,} tokens"
+             + (f"; {len(evaluation)} held out for evaluation" if evaluation is not None else "")]  # fmt: skip
+    skipped = stats.get("skipped") or [0] * len(stats.get("records", []))
+    for ds, count, bad in zip(written.data.datasets, stats.get("records", []), skipped, strict=False):
+        lines.append(f"  {ds.path or ds.name}: {count} records" + (f", {bad} bad skipped" if bad else ""))
+    origin = "classification.labels" if spec.classification.labels else "read from the data"
+    lines.append(f"  {len(labels.names)} labels ({origin}), by id: "
+                 + ", ".join(f"{i}={name}" for i, name in enumerate(labels.names)))  # fmt: skip
+    if labels.task == "token":
+        lines.append(f"  words whose tag was lost (beyond cutoff_len={spec.data.cutoff_len}): {stats.get('words_cut', 0)}")
+        lines.append("  each sub-token/the tag it learns; · learns none (special tokens, later sub-tokens)")
+    for i in range(min(n, len(train_ds))):
+        row = train_ds[i]
+        tokens = tokenizer.convert_ids_to_tokens(row["input_ids"])
+        if labels.task == "token":
+            learnt = sum(1 for t in row["labels"] if t != IGNORE)
+            lines.append(f"--- example {i + 1} of {len(train_ds)}: {len(tokens)} tokens, {learnt} tagged")
+            lines.append(" ".join(f"{tok}/{green}{labels.names[t]}{reset}" if t != IGNORE else f"{tok}/·"
+                                  for tok, t in zip(tokens, row["labels"], strict=True)))  # fmt: skip
+            continue
+        value = row["labels"]
+        if labels.multi_label:
+            shown = ", ".join(labels.names[k] for k, on in enumerate(value) if on) or "(none)"
+        else:
+            shown = labels.names[value]
+        lines.append(f"--- example {i + 1} of {len(train_ds)}: {len(tokens)} tokens, label: {green}{shown}{reset}")
+        lines.append(tokenizer.decode(row["input_ids"], skip_special_tokens=False))
+    return "\n".join(lines) + "\n"
 
 
 # --- a trained classifier, for export, serve and eval ----------------------------------------------

@@ -12,11 +12,16 @@ log = logging.getLogger(__name__)
 PEFT_METHODS = ADAPTER_METHODS
 
 
-def apply_method(model, spec: JobSpec, *, train_embeddings: bool = False, task: str = "CAUSAL_LM"):
+def apply_method(
+    model, spec: JobSpec, *, train_embeddings: bool = False, task: str = "CAUSAL_LM", whole: tuple[str, ...] = ()
+):
     """Returns the model to train: the same object (full, freeze) or a PeftModel.
 
     train_embeddings: the vocabulary grew, so its new rows must train whatever the method
-    (LoRA keeps the embeddings and output head in modules_to_save, freeze trains them)."""
+    (LoRA keeps the embeddings and output head in modules_to_save, freeze trains them).
+    whole: modules (dotted paths) that train in full beside an adapter and are saved with it, never
+    adapted themselves: a classifier's head, and weights its checkpoint lacked (BERT's pooler
+    when the base was saved as a masked LM), which start random and would be lost otherwise."""
     method = spec.method
     if spec.model.adapter:
         return _upcast_trained(_continue_adapter(model, spec))
@@ -37,7 +42,8 @@ def apply_method(model, spec: JobSpec, *, train_embeddings: bool = False, task: 
         )
     output = model.get_output_embeddings()
     tied = bool(embeddings) and output is not None and model.get_input_embeddings().weight is output.weight
-    config = peft_config(spec, embeddings, tied=tied, heads=heads(model) if task != "CAUSAL_LM" else ())
+    whole = (*(heads(model) if task != "CAUSAL_LM" else ()), *whole)
+    config = peft_config(spec, embeddings, tied=tied, whole=whole, within=_within(model, whole))
     # SEQ_CLS (stages rm, cls), TOKEN_CLS (ner): PEFT trains and saves the head (`score`, `classifier`) too.
     config.task_type = task
     return _upcast_trained(_lora_forward(get_peft_model(model, config), spec))
@@ -53,6 +59,12 @@ def heads(model) -> list[str]:
     import torch
 
     return [name for name in HEADS if isinstance(getattr(model, name, None), torch.nn.Module)]
+
+
+def _within(model, modules: tuple[str, ...]) -> list[str]:
+    """Every module at or under the given dotted paths: none of them may be an adapter's target."""
+    return [name for name, _ in model.named_modules() if name and any(name == m or name.startswith(f"{m}.")
+                                                                       for m in modules)]  # fmt: skip
 
 
 def _embedding_names(model) -> list[str]:
@@ -115,9 +127,13 @@ def _prepare_quantized(model, spec: JobSpec):
     return model
 
 
-def peft_config(spec: JobSpec, embeddings: list[str] = (), *, tied: bool = False, heads: list[str] = ()):
-    """`heads`: a classifier's heads, which PEFT trains in full (modules_to_save), so no adapter may
-    target them ('all-linear' would, on a token classifier)."""
+def peft_config(
+    spec: JobSpec, embeddings: list[str] = (), *, tied: bool = False, whole: tuple[str, ...] = (),
+    within: list[str] = (),
+):  # fmt: skip
+    """`whole`: modules trained in full beside the adapter (modules_to_save); `within`: every module
+    under them, which no adapter may target ('all-linear' would: a token classifier's head, a
+    pooler)."""
     import peft
 
     m = spec.method
@@ -125,13 +141,13 @@ def peft_config(spec: JobSpec, embeddings: list[str] = (), *, tied: bool = False
     if m.type == "adalora":
         from runner.train.adalora import config
 
-        return config(spec, embeddings, heads)
+        return config(spec, [*embeddings, *whole], within)
     if m.type in ("lora", "qlora"):
         return peft.LoraConfig(
             task_type=task, r=m.r, lora_alpha=m.alpha or 2 * m.r, lora_dropout=m.dropout,
             target_modules=_targets(m.target), use_rslora=m.rslora, use_dora=m.dora,
-            modules_to_save=[*m.modules_to_save, *embeddings] or None, ensure_weight_tying=tied,
-            exclude_modules=list(heads) or None,
+            modules_to_save=list(dict.fromkeys([*m.modules_to_save, *embeddings, *whole])) or None,
+            ensure_weight_tying=tied, exclude_modules=list(within) or None,
         )  # fmt: skip
     if m.type == "prefix":
         return peft.PrefixTuningConfig(

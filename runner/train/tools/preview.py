@@ -2,7 +2,8 @@
 
 The rows come from the same code path and cache as training (dataset.build): N examples
 decoded with their trained spans marked (green on a terminal, [[...]] otherwise), their token
-counts, and the figures of the whole set.
+counts, and the figures of the whole set. A classification stage's rows (classify.build) show
+each text with its label, or each sub-token with the tag it learns (runner/train/classify.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from runner.core import offline
+from runner.core import offline, stages
 from runner.core.errors import RunnerError, SpecError
 
 GREEN, RESET = "\033[32m", "\033[0m"
@@ -49,6 +50,10 @@ def preview(spec_file: str, n: int, color: bool) -> str:
 
     written = load_job(spec_file)  # its paths as the user wrote them, for the figures
     spec = resolve(written, Path.cwd())
+    if stages.STAGES[spec.stage].data.classify:  # labels, not trained spans
+        from runner.train.classify import preview as labelled
+
+        return labelled(spec_file, written, spec, n, color)
     tokenizer = tokenizer_for(spec)
     train, evaluation = dataset.build(spec, tokenizer)
     stats = dataset.last_stats

@@ -6,6 +6,9 @@ GET /v1/models and POST /v1/chat/completions (streamed as server-sent events wit
 `Authorization: Bearer KEY`. Every refusal is an HTTP 4xx with OpenAI's error body
 {"error": {"message", "type", "param", "code"}}.
 
+A classifier (a cls or ner run, or its export) is served with POST /v1/classify instead
+(runner/train/tools/serve_classify.py); its chat endpoints refuse with a message saying so.
+
 Requests are generated together (runner/train/tools/engine.py): up to --max-batch at once,
 --max-queue more waiting, and beyond that a 429 with Retry-After. A client that disconnects
 cancels its generation; a request running past --timeout seconds ends with a 504 (or an error
@@ -479,7 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     from runner.train.tools import engine as engines
     from runner.train.tools.inference import load
 
+    from runner.core.target import resolve
+
     try:
+        target = resolve(args.target)
+        if target.classifier:
+            return _serve_classifier(target, args)
         loaded = load(args.target, purpose="serve")
         engine = engines.create(loaded, args.engine, args.max_batch)
     except (RunnerError, engines.EngineError) as e:
@@ -497,6 +505,25 @@ def main(argv: list[str] | None = None) -> int:
                 timeout_graceful_shutdown=args.drain)  # fmt: skip
     if app.state.stuck:  # a generation thread that would keep the process alive
         os._exit(1)
+    return 0
+
+
+def _serve_classifier(target, args) -> int:
+    import uvicorn
+
+    from runner.train.classify import load_classifier
+    from runner.train.tools.serve_classify import create_classifier_app
+
+    loaded = load_classifier(target)
+    if args.name:
+        loaded.name = args.name
+    api_key = os.environ.get("RUNNER_API_KEY") or None
+    app = create_classifier_app(loaded, api_key, Limits(args.max_batch, args.max_queue, args.timeout, args.max_tokens))
+    where = f"unix socket {args.uds}" if args.uds else f"http://{args.host}:{args.port}/v1"
+    print(f"serving {loaded.name} on {where} ({'API key required' if api_key else 'no API key'}; a classifier: "
+          "POST /v1/classify)", flush=True)  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, uds=args.uds, log_level="warning",
+                timeout_graceful_shutdown=args.drain)  # fmt: skip
     return 0
 
 

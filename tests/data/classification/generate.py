@@ -55,7 +55,7 @@ def reviews_en(n: int = 100) -> list[dict]:
     return rows
 
 
-def topics(n: int = 60) -> list[dict]:
+def topics(n: int = 150) -> list[dict]:
     cues = {"food": ["delicious pasta", "cold soup", "fresh bread"],
             "service": ["a friendly waiter", "rude staff", "a slow waiter"],
             "price": ["an expensive bill", "cheap prices", "a fair price"]}  # fmt: skip
