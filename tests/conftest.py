@@ -49,7 +49,9 @@ def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     per session (no download): the classification stages' encoder."""
     pytest.importorskip("torch", reason="the in-container dependencies (.[train]) are not installed")
     out = tmp_path_factory.mktemp("models") / "tiny-bert"
-    subprocess.run([sys.executable, "-m", "runner.train.tools.tiny", str(out), "--kind", "bert"], check=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, "-m", "runner.train.tools.tiny", str(out), "--kind", "bert"], check=True, cwd=ROOT
+    )
     return out
 
 

@@ -374,7 +374,9 @@ def preview(spec_file: str, written: JobSpec, spec: JobSpec, n: int, color: bool
     lines.append(f"  {len(labels.names)} labels ({origin}), by id: "
                  + ", ".join(f"{i}={name}" for i, name in enumerate(labels.names)))  # fmt: skip
     if labels.task == "token":
-        lines.append(f"  words whose tag was lost (beyond cutoff_len={spec.data.cutoff_len}): {stats.get('words_cut', 0)}")
+        lines.append(
+            f"  words whose tag was lost (beyond cutoff_len={spec.data.cutoff_len}): {stats.get('words_cut', 0)}"
+        )
         lines.append("  each sub-token/the tag it learns; · learns none (special tokens, later sub-tokens)")
     for i in range(min(n, len(train_ds))):
         row = train_ds[i]
@@ -390,7 +392,9 @@ def preview(spec_file: str, written: JobSpec, spec: JobSpec, n: int, color: bool
             shown = ", ".join(labels.names[k] for k, on in enumerate(value) if on) or "(none)"
         else:
             shown = labels.names[value]
-        lines.append(f"--- example {i + 1} of {len(train_ds)}: {len(tokens)} tokens, label: {green}{shown}{reset}")
+        lines.append(
+            f"--- example {i + 1} of {len(train_ds)}: {len(tokens)} tokens, label: {green}{shown}{reset}"
+        )
         lines.append(tokenizer.decode(row["input_ids"], skip_special_tokens=False))
     return "\n".join(lines) + "\n"
 

@@ -13,7 +13,12 @@ PEFT_METHODS = ADAPTER_METHODS
 
 
 def apply_method(
-    model, spec: JobSpec, *, train_embeddings: bool = False, task: str = "CAUSAL_LM", whole: tuple[str, ...] = ()
+    model,
+    spec: JobSpec,
+    *,
+    train_embeddings: bool = False,
+    task: str = "CAUSAL_LM",
+    whole: tuple[str, ...] = (),
 ):
     """Returns the model to train: the same object (full, freeze) or a PeftModel.
 

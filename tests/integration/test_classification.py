@@ -106,11 +106,16 @@ def _moved(seen: dict) -> tuple[list[str], list[str]]:
 
 def _texts(case: str) -> list:
     if case == "ner":
-        return [" ".join(json.loads(line)["tokens"]) for line in (SETS / "ner.jsonl").read_text().splitlines()[:16]]
+        return [
+            " ".join(json.loads(line)["tokens"])
+            for line in (SETS / "ner.jsonl").read_text().splitlines()[:16]
+        ]
     if case == "single":
         import csv
 
-        return [row["review"] for row in csv.DictReader((SETS / "reviews_en.csv").open(encoding="utf-8"))][:16]
+        return [row["review"] for row in csv.DictReader((SETS / "reviews_en.csv").open(encoding="utf-8"))][
+            :16
+        ]
     return [json.loads(line)["text"] for line in (SETS / "topics.jsonl").read_text().splitlines()[:16]]
 
 
@@ -118,7 +123,11 @@ def _export_matches(run_dir: Path, seen: dict, case: str) -> float:
     """The export, loaded by plain transformers, against the trained model: the largest logit
     difference over 16 texts (and the same predicted labels)."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+    )
 
     from runner.train.tools.export import export
 
@@ -155,7 +164,9 @@ def test_a_classifier_trains_beats_chance_and_exports(case, method, tmp_path, ti
     print(f"; export's max |logit diff| {diff:.2e}", end="")
     assert diff < 1e-4
     labels = json.loads((run_dir / ("adapter" if method != "full" else "model") / "labels.json").read_text())
-    assert labels["labels"] == report["labels"] and labels["task"] == ("token" if case == "ner" else "sequence")
+    assert labels["labels"] == report["labels"] and labels["task"] == (
+        "token" if case == "ner" else "sequence"
+    )
 
 
 def test_freeze_trains_the_last_layer_and_the_head(tmp_path, tiny_encoder, monkeypatch):
@@ -165,7 +176,9 @@ def test_freeze_trains_the_last_layer_and_the_head(tmp_path, tiny_encoder, monke
     trained = {n for n, p in seen["model"].named_parameters() if p.requires_grad}
     assert any(n.startswith("classifier.") for n in trained)
     # the pooler: the tiny BERT is saved as a masked LM, without one, so it starts random and trains
-    assert all(n.startswith(("classifier.", "bert.pooler.", "bert.encoder.layer.1.")) for n in trained), sorted(trained)
+    assert all(n.startswith(("classifier.", "bert.pooler.", "bert.encoder.layer.1.")) for n in trained), (
+        sorted(trained)
+    )
     report = json.loads((run_dir / "eval_results.json").read_text())
     print(f"\nsingle/freeze: accuracy {report['accuracy']}", end="")
     assert report["accuracy"] >= 0.2 + 0.3

@@ -176,7 +176,11 @@ def _classifier(target: Target, work: Path, dtype: str) -> str:
     loaded.tokenizer.save_pretrained(str(work))
     loaded.labels.save(work)
     kind = "Sequence" if loaded.labels.task == "sequence" else "Token"
-    how = f"adapter {target.adapter} merged into {target.base}" if target.adapter else f"full model {target.base}"
+    how = (
+        f"adapter {target.adapter} merged into {target.base}"
+        if target.adapter
+        else f"full model {target.base}"
+    )
     return (f"classifier (AutoModelFor{kind}Classification, {len(loaded.labels.names)} labels, with its head): "
             f"{how}; {want} safetensors")  # fmt: skip
 

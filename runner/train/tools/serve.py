@@ -479,10 +479,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import uvicorn
 
+    from runner.core.target import resolve
     from runner.train.tools import engine as engines
     from runner.train.tools.inference import load
-
-    from runner.core.target import resolve
 
     try:
         target = resolve(args.target)
@@ -518,7 +517,9 @@ def _serve_classifier(target, args) -> int:
     if args.name:
         loaded.name = args.name
     api_key = os.environ.get("RUNNER_API_KEY") or None
-    app = create_classifier_app(loaded, api_key, Limits(args.max_batch, args.max_queue, args.timeout, args.max_tokens))
+    app = create_classifier_app(
+        loaded, api_key, Limits(args.max_batch, args.max_queue, args.timeout, args.max_tokens)
+    )
     where = f"unix socket {args.uds}" if args.uds else f"http://{args.host}:{args.port}/v1"
     print(f"serving {loaded.name} on {where} ({'API key required' if api_key else 'no API key'}; a classifier: "
           "POST /v1/classify)", flush=True)  # fmt: skip

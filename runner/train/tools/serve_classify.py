@@ -55,7 +55,9 @@ def create_classifier_app(loaded, api_key: str | None = None, limits: Limits | N
     created = int(time.time())
     lock = threading.Lock()  # one forward pass at a time
     app = FastAPI(title="runner serve (classifier)", docs_url=None, redoc_url=None, openapi_url=None)
-    kind = "a token classifier (stage ner)" if loaded.labels.task == "token" else "a text classifier (stage cls)"
+    kind = (
+        "a token classifier (stage ner)" if loaded.labels.task == "token" else "a text classifier (stage cls)"
+    )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError):
@@ -73,7 +75,9 @@ def create_classifier_app(loaded, api_key: str | None = None, limits: Limits | N
     @app.exception_handler(Exception)
     async def _crash(request: Request, e: Exception):
         log.exception("request failed")
-        body = ApiError(500, f"internal error: {type(e).__name__}: {e}", "internal_error", kind="server_error")
+        body = ApiError(
+            500, f"internal error: {type(e).__name__}: {e}", "internal_error", kind="server_error"
+        )
         return JSONResponse(body.body(), status_code=500)
 
     if api_key is not None:
@@ -95,7 +99,9 @@ def create_classifier_app(loaded, api_key: str | None = None, limits: Limits | N
     @app.get("/v1/models/{name:path}")
     async def model(name: str):
         if name != loaded.name:
-            raise ApiError(404, f"no model '{name}'; this server serves '{loaded.name}'", "model_not_found", "model")
+            raise ApiError(
+                404, f"no model '{name}'; this server serves '{loaded.name}'", "model_not_found", "model"
+            )
         return card()
 
     def not_generative() -> None:
@@ -140,7 +146,9 @@ def create_classifier_app(loaded, api_key: str | None = None, limits: Limits | N
             raise ApiError(400, f"input: at most {limits.max_batch} texts in one request (got {len(texts)})",
                            "invalid_request", "input")  # fmt: skip
         if pairs is not None and (loaded.labels.task == "token" or len(pairs) != len(texts)):
-            why = "a token classifier tags one text" if loaded.labels.task == "token" else "give one per input"
+            why = (
+                "a token classifier tags one text" if loaded.labels.task == "token" else "give one per input"
+            )
             raise ApiError(400, f"text_pair: {why}", "invalid_request", "text_pair")
         enc = loaded.tokenizer(texts, pairs)
         used = sum(len(ids) for ids in enc["input_ids"])
