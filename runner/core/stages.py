@@ -69,6 +69,12 @@ TAGGED_WORDS = Data(
     ranking=False, labelled=False, preference=False, classify="token",
 )  # fmt: skip
 _OWN_FIELDS = {**CONVERSATIONS.fields, **TEXT.fields, **LABELLED_TEXTS.fields, **TAGGED_WORDS.fields}
+# Stage eval: conversations for a language model; a classifier's test set, labelled as it trained.
+EVALUATED = Data(
+    "conversations (a classifier: texts with their label(s), or tagged words)",
+    {**CONVERSATIONS.fields, **LABELLED_TEXTS.fields, **TAGGED_WORDS.fields},
+    ranking=False, labelled=False, preference=False,
+)  # fmt: skip
 
 
 # What a stage may do without. The checks (jobspec/checks/stage.py) know how a spec asks for each
@@ -193,9 +199,10 @@ STAGES: dict[str, Stage] = {
               "token classification: a tag for each word (BIO tags for named entities), learnt on the word's "
               "first sub-token; entity-level F1 on the validation split",
               unsupported=_CLASSIFIER),
-        Stage("eval", "runner.train.stages.evaluate", CONVERSATIONS,
+        Stage("eval", "runner.train.stages.evaluate", EVALUATED,
               "loss, generated answers and BLEU/ROUGE of model.path (+ model.adapter) on the data, as "
-              "`runner eval` runs it; trains nothing", trains=False),
+              "`runner eval` runs it; a classifier's accuracy, F1 and confusion matrix (entity F1 for ner) "
+              "on labelled data; trains nothing", trains=False),
     )
 }  # fmt: skip
 NAMES = tuple(STAGES)

@@ -109,20 +109,23 @@ def build(spec: JobSpec, tokenizer):
     return train, evaluation, labels
 
 
-def tokenize(spec: JobSpec, tokenizer):
+def tokenize(spec: JobSpec, tokenizer, labels: LabelSet | None = None):
     """Rows and their figures (records and skipped per dataset, the label set, words whose tag was
-    cut off by cutoff_len)."""
+    cut off by cutoff_len). `labels`: a trained classifier's (stage eval), else the spec's or the data's."""
     from datasets import Dataset
 
     from runner.core.data import readers
     from runner.core.data.records import DataError
     from runner.train import dataset
 
-    kind, c = task(spec), spec.classification
+    kind, c = labels.task if labels else task(spec), spec.classification
     skipped: list[int] = []
     loaded = readers.load(spec.data, spec.training.seed, skipped, spec.stage)
     try:
-        labels = LabelSet.of(read_labels(chain(*loaded), kind), c.labels, kind, c.multi_label, c.threshold)
+        if labels is None:
+            labels = LabelSet.of(
+                read_labels(chain(*loaded), kind), c.labels, kind, c.multi_label, c.threshold
+            )
         sources = [Dataset.from_list([_labelled(item, labels, kind) for item in items]) for items in loaded]
     except LabelError as e:
         raise DataError(f"{e} (run `runner validate` to see the record)") from None
@@ -397,6 +400,49 @@ def preview(spec_file: str, written: JobSpec, spec: JobSpec, n: int, color: bool
         )
         lines.append(tokenizer.decode(row["input_ids"], skip_special_tokens=False))
     return "\n".join(lines) + "\n"
+
+
+def evaluate(spec: JobSpec, run_dir: Path, target: Target) -> dict:
+    """Stage eval of a classifier: its scores on the data (the held-out split where data.val_size is
+    set: the rows its training held out, for the same data and seed), in eval_results.json."""
+    import time
+
+    import torch
+
+    from runner.train import dataset
+    from runner.train.tools.class_scores import table
+
+    started = time.time()
+    loaded = load_classifier(target)
+    rows, _ = tokenize(spec, loaded.tokenizer, loaded.labels)
+    _, held = dataset.split(rows, spec)
+    rows = held if held is not None else rows
+    if spec.eval.max_samples:
+        rows = rows.select(range(min(spec.eval.max_samples, len(rows))))
+    rows = rows.remove_columns([LENGTH])
+    log.info("evaluating %s on %d record(s)", loaded.name, len(rows))
+    collate, batch = collator(loaded.tokenizer, loaded.labels.task), spec.training.per_device_eval_batch_size
+    found, truth = [], []
+    for start in range(0, len(rows), batch):
+        inputs = collate([rows[i] for i in range(start, min(start + batch, len(rows)))])
+        true = inputs.pop("labels")
+        with torch.no_grad():
+            logits = loaded.model(**{k: v.to(loaded.model.device) for k, v in inputs.items()}).logits
+        found += list(predictions(loaded.labels, logits).cpu().numpy())
+        truth += list(true.numpy())
+    if loaded.labels.task == "token":  # rows of different lengths: pad as the Trainer does
+        width = max(len(r) for r in truth)
+        truth = [list(r) + [IGNORE] * (width - len(r)) for r in truth]
+        found = [list(r) + [IGNORE] * (width - len(r)) for r in found]
+    report = scores(loaded.labels, found, truth)
+    summary = {"stage": spec.stage, "split": "validation" if spec.data.val_size else "all",
+               "labels": list(loaded.labels.names), **report, "seconds": round(time.time() - started, 1),
+               "model": spec.model.path, "adapter": spec.model.adapter}  # fmt: skip
+    run = RunDir(run_dir)
+    for path in (run.eval_results, run.results):
+        atomic.write_text(path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    log.info("%s", table(report))
+    return summary
 
 
 # --- a trained classifier, for export, serve and eval ----------------------------------------------

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runner.train.tools.serve import ApiError, Limits, _Auth
+from runner.train.tools.api import ApiError, BearerAuth, Limits
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def create_classifier_app(loaded, api_key: str | None = None, limits: Limits | N
         return JSONResponse(body.body(), status_code=500)
 
     if api_key is not None:
-        app.add_middleware(_Auth, key=api_key)
+        app.add_middleware(BearerAuth, key=api_key)
 
     def card() -> dict:
         return {"id": loaded.name, "object": "model", "created": created, "owned_by": "runner",

@@ -14,6 +14,17 @@ from runner.core.jobspec.partial import Unchecked
 _NO_TEXT = "a classifier writes no text: eval's settings are stage eval's generation settings"
 
 
+def labelled_data(spec: JobSpec) -> bool:
+    """Whether every dataset is a classifier's (texts with labels, tagged words): data no chat
+    template renders. False where a dataset failed validation."""
+    from runner.core.data.labels import FORMATS
+
+    try:
+        return all(ds.format in FORMATS for ds in spec.data.datasets)
+    except Unchecked:
+        return False
+
+
 def settings(spec: JobSpec, at: Context) -> None:
     """classification.* belongs to the classification stages, and what they take of it."""
     stage = stages.STAGES[spec.stage]
@@ -110,4 +121,34 @@ def adalora(spec: JobSpec, at: Context) -> None:
                                               "loss outside the model, where PEFT adds the penalty; remove it")  # fmt: skip
 
 
-CHECKS = (settings, not_for_a_classifier, labels, adalora)
+def evaluation(spec: JobSpec, at: Context) -> None:
+    """Stage eval: a classifier is scored on labelled data of its kind, a language model on conversations."""
+    from runner.core.target import of_spec
+
+    if stages.STAGES[spec.stage].trains or at.model_dir is None or spec.eval.benchmark is not None:
+        return
+    adapter = spec.model.adapter
+    if adapter and (unset(adapter) or not (at.base / adapter).is_dir()):
+        return  # reported by the model checks
+    model = spec.model.model_copy(
+        update={"path": str(at.model_dir), "adapter": str(at.base / adapter) if adapter else None}
+    )
+    kind = of_spec(spec.model_copy(update={"model": model})).classifier
+    wanted = {"classification": "sequence", "tagging": "token"}
+    for i, ds in enumerate(spec.data.datasets):
+        with contextlib.suppress(Unchecked):
+            data_kind = wanted.get(ds.format)
+            if data_kind == kind:
+                continue
+            loc = ("data", "datasets", i, "format")
+            if kind is None:
+                at.add(loc, f"'{ds.format}' is a classifier's test set, and the model is a language model (no "
+                            "classification head); evaluate it on conversations (alpaca, sharegpt)")  # fmt: skip
+            else:
+                fmt = next(f for f, k in wanted.items() if k == kind)
+                what = "labels whole texts" if kind == "sequence" else "tags words"
+                at.add(loc, f"the model is a classifier that {what}: evaluate it on data in format {fmt} "
+                            f"(got '{ds.format}')")  # fmt: skip
+
+
+CHECKS = (settings, not_for_a_classifier, labels, adalora, evaluation)

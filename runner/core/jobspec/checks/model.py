@@ -9,6 +9,7 @@ from pathlib import Path
 
 from runner.core import stages
 from runner.core.data.templates import missing_controls
+from runner.core.jobspec.checks.classify import labelled_data
 from runner.core.jobspec.checks.context import Context, unset
 from runner.core.jobspec.checks.files import directory, listing
 from runner.core.jobspec.job import CONTROL_TOKENS, TEMPLATES, JobSpec
@@ -71,7 +72,7 @@ def template(spec: JobSpec, at: Context) -> None:
                     + f"known: {', '.join(TEMPLATES)}")  # fmt: skip
         return
     data = stages.STAGES[spec.stage].data
-    if at.model_dir is None or data is stages.TEXT or data.classify:
+    if at.model_dir is None or data is stages.TEXT or data.classify or labelled_data(spec):
         return  # no model to look into, or plain text or a classifier's, which no template renders
     if name in CONTROL_TOKENS:
         vocabulary = _vocabulary(at.model_dir)
