@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.core import stages
-from runner.core.data.labels import LABELS_FILE
+from runner.core.data.labels import adapter_classifier as _adapter_classifier
+from runner.core.data.labels import classifier_kind
 from runner.core.errors import RunnerError
 from runner.core.rundir import ADAPTER, RunDir
 
@@ -149,36 +150,6 @@ def is_reward_model(model_dir: str | Path) -> bool:
     ):
         return False
     return len(config.get("id2label") or {"0": "", "1": ""}) == 1
-
-
-def classifier_kind(model_dir: str | Path) -> str | None:
-    """ "sequence" or "token" for a model directory holding a classifier that labels text: one with
-    runner's labels.json beside it, a token classifier, or a sequence classifier of two labels or
-    more (one of one label is a reward model); None otherwise."""
-    saved = _labels_task(Path(model_dir))
-    if saved:
-        return saved
-    config = _config(model_dir)
-    architectures = _architectures(config)
-    if any(a.endswith("ForTokenClassification") for a in architectures):
-        return "token"
-    if any(a.endswith("ForSequenceClassification") for a in architectures):
-        return "sequence" if len(config.get("id2label") or {"0": "", "1": ""}) > 1 else None
-    return None
-
-
-def _labels_task(directory: Path) -> str | None:
-    try:
-        task = json.loads((directory / LABELS_FILE).read_text(encoding="utf-8")).get("task")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return task if task in ("sequence", "token") else None
-
-
-def _adapter_classifier(adapter: Path, task_type: str) -> str | None:
-    """A classifier's adapter: labels.json beside it, or PEFT's TOKEN_CLS (SEQ_CLS without labels.json
-    is a reward model's)."""
-    return _labels_task(adapter) or ("token" if task_type == "TOKEN_CLS" else None)
 
 
 def _task_type(adapter: str | Path) -> str:

@@ -228,6 +228,58 @@ def read_labels(items: Iterable[dict], task: str) -> Iterator[Any]:
             yield item["label"]
 
 
+# --- a saved classifier: what it labels ---------------------------------------------------
+
+
+def classifier_kind(model_dir: str | Path) -> str | None:
+    """ "sequence" or "token" for a model directory holding a classifier that labels text: one with
+    runner's labels.json beside it, a token classifier, or a sequence classifier of two labels or
+    more (one of one label is a reward model); None otherwise."""
+    saved = _labels_task(Path(model_dir))
+    if saved:
+        return saved
+    try:
+        config = json.loads(Path(model_dir, "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    architectures = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    if any(a.endswith("ForTokenClassification") for a in architectures):
+        return "token"
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "sequence" if len(config.get("id2label") or {"0": "", "1": ""}) > 1 else None
+    return None
+
+
+def _labels_task(directory: Path) -> str | None:
+    try:
+        task = json.loads((directory / LABELS_FILE).read_text(encoding="utf-8")).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return task if task in ("sequence", "token") else None
+
+
+def adapter_classifier(adapter: Path, task_type: str) -> str | None:
+    """A classifier's adapter: labels.json beside it, or PEFT's TOKEN_CLS (SEQ_CLS without labels.json
+    is a reward model's)."""
+    return _labels_task(adapter) or ("token" if task_type == "TOKEN_CLS" else None)
+
+
+def classifier_of(model_dir: str | Path, adapter: str | Path | None = None) -> str | None:
+    """What a model directory, with an adapter on top, labels: "sequence", "token" or None."""
+    if adapter is not None:
+        try:
+            config = json.loads(Path(adapter, "adapter_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = {}
+        task_type = config.get("task_type") if isinstance(config, dict) else None
+        found = adapter_classifier(Path(adapter), task_type or "")
+        if found:
+            return found
+    return classifier_kind(model_dir)
+
+
 # --- entities (seqeval's rules, as conlleval counts them) -----------------------------------
 
 

@@ -8,21 +8,11 @@ import contextlib
 
 from runner.core import stages
 from runner.core.jobspec.checks.context import Context, changed, either, unset
+from runner.core.jobspec.checks.model import run_adapter
 from runner.core.jobspec.job import ClassificationSpec, EvalSpec, JobSpec
 from runner.core.jobspec.partial import Unchecked
 
 _NO_TEXT = "a classifier writes no text: eval's settings are stage eval's generation settings"
-
-
-def labelled_data(spec: JobSpec) -> bool:
-    """Whether every dataset is a classifier's (texts with labels, tagged words): data no chat
-    template renders. False where a dataset failed validation."""
-    from runner.core.data.labels import FORMATS
-
-    try:
-        return all(ds.format in FORMATS for ds in spec.data.datasets)
-    except Unchecked:
-        return False
 
 
 def settings(spec: JobSpec, at: Context) -> None:
@@ -123,17 +113,15 @@ def adalora(spec: JobSpec, at: Context) -> None:
 
 def evaluation(spec: JobSpec, at: Context) -> None:
     """Stage eval: a classifier is scored on labelled data of its kind, a language model on conversations."""
-    from runner.core.target import of_spec
+    from runner.core.data.labels import classifier_of
 
     if stages.STAGES[spec.stage].trains or at.model_dir is None or spec.eval.benchmark is not None:
         return
     adapter = spec.model.adapter
-    if adapter and (unset(adapter) or not (at.base / adapter).is_dir()):
+    where = run_adapter(adapter, at.base) if adapter and not unset(adapter) else None
+    if adapter and (where is None or not where.is_dir()):
         return  # reported by the model checks
-    model = spec.model.model_copy(
-        update={"path": str(at.model_dir), "adapter": str(at.base / adapter) if adapter else None}
-    )
-    kind = of_spec(spec.model_copy(update={"model": model})).classifier
+    kind = classifier_of(at.model_dir, where)
     wanted = {"classification": "sequence", "tagging": "token"}
     for i, ds in enumerate(spec.data.datasets):
         with contextlib.suppress(Unchecked):
