@@ -138,7 +138,7 @@ class LabelSet:
         except ValueError:
             import difflib
 
-            close = difflib.get_close_matches(value, self.names, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(value, self.names, n=1, cutoff=0.75)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise LabelError(f"label '{value}' is not one of the labels ({_shown(self.names)}); {hint}add it to "
                              "classification.labels, or fix the record") from None  # fmt: skip
