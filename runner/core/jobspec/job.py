@@ -473,7 +473,8 @@ class PreferenceSpec(_Spec):
     reference: Literal["auto", "copy", "precomputed"] = Field(
         "auto", description="dpo, kto: auto: with an adapter method the model with the adapter switched "
         "off (a new adapter: the base; a continued model.adapter: a frozen copy of that adapter, never "
-        "of the model), with full or freeze a frozen copy of the model; copy: always a frozen copy of "
+        "of the model), with full, freeze or adalora (whose PEFT model takes one adapter) a frozen copy "
+        "of the model; copy: always a frozen copy of "
         "the model; precomputed: the reference's log-probs computed once before training, no copy kept.",
     )  # fmt: skip
     desirable_weight: float = Field(1.0, gt=0, description="kto: weight of the desirable examples' loss.")

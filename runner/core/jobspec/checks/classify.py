@@ -106,6 +106,11 @@ def adalora(spec: JobSpec, at: Context) -> None:
         at.add(("model", "adapter"), "AdaLoRA starts a new adapter at init_r and prunes it; continue an adapter "
                                      "with the method that trained it, or leave out model.adapter")  # fmt: skip
     stage = stages.STAGES[spec.stage]
+    if spec.preference.reference == "precomputed" and stage.data.preference:
+        at.add(("preference", "reference"), "precomputed keeps no reference model, so TRL would keep its "
+                                            "reference as a second adapter beside the trained one, which PEFT's "
+                                            "AdaLoRA refuses (one adapter only); use auto or copy (a frozen copy "
+                                            "of the model)")  # fmt: skip
     if method.orth_reg_weight and stage.data.preference:
         at.add(("method", "orth_reg_weight"), f"cannot apply to stage '{stage.name}': its trainer computes the "
                                               "loss outside the model, where PEFT adds the penalty; remove it")  # fmt: skip
