@@ -175,7 +175,11 @@ def peft_config(
     if m.type == "ia3":
         # Both empty: PEFT's per-architecture defaults, which pair targets with feed-forward layers.
         return peft.IA3Config(
-            task_type=task, target_modules=m.target or None, feedforward_modules=m.feedforward or None
+            task_type=task,
+            target_modules=m.target or None,
+            feedforward_modules=m.feedforward or None,
+            modules_to_save=list(whole) or None,
+            exclude_modules=list(within) or None,
         )
     raise RunnerError(f"method {m.type} has no PEFT config")
 

@@ -43,6 +43,7 @@ METHODS = {
     "adalora": ({"type": "adalora", "init_r": 8, "target_r": 4, "tinit": 10, "tfinal": 10, "orth_reg_weight": 0.1},
                 1e-2),
     "freeze": ({"type": "freeze", "trainable_layers": 1}, 2e-3),
+    "ia3": ({"type": "ia3"}, 1e-2),
 }  # fmt: skip
 STEPS = {"single": 100, "multi": 200, "ner": 60}  # 8 texts a step
 
@@ -182,3 +183,16 @@ def test_freeze_trains_the_last_layer_and_the_head(tmp_path, tiny_encoder, monke
     report = json.loads((run_dir / "eval_results.json").read_text())
     print(f"\nsingle/freeze: accuracy {report['accuracy']}", end="")
     assert report["accuracy"] >= 0.2 + 0.3
+
+
+def test_ia3_trains_its_vectors_and_the_head_and_exports_them(tmp_path, tiny_encoder, monkeypatch):
+    """IA3 as well (no score asserted: its rescaling vectors learn this set slowly); the pooler the
+    tiny BERT lacks trains beside the head and is saved with the adapter, so the export matches."""
+    run_dir, seen = train(tmp_path, tiny_encoder, "single", "ia3", monkeypatch)
+    stuck, moved = _moved(seen)
+    assert not stuck and not moved
+    trained = {n for n, p in seen["model"].named_parameters() if p.requires_grad}
+    assert any("pooler" in n and "modules_to_save" in n for n in trained)
+    diff = _export_matches(run_dir, seen, "single")
+    print(f"\nsingle/ia3: export's max |logit diff| {diff:.2e}", end="")
+    assert diff < 1e-4
