@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Data:
-    """What a stage reads from each record of its datasets: one of the five below."""
+    """What a stage reads from each record of its datasets: one of those below."""
 
     what: str  # in messages and docs, e.g. "preference pairs"
     fields: Mapping[str, tuple[str, ...]]  # each format it reads -> the fields a record must have

@@ -130,8 +130,10 @@ class LabelSet:
     def id(self, value: Label) -> int:
         if isinstance(value, int):
             if value >= len(self.names):
+                hint = (f"; a number in the data is an id (0-based), not the name '{value}': write the label as "
+                        "text" if str(value) in self.names else "")  # fmt: skip
                 raise LabelError(f"label id {value} is beyond the {len(self.names)} labels "
-                                 f"({_shown(self.names)}); ids run from 0 to {len(self.names) - 1}")  # fmt: skip
+                                 f"({_shown(self.names)}); ids run from 0 to {len(self.names) - 1}{hint}")  # fmt: skip
             return value
         try:
             return self.names.index(value)

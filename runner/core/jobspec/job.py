@@ -636,6 +636,13 @@ class ClassificationSpec(_Spec):
         description="multi_label: a label is predicted where its probability is at least this.",
     )
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:  # YAML reads [1, 2, 3] as numbers: they name the labels "1", "2", "3"
+        if isinstance(v, list):
+            return [str(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x for x in v]
+        return v
+
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: list[str] | None) -> list[str] | None:
