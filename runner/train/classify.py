@@ -1,4 +1,5 @@
-"""What the classification stages (cls, ner) share, and what chat's siblings load a classifier with.
+"""What the classification stages (cls, ner) share; a trained classifier is loaded by
+runner/train/tools/classifier.py.
 
 - data: the records (core/data/labels.py) -> the label set (the spec's, or the data's) -> rows.
   A text (or text pair) is tokenized as the model's tokenizer does by itself ([CLS] text [SEP] on
@@ -22,7 +23,6 @@ import hashlib
 import json
 import logging
 import uuid
-from dataclasses import dataclass
 from functools import partial
 from itertools import chain
 from pathlib import Path
@@ -33,7 +33,6 @@ from runner.core.data.templates import IGNORE, LENGTH
 from runner.core.errors import RunnerError
 from runner.core.jobspec.job import JobSpec
 from runner.core.rundir import RunDir
-from runner.core.target import Target
 
 log = logging.getLogger(__name__)
 # This module's preprocessing, hashed into the cache key beside what dataset.cache_key hashes.
@@ -214,13 +213,14 @@ def collator(tokenizer, kind: str):
 # --- the model -----------------------------------------------------------------------------------
 
 
-def _auto(kind: str):
+def auto_class(kind: str):
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     return AutoModelForTokenClassification if kind == "token" else AutoModelForSequenceClassification
 
 
-def _head_config(labels: LabelSet) -> dict:
+def head_config(labels: LabelSet) -> dict:
+    """The config a model needs to carry the label set."""
     config = {"num_labels": len(labels.names), "id2label": labels.id2label, "label2id": labels.label2id}
     if labels.task == "sequence":
         config["problem_type"] = (
@@ -238,12 +238,12 @@ def load_model(spec: JobSpec, labels: LabelSet, tokenizer):
 
     kwargs: dict = {"local_files_only": True, "trust_remote_code": spec.model.trust_remote_code,
                     "dtype": weight_dtype(spec), "pad_token_id": tokenizer.pad_token_id,
-                    "ignore_mismatched_sizes": True, **_head_config(labels)}  # fmt: skip
+                    "ignore_mismatched_sizes": True, **head_config(labels)}  # fmt: skip
     if spec.model.attn_implementation != "auto":
         kwargs["attn_implementation"] = spec.model.attn_implementation
     if spec.method.type == "qlora":
         kwargs["quantization_config"] = quantization(spec)
-    model, info = _auto(labels.task).from_pretrained(spec.model.path, output_loading_info=True, **kwargs)
+    model, info = auto_class(labels.task).from_pretrained(spec.model.path, output_loading_info=True, **kwargs)
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     from runner.train.methods import heads
@@ -356,203 +356,3 @@ def _scores(labels: LabelSet, eval_pred) -> dict:
     from runner.train.tools.class_scores import headline
 
     return headline(scores(labels, eval_pred.predictions, eval_pred.label_ids))
-
-
-def preview(spec_file: str, written: JobSpec, spec: JobSpec, n: int, color: bool) -> str:
-    """`runner preview` of a classification job: the label set, then N rows as training sees them:
-    a text with its label(s), or every sub-token with the tag it learns (· where it learns none: a
-    special token, or a word's later sub-token)."""
-    from runner.train import dataset
-
-    green, reset = ("\033[32m", "\033[0m") if color else ("", "")
-    tokenizer = tokenizer_for(spec)
-    train_ds, evaluation, labels = build(spec, tokenizer)
-    stats = dataset.last_stats
-    lines = [f"{spec_file}: {len(train_ds)} training rows, {sum(train_ds[LENGTH]):,} tokens"
-             + (f"; {len(evaluation)} held out for evaluation" if evaluation is not None else "")]  # fmt: skip
-    skipped = stats.get("skipped") or [0] * len(stats.get("records", []))
-    for ds, count, bad in zip(written.data.datasets, stats.get("records", []), skipped, strict=False):
-        lines.append(f"  {ds.path or ds.name}: {count} records" + (f", {bad} bad skipped" if bad else ""))
-    origin = "classification.labels" if spec.classification.labels else "read from the data"
-    lines.append(f"  {len(labels.names)} labels ({origin}), by id: "
-                 + ", ".join(f"{i}={name}" for i, name in enumerate(labels.names)))  # fmt: skip
-    if labels.task == "token":
-        lines.append(
-            f"  words whose tag was lost (beyond cutoff_len={spec.data.cutoff_len}): {stats.get('words_cut', 0)}"
-        )
-        lines.append("  each sub-token/the tag it learns; · learns none (special tokens, later sub-tokens)")
-    for i in range(min(n, len(train_ds))):
-        row = train_ds[i]
-        tokens = tokenizer.convert_ids_to_tokens(row["input_ids"])
-        if labels.task == "token":
-            learnt = sum(1 for t in row["labels"] if t != IGNORE)
-            lines.append(f"--- example {i + 1} of {len(train_ds)}: {len(tokens)} tokens, {learnt} tagged")
-            lines.append(" ".join(f"{tok}/{green}{labels.names[t]}{reset}" if t != IGNORE else f"{tok}/·"
-                                  for tok, t in zip(tokens, row["labels"], strict=True)))  # fmt: skip
-            continue
-        value = row["labels"]
-        if labels.multi_label:
-            shown = ", ".join(labels.names[k] for k, on in enumerate(value) if on) or "(none)"
-        else:
-            shown = labels.names[value]
-        lines.append(
-            f"--- example {i + 1} of {len(train_ds)}: {len(tokens)} tokens, label: {green}{shown}{reset}"
-        )
-        lines.append(tokenizer.decode(row["input_ids"], skip_special_tokens=False))
-    return "\n".join(lines) + "\n"
-
-
-def evaluate(spec: JobSpec, run_dir: Path, target: Target) -> dict:
-    """Stage eval of a classifier: its scores on the data (the held-out split where data.val_size is
-    set: the rows its training held out, for the same data and seed), in eval_results.json."""
-    import time
-
-    import torch
-
-    from runner.train import dataset
-    from runner.train.tools.class_scores import table
-
-    started = time.time()
-    loaded = load_classifier(target)
-    rows, _ = tokenize(spec, loaded.tokenizer, loaded.labels)
-    _, held = dataset.split(rows, spec)
-    rows = held if held is not None else rows
-    if spec.eval.max_samples:
-        rows = rows.select(range(min(spec.eval.max_samples, len(rows))))
-    rows = rows.remove_columns([LENGTH])
-    log.info("evaluating %s on %d record(s)", loaded.name, len(rows))
-    collate, batch = collator(loaded.tokenizer, loaded.labels.task), spec.training.per_device_eval_batch_size
-    found, truth = [], []
-    for start in range(0, len(rows), batch):
-        inputs = collate([rows[i] for i in range(start, min(start + batch, len(rows)))])
-        true = inputs.pop("labels")
-        with torch.no_grad():
-            logits = loaded.model(**{k: v.to(loaded.model.device) for k, v in inputs.items()}).logits
-        found += list(predictions(loaded.labels, logits).cpu().numpy())
-        truth += list(true.numpy())
-    if loaded.labels.task == "token":  # rows of different lengths: pad as the Trainer does
-        width = max(len(r) for r in truth)
-        truth = [list(r) + [IGNORE] * (width - len(r)) for r in truth]
-        found = [list(r) + [IGNORE] * (width - len(r)) for r in found]
-    report = scores(loaded.labels, found, truth)
-    summary = {"stage": spec.stage, "split": "validation" if spec.data.val_size else "all",
-               "labels": list(loaded.labels.names), **report, "seconds": round(time.time() - started, 1),
-               "model": spec.model.path, "adapter": spec.model.adapter}  # fmt: skip
-    run = RunDir(run_dir)
-    for path in (run.eval_results, run.results):
-        atomic.write_text(path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    log.info("%s", table(report))
-    return summary
-
-
-# --- a trained classifier, for export, serve and eval ----------------------------------------------
-
-
-@dataclass
-class Classifier:
-    model: object
-    tokenizer: object
-    labels: LabelSet
-    name: str
-    context: int  # the longest input the model takes, in tokens
-
-
-def labels_of(target: Target) -> LabelSet:
-    """The label set saved beside the classifier (labels.json), else its config's id2label."""
-    for where in (target.adapter, target.base):
-        if where and (found := LabelSet.load(where)):
-            return found
-    config = json.loads(Path(target.base, "config.json").read_text(encoding="utf-8"))
-    id2label = config.get("id2label") or {"0": "LABEL_0", "1": "LABEL_1"}
-    names = tuple(id2label[k] for k in sorted(id2label, key=int))
-    multi = config.get("problem_type") == "multi_label_classification"
-    return LabelSet(names, target.classifier or "sequence", multi)
-
-
-def load_classifier(target: Target, dtype=None) -> Classifier:
-    """The classifier a target holds, in eval mode: base with the head, the adapter on top."""
-    import torch
-
-    from runner.train.model import load_tokenizer
-
-    labels = labels_of(target)
-    tokenizer = load_tokenizer(target.tokenizer, target.trust_remote_code)
-    model = _auto(labels.task).from_pretrained(
-        target.base, local_files_only=True, trust_remote_code=target.trust_remote_code,
-        dtype=dtype or torch.float32, pad_token_id=tokenizer.pad_token_id, ignore_mismatched_sizes=True,
-        **_head_config(labels),
-    )  # fmt: skip
-    if target.adapter:
-        from peft import PeftModel
-
-        from runner.train.tools.inference import fit_vocabulary
-
-        fit_vocabulary(model, tokenizer)
-        model = PeftModel.from_pretrained(model, target.adapter)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    model.eval()
-    config = getattr(model, "config", None)
-    context = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
-    return Classifier(model, tokenizer, labels, target.name, int(min(context, tokenizer.model_max_length)))
-
-
-def classify(loaded: Classifier, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
-    """Each text's label (multi_label: labels) and every label's probability."""
-    import torch
-
-    enc = loaded.tokenizer(texts, pairs, truncation=True, max_length=loaded.context, padding=True,
-                           return_tensors="pt").to(loaded.model.device)  # fmt: skip
-    with torch.no_grad():
-        logits = loaded.model(**enc).logits.float()
-    names, out = loaded.labels.names, []
-    probs = torch.sigmoid(logits) if loaded.labels.multi_label else torch.softmax(logits, -1)
-    for row in probs.tolist():
-        scores = {names[i]: round(p, 6) for i, p in enumerate(row)}
-        if loaded.labels.multi_label:
-            chosen = [names[i] for i, p in enumerate(row) if p >= loaded.labels.threshold]
-            out.append({"labels": chosen, "scores": scores})
-        else:
-            best = max(range(len(row)), key=row.__getitem__)
-            out.append({"label": names[best], "score": round(row[best], 6), "scores": scores})
-    return out
-
-
-def tag(loaded: Classifier, texts: list[str]) -> list[dict]:
-    """Each text's words (as the tokenizer splits them) with their tags, and the entities they make,
-    with their character spans in the text."""
-    import torch
-
-    from runner.core.data.labels import entities
-
-    enc = loaded.tokenizer(texts, truncation=True, max_length=loaded.context, padding=True,
-                           return_offsets_mapping=True, return_tensors="pt")  # fmt: skip
-    offsets = enc.pop("offset_mapping").tolist()
-    with torch.no_grad():
-        probs = torch.softmax(loaded.model(**enc.to(loaded.model.device)).logits.float(), -1).tolist()
-    names, out = loaded.labels.names, []
-    for i, text in enumerate(texts):
-        words, spans, tags, conf, previous = [], [], [], [], None
-        for k, word in enumerate(enc.word_ids(i)):
-            start, end = offsets[i][k]
-            if word is None:
-                continue
-            if word != previous:  # the word's first sub-token carries its tag
-                best = max(range(len(names)), key=probs[i][k].__getitem__)
-                words.append([start, end])
-                tags.append(names[best])
-                conf.append(probs[i][k][best])
-            else:
-                words[-1][1] = end
-            previous = word
-        found = []
-        if loaded.labels.bio:
-            for kind, first, last in entities(tags):
-                start, end = words[first][0], words[last][1]
-                score = min(conf[first : last + 1])
-                found.append({"type": kind, "text": text[start:end], "start": start, "end": end,
-                              "score": round(score, 6)})  # fmt: skip
-        spans = [{"word": text[s:e], "tag": t, "start": s, "end": e, "score": round(c, 6)}
-                 for (s, e), t, c in zip(words, tags, conf, strict=True)]  # fmt: skip
-        out.append({"entities": found, "words": spans})
-    return out

@@ -5,7 +5,7 @@ benchmark's accuracy (runner/train/tools/benchmark.py).
 
 A classifier (a cls or ner run's result) is scored on labelled data instead (format
 classification or tagging): accuracy, F1 and the confusion matrix, or entity-level F1
-(runner/train/classify.py).
+(runner/train/tools/classifier.py).
 
 With data.val_size only the held-out share is evaluated: the same rows training held out when
 the data and training.seed are the same. Writes generated_predictions.jsonl (prompt, predict,
@@ -106,7 +106,7 @@ def run(spec: JobSpec, run_dir: Path) -> dict:
     seed_everything(spec)
     target = of_spec(spec)
     if target.classifier:  # labels, not generated answers: runner/train/classify.py scores them
-        from runner.train.classify import evaluate
+        from runner.train.tools.classifier import evaluate
 
         return evaluate(spec, run_dir, target)
     loaded = inference.load_target(target, purpose="eval")

@@ -166,7 +166,7 @@ def _classifier(target: Target, work: Path, dtype: str) -> str:
     """The base with the trained head, the adapter merged in; the label set in the config and beside it."""
     import torch
 
-    from runner.train.classify import load_classifier
+    from runner.train.tools.classifier import load_classifier
 
     loaded = load_classifier(target, dtype=torch.float32)  # merged in full precision, cast once at the end
     model = loaded.model.merge_and_unload() if target.adapter else loaded.model

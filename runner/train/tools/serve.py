@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve_classifier(target, args) -> int:
     import uvicorn
 
-    from runner.train.classify import load_classifier
+    from runner.train.tools.classifier import load_classifier
     from runner.train.tools.serve_classify import create_classifier_app
 
     loaded = load_classifier(target)

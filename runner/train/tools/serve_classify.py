@@ -48,8 +48,8 @@ class ClassifyRequest(BaseModel):
 
 
 def create_classifier_app(loaded, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
-    """`loaded`: a runner.train.classify.Classifier."""
-    from runner.train import classify
+    """`loaded`: a runner.train.tools.classifier.Classifier."""
+    from runner.train.tools import classifier
 
     limits = limits or Limits()
     created = int(time.time())
@@ -160,8 +160,8 @@ def create_classifier_app(loaded, api_key: str | None = None, limits: Limits | N
         def run() -> list[dict]:
             with lock:
                 if loaded.labels.task == "token":
-                    return classify.tag(loaded, texts)
-                return classify.classify(loaded, texts, pairs)
+                    return classifier.tag(loaded, texts)
+                return classifier.classify(loaded, texts, pairs)
 
         try:
             results = await asyncio.wait_for(asyncio.to_thread(run), limits.timeout)
