@@ -1,7 +1,7 @@
 """What the rest of runner does with a classifier, through the real CLI: status shows its scores,
 eval scores it again (the same held-out rows) or on a test set, preview shows the labels and the
 tag alignment, serve answers POST /v1/classify and refuses chat, chat refuses it. And AdaLoRA on the
-language-model stages that train through transformers' Trainer loop (sft, dpo)."""
+language-model stages that train through transformers' Trainer loop (pt, sft, rm, dpo, kto)."""
 
 from __future__ import annotations
 
@@ -145,19 +145,25 @@ def test_chat_refuses_a_classifier(cls_run: Path):
 
 
 @pytest.mark.parametrize(
-    ("stage", "data"), [("sft", "identity.json"), ("dpo", "preference.json")], ids=["sft", "dpo"]
-)
+    ("stage", "data"),
+    [("pt", "pretrain.jsonl"), ("sft", "identity.json"), ("rm", "preference.json"), ("dpo", "preference.json"),
+     ("kto", "kto.json")],
+    ids=["pt", "sft", "rm", "dpo", "kto"],
+)  # fmt: skip
 def test_adalora_trains_a_language_model_stage(stage: str, data: str, tmp_path: Path, tiny_model: Path):
     """The rank budget moves (rank_pattern saved, ranks pruned to the target) on the Trainer's loop."""
     from safetensors import safe_open
 
-    run = _submit(tmp_path, tiny_model, stage=stage, data={"datasets": [{"path": str(ROOT / "data" / data)}],
-                                                           "cutoff_len": 64},
+    fmt = {"pt": "text", "kto": "sharegpt"}.get(stage, "alpaca")
+    dataset = {"path": str(ROOT / "data" / data), "format": fmt}
+    run = _submit(tmp_path, tiny_model, stage=stage, data={"datasets": [dataset], "cutoff_len": 64},
                   method={"type": "adalora", "init_r": 4, "target_r": 2, "tinit": 2, "tfinal": 2},
                   training={"max_steps": 8, "logging_steps": 1, "learning_rate": 1e-3})  # fmt: skip
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == "ADALORA" and config["total_step"] == 8 and config["rank_pattern"]
-    assert config["orth_reg_weight"] == (0.5 if stage == "sft" else 0.0)
+    assert config["orth_reg_weight"] == (
+        0.5 if stage in ("pt", "sft") else 0.0
+    )  # where the model computes the loss
     with safe_open(str(run / "adapter" / "adapter_model.safetensors"), "pt") as f:
         ranks = [f.get_tensor(k).shape[0] for k in f.keys() if k.endswith("lora_E")]  # noqa: SIM118 (no dict)
     assert sum(ranks) <= 2 * len(ranks)  # saved at the budget: target_r per matrix on average
