@@ -44,6 +44,18 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's own tiny BERT (WordPiece tokenizer, every CJK character a token), built once
+    per session (no download): the classification stages' encoder."""
+    pytest.importorskip("torch", reason="the in-container dependencies (.[train]) are not installed")
+    out = tmp_path_factory.mktemp("models") / "tiny-bert"
+    subprocess.run(
+        [sys.executable, "-m", "runner.train.tools.tiny", str(out), "--kind", "bert"], check=True, cwd=ROOT
+    )
+    return out
+
+
 def runner_cli(
     *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, user: str | tuple[int, int] | None = None
 ) -> subprocess.CompletedProcess:

@@ -28,6 +28,7 @@ RECORD = "run.json"  # its record (RunRecord)
 LOG_NAME = "train.log"
 METRICS = "metrics.jsonl"  # one line per logged step
 RESULTS = "results.json"  # the final metrics
+EVAL_RESULTS = "eval_results.json"  # an evaluation's scores (stage eval; a classifier's validation split)
 PLOT = "loss.png"
 TENSORBOARD = "tensorboard"  # TensorBoard's event files, with training.report_to: tensorboard
 DEEPSPEED = "deepspeed.json"  # the rendered ZeRO config
@@ -72,6 +73,10 @@ class RunDir:
     @property
     def results(self) -> Path:
         return self.path / RESULTS
+
+    @property
+    def eval_results(self) -> Path:
+        return self.path / EVAL_RESULTS
 
     @property
     def plot(self) -> Path:

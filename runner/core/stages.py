@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Data:
-    """What a stage reads from each record of its datasets: one of the five below."""
+    """What a stage reads from each record of its datasets: one of those below."""
 
     what: str  # in messages and docs, e.g. "preference pairs"
     fields: Mapping[str, tuple[str, ...]]  # each format it reads -> the fields a record must have
@@ -24,6 +24,9 @@ class Data:
     ranking: bool | None
     labelled: bool | None
     preference: bool  # turned into preference items (core/data/preference.py), not conversations
+    # What a classification head learns from it (core/data/labels.py): "sequence", a label (or
+    # several) per text; "token", a tag per word. None: a language model's data, read with a template.
+    classify: str | None = None
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -55,7 +58,23 @@ PROMPTS = Data(
     "prompts", {"alpaca": ("instruction",), "sharegpt": ("conversations",)},
     ranking=None, labelled=None, preference=True,
 )  # fmt: skip
-_OWN_FIELDS = {**CONVERSATIONS.fields, **TEXT.fields}
+# Classification: texts (or text pairs) with their label(s), words with a tag each; read as they
+# are, never through a chat template.
+LABELLED_TEXTS = Data(
+    "texts with their label(s)", {"classification": ("text", "label")},
+    ranking=False, labelled=False, preference=False, classify="sequence",
+)  # fmt: skip
+TAGGED_WORDS = Data(
+    "words with a tag each", {"tagging": ("tokens", "tags")},
+    ranking=False, labelled=False, preference=False, classify="token",
+)  # fmt: skip
+_OWN_FIELDS = {**CONVERSATIONS.fields, **TEXT.fields, **LABELLED_TEXTS.fields, **TAGGED_WORDS.fields}
+# Stage eval: conversations for a language model; a classifier's test set, labelled as it trained.
+EVALUATED = Data(
+    "conversations (a classifier: texts with their label(s), or tagged words)",
+    {**CONVERSATIONS.fields, **LABELLED_TEXTS.fields, **TAGGED_WORDS.fields},
+    ranking=False, labelled=False, preference=False,
+)  # fmt: skip
 
 
 # What a stage may do without. The checks (jobspec/checks/stage.py) know how a spec asks for each
@@ -72,6 +91,9 @@ FEATURES: dict[str, str] = {  # name -> as the README's stage table shows it
     "batch_rebalance": "sampling `batch_rebalance`",
     "deepspeed": "`distributed.deepspeed`",
     "logits_on_targets_only": "`training.logits_on_targets_only`",
+    "adalora": "method `adalora`",
+    "template": "`model.template`",
+    "default_system": "`model.default_system`",
 }
 
 
@@ -98,6 +120,21 @@ _PREFERENCE_TRAINERS = {
     "micro_batch_tokens": "the preference trainers batch pairs themselves",
     "memory_cap_gib": "its probe measures sft's forward pass, not a preference step",
     "batch_rebalance": "it balances sft's and pt's micro-batches; the preference trainers batch themselves",
+}
+
+_CHAT_TEMPLATE = (
+    "a classifier reads each text as it is, with its tokenizer's special tokens ([CLS] ... [SEP]), "
+    "never through a chat template"
+)
+_CLASSIFIER = {
+    "prompt learning": "its heads train beside the weights (full, freeze) or low-rank adapters (lora, qlora, "
+    "adalora, ia3); prompt-learning adapters are not wired to a classification head",
+    "packing": "each text is labelled on its own; packed rows would share one label",
+    "micro_batch_tokens": "the classification heads' loss takes no token count to scale micro-batches by",
+    "memory_cap_gib": "its probe measures a causal LM's forward pass, not a classifier's",
+    "logits_on_targets_only": "a classifier computes no vocabulary logits",
+    "template": _CHAT_TEMPLATE,
+    "default_system": _CHAT_TEMPLATE,
 }
 
 STAGES: dict[str, Stage] = {
@@ -142,6 +179,8 @@ STAGES: dict[str, Stage] = {
                   "sequential": "TRL's PPO trainer draws its prompts in a random order",
                   "group_by_length": "TRL's PPO trainer draws its prompts in a random order",
                   "batch_rebalance": "TRL's PPO trainer draws its prompts in a random order",
+                  "adalora": "TRL's PPO loop steps its optimizer several times a step and calls no hook after "
+                             "each, where AdaLoRA must reallocate its rank budget",
                   "deepspeed": "TRL's PPO trainer makes its own accelerator, which never reads the ZeRO "
                                "config, so ZeRO would be dropped silently; several processes still train "
                                "with DDP",
@@ -151,14 +190,25 @@ STAGES: dict[str, Stage] = {
               needs={"ppo.reward_model": "a reward model to score the policy's answers: set ppo.reward_model "
                                          "to an rm run (its run directory or run id, `runner ls`) or a reward "
                                          "model's directory; train one with stage rm (jobs/rm.yaml)"}),
-        Stage("eval", "runner.train.stages.evaluate", CONVERSATIONS,
+        Stage("cls", "runner.train.stages.cls", LABELLED_TEXTS,
+              "sequence classification: a label for each text or text pair (several with "
+              "classification.multi_label), a head on an encoder (BERT, RoBERTa, Chinese BERT) or a decoder; "
+              "accuracy, F1 and a confusion matrix on the validation split",
+              unsupported=_CLASSIFIER),
+        Stage("ner", "runner.train.stages.ner", TAGGED_WORDS,
+              "token classification: a tag for each word (BIO tags for named entities), learnt on the word's "
+              "first sub-token; entity-level F1 on the validation split",
+              unsupported=_CLASSIFIER),
+        Stage("eval", "runner.train.stages.evaluate", EVALUATED,
               "loss, generated answers and BLEU/ROUGE of model.path (+ model.adapter) on the data, as "
-              "`runner eval` runs it; trains nothing", trains=False),
+              "`runner eval` runs it; a classifier's accuracy, F1 and confusion matrix (entity F1 for ner) "
+              "on labelled data; trains nothing", trains=False),
     )
 }  # fmt: skip
 NAMES = tuple(STAGES)
 DEFAULT = "sft"  # a spec without `stage`
 PREFERENCE = tuple(s.name for s in STAGES.values() if s.data.preference)
+CLASSIFYING = tuple(s.name for s in STAGES.values() if s.data.classify)  # a head that labels text
 
 
 def table() -> str:

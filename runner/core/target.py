@@ -1,8 +1,9 @@
 """What a run or a model directory holds to load: a base, the adapters on it, the tokenizer and the
 chat template, and whether it is a reward model (a value head that scores, not a language model
-that writes). Read from files alone (no torch): the host refuses a run without a result, a reward
-model given to chat, eval or serve, or an export directory that is not empty, before anything
-starts; the tools load what it names."""
+that writes) or a classifier (a head that labels text: stages cls and ner). Read from files alone
+(no torch): the host refuses a run without a result, a reward model or a classifier given to chat or
+to a chat server, or an export directory that is not empty, before anything starts; the tools load
+what it names."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.core import stages
+from runner.core.data.labels import adapter_classifier as _adapter_classifier
+from runner.core.data.labels import classifier_kind
 from runner.core.errors import RunnerError
 from runner.core.rundir import ADAPTER, RunDir
 
@@ -36,9 +40,21 @@ class Target:
     # Adapters merged into the base, in order, before `adapter` goes on top: the sft adapter an rm
     # run merged before training its own adapter and head.
     merged: tuple[str, ...] = ()
+    # A classifier (stages cls, ner): "sequence" (a label per text) or "token" (a tag per word);
+    # its label set is labels.json beside its weights, or its config's id2label.
+    classifier: str | None = None
 
-    def refuse_reward(self, what: str) -> None:
-        """A reward model scores answers; it does not write them."""
+    def refuse_not_generative(self, what: str) -> None:
+        """A reward model scores answers and a classifier labels text: neither writes."""
+        if self.classifier:
+            stage = next(s.name for s in stages.STAGES.values() if s.data.classify == self.classifier)
+            raise ClassifierError(
+                f"{self.name} is a text classifier (stage {stage}: a head that labels text, no language model "
+                f"head to write with), so it cannot {what}. Its scores on the validation split are in the "
+                "run's eval_results.json; `runner serve` answers POST /v1/classify with its labels; `runner "
+                "export` writes it with its head (AutoModelFor"
+                f"{'Sequence' if self.classifier == 'sequence' else 'Token'}Classification)"
+            )
         if self.reward:
             raise RewardModelError(
                 f"{self.name} is a reward model (stage rm: a value head that scores an answer, no language "
@@ -49,6 +65,10 @@ class Target:
 
 
 class RewardModelError(RunnerError):
+    exit_code = 2
+
+
+class ClassifierError(RunnerError):
     exit_code = 2
 
 
@@ -65,30 +85,32 @@ def resolve(path: str | Path) -> Target:
         system = getattr(m, "default_system", None)
         result = run.result()
         reward = spec.stage == "rm"
+        classifier = stages.STAGES[spec.stage].data.classify
         if result is not None and result.name == ADAPTER:
             tokenizer = _tokenizer_dir(result, m.path)
             # rm merges model.adapter into the base and trains a new adapter (runner/train/stages/rm.py);
             # every other stage continues model.adapter, so its adapter/ holds all of it.
             merged = (m.adapter,) if reward and m.adapter else ()
             return Target(m.path, str(result), tokenizer, m.template, m.trust_remote_code, name, system,
-                          tokenizer != m.path, reward, merged)  # fmt: skip
+                          tokenizer != m.path, reward, merged, classifier)  # fmt: skip
         if result is not None:
+            classifier = classifier or classifier_kind(result)
             return Target(str(result), None, str(result), m.template, m.trust_remote_code, name, system, True,
-                          reward or is_classifier(result))  # fmt: skip
+                          reward or (not classifier and is_reward_model(result)), classifier=classifier)  # fmt: skip
         raise RunnerError(f"run {path.name} has no result (no adapter/ or model/ in {path}); "
                           "only a run that finished training can be used")  # fmt: skip
     if (path / "config.json").exists():
-        return Target(
-            str(path), None, str(path), name=path.name, saved_tokenizer=True, reward=is_classifier(path)
-        )
+        return Target(str(path), None, str(path), name=path.name, saved_tokenizer=True,
+                      reward=is_reward_model(path), classifier=classifier_kind(path))  # fmt: skip
     if (path / "adapter_config.json").exists():
         config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
         base = config["base_model_name_or_path"]
         if not base or not Path(base, "config.json").exists():
             raise RunnerError(f"{path} is an adapter whose base model ({base!r}) is not on this machine")
         tokenizer = _tokenizer_dir(path, base)
+        classifier = _adapter_classifier(path, config.get("task_type") or "")
         return Target(base, str(path), tokenizer, name=path.name, saved_tokenizer=tokenizer != base,
-                      reward=config.get("task_type") == "SEQ_CLS")  # fmt: skip
+                      reward=config.get("task_type") == "SEQ_CLS" and not classifier, classifier=classifier)  # fmt: skip
     raise RunnerError(f"{path} is neither a run directory nor a model directory (no run.json, config.json "
                       "or adapter_config.json)")  # fmt: skip
 
@@ -99,18 +121,35 @@ def of_spec(spec) -> Target:
     tokenizer = _tokenizer_dir(Path(m.adapter), m.path) if m.adapter else m.path
     # A run's model/ (runner eval of a fully trained run) holds the tokenizer the run saved.
     saved = tokenizer != m.path or RunDir.holds_run(Path(m.path).parent)
-    reward = is_classifier(Path(m.path)) or bool(m.adapter and _task_type(m.adapter) == "SEQ_CLS")
+    classifier = _adapter_classifier(Path(m.adapter), _task_type(m.adapter)) if m.adapter else None
+    classifier = classifier or classifier_kind(m.path)
+    reward = not classifier and (
+        is_reward_model(Path(m.path)) or bool(m.adapter and _task_type(m.adapter) == "SEQ_CLS")
+    )
     return Target(m.path, m.adapter, tokenizer, m.template, m.trust_remote_code, spec.name,
-                  getattr(m, "default_system", None), saved, reward)  # fmt: skip
+                  getattr(m, "default_system", None), saved, reward, classifier=classifier)  # fmt: skip
 
 
-def is_classifier(model_dir: str | Path) -> bool:
-    """A model directory saved as a sequence classifier (a reward model's value head)."""
+def _config(model_dir: str | Path) -> dict:
     try:
         config = json.loads(Path(model_dir, "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _architectures(config: dict) -> list[str]:
+    return [a for a in config.get("architectures") or [] if isinstance(a, str)]
+
+
+def is_reward_model(model_dir: str | Path) -> bool:
+    """A model directory saved as a one-output sequence classifier (a reward model's value head)."""
+    config = _config(model_dir)
+    if classifier_kind(model_dir) or not any(
+        a.endswith("ForSequenceClassification") for a in _architectures(config)
+    ):
         return False
-    return any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
+    return len(config.get("id2label") or {"0": "", "1": ""}) == 1
 
 
 def _task_type(adapter: str | Path) -> str:

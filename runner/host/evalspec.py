@@ -16,13 +16,21 @@ def is_eval_spec(path: str | Path) -> bool:
 
 
 def eval_spec_for(
-    record, data: str | None = None, fmt: str = "alpaca", max_samples: int | None = None,
+    record, data: str | None = None, fmt: str | None = None, max_samples: int | None = None,
     max_new_tokens: int | None = None, benchmark: dict | None = None,
 ) -> Path:  # fmt: skip
     """Write the eval spec of a run's result (beside the evaluation runs) and return its path:
-    the run's model, its data (or `data`), its generation defaults; with `benchmark` (the fields of
+    the run's model, its data (or `data`, in format `fmt`: alpaca by default; a classifier's, its
+    training data's format and columns), its generation defaults; with `benchmark` (the fields of
     eval.benchmark) a benchmark evaluation, which reads no data section."""
-    from runner.core.jobspec.job import BenchmarkSpec, DatasetSpec, DataSpec, DistributedSpec
+    from runner.core import stages
+    from runner.core.jobspec.job import (
+        BenchmarkSpec,
+        ClassificationSpec,
+        DatasetSpec,
+        DataSpec,
+        DistributedSpec,
+    )
     from runner.core.jobspec.load import load_job, to_yaml
 
     for name, value in (("--max-samples", max_samples), ("--max-new-tokens", max_new_tokens)):
@@ -48,14 +56,26 @@ def eval_spec_for(
     else:
         model.path, model.adapter = str(result), None
     source = spec.data
+    classifier = stages.STAGES[spec.stage].data.classify
+    if classifier and benchmark:
+        raise RunError(f"run {record.id} is a classifier (stage {spec.stage}): it answers no multiple-choice "
+                       "questions; evaluate it on labelled data with --data FILE")  # fmt: skip
     absent = [d.path for d in source.datasets if d.path and not Path(d.path).exists()]
     if absent and not data and not benchmark:
         raise RunError(f"the data run {record.id} trained on is not on this machine ({absent[0]}: it ran "
                        f"under {record.executor}, which mounted it there); evaluate on a test set here with "
                        "--data FILE")  # fmt: skip
     if data:
+        trained = source.datasets[0]
+        if classifier:  # a test set in the layout of the training data: its format and columns
+            fmt, columns = (
+                fmt or trained.format,
+                trained.columns if (fmt or trained.format) == trained.format else {},
+            )
+        else:
+            fmt, columns = fmt or "alpaca", {}
         source = source.model_copy(update={
-            "datasets": [DatasetSpec(path=str(Path(data).resolve()), format=fmt)], "val_size": 0.0,
+            "datasets": [DatasetSpec(path=str(Path(data).resolve()), format=fmt, columns=columns)], "val_size": 0.0,
             "mix_probs": None, "max_samples": None,
         })  # fmt: skip
     generation: dict = {
@@ -74,7 +94,7 @@ def eval_spec_for(
     out = spec.model_copy(update={
         "name": f"{spec.name}-eval", "stage": "eval", "model": model, "data": DataSpec(**source.model_dump()),
         "eval": spec.eval.model_copy(update=generation), "resources": resources,
-        "distributed": DistributedSpec(),
+        "distributed": DistributedSpec(), "classification": ClassificationSpec(),  # the model holds its labels
     })  # fmt: skip
     path = Path(spec.output.dir) / out.name / f"{record.id}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

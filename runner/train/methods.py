@@ -12,11 +12,21 @@ log = logging.getLogger(__name__)
 PEFT_METHODS = ADAPTER_METHODS
 
 
-def apply_method(model, spec: JobSpec, *, train_embeddings: bool = False, task: str = "CAUSAL_LM"):
+def apply_method(
+    model,
+    spec: JobSpec,
+    *,
+    train_embeddings: bool = False,
+    task: str = "CAUSAL_LM",
+    whole: tuple[str, ...] = (),
+):
     """Returns the model to train: the same object (full, freeze) or a PeftModel.
 
     train_embeddings: the vocabulary grew, so its new rows must train whatever the method
-    (LoRA keeps the embeddings and output head in modules_to_save, freeze trains them)."""
+    (LoRA keeps the embeddings and output head in modules_to_save, freeze trains them).
+    whole: modules (dotted paths) that train in full beside an adapter and are saved with it, never
+    adapted themselves: a classifier's head, and weights its checkpoint lacked (BERT's pooler
+    when the base was saved as a masked LM), which start random and would be lost otherwise."""
     method = spec.method
     if spec.model.adapter:
         return _upcast_trained(_continue_adapter(model, spec))
@@ -30,15 +40,36 @@ def apply_method(model, spec: JobSpec, *, train_embeddings: bool = False, task: 
 
     if method.type == "qlora":
         model = _prepare_quantized(model, spec)
-    if embeddings and method.type not in ("lora", "qlora"):
+    if embeddings and method.type not in ("lora", "qlora", "adalora"):
         raise RunnerError(
             f"model.add_special_tokens added tokens whose embeddings must train, which method "
             f"{method.type} cannot do; use method lora (or freeze, full) with new tokens"
         )
-    tied = bool(embeddings) and model.get_input_embeddings().weight is model.get_output_embeddings().weight
-    config = peft_config(spec, embeddings, tied=tied)
-    config.task_type = task  # SEQ_CLS (stage rm): PEFT trains and saves the value head too
+    output = model.get_output_embeddings()
+    tied = bool(embeddings) and output is not None and model.get_input_embeddings().weight is output.weight
+    whole = (*(heads(model) if task != "CAUSAL_LM" else ()), *whole)
+    config = peft_config(spec, embeddings, tied=tied, whole=whole, within=_within(model, whole))
+    # SEQ_CLS (stages rm, cls), TOKEN_CLS (ner): PEFT trains and saves the head (`score`, `classifier`) too.
+    config.task_type = task
     return _upcast_trained(_lora_forward(get_peft_model(model, config), spec))
+
+
+# The heads transformers' *ForSequenceClassification and *ForTokenClassification put on a model:
+# BERT's and RoBERTa's `classifier`, the decoders' `score`.
+HEADS = ("classifier", "score")
+
+
+def heads(model) -> list[str]:
+    """The names of the model's classification heads (top-level modules)."""
+    import torch
+
+    return [name for name in HEADS if isinstance(getattr(model, name, None), torch.nn.Module)]
+
+
+def _within(model, modules: tuple[str, ...]) -> list[str]:
+    """Every module at or under the given dotted paths: none of them may be an adapter's target."""
+    return [name for name, _ in model.named_modules() if name and any(name == m or name.startswith(f"{m}.")
+                                                                       for m in modules)]  # fmt: skip
 
 
 def _embedding_names(model) -> list[str]:
@@ -101,16 +132,27 @@ def _prepare_quantized(model, spec: JobSpec):
     return model
 
 
-def peft_config(spec: JobSpec, embeddings: list[str] = (), *, tied: bool = False):
+def peft_config(
+    spec: JobSpec, embeddings: list[str] = (), *, tied: bool = False, whole: tuple[str, ...] = (),
+    within: list[str] = (),
+):  # fmt: skip
+    """`whole`: modules trained in full beside the adapter (modules_to_save); `within`: every module
+    under them, which no adapter may target ('all-linear' would: a token classifier's head, a
+    pooler)."""
     import peft
 
     m = spec.method
     task = peft.TaskType.CAUSAL_LM
+    if m.type == "adalora":
+        from runner.train.adalora import config
+
+        return config(spec, [*embeddings, *whole], within)
     if m.type in ("lora", "qlora"):
         return peft.LoraConfig(
             task_type=task, r=m.r, lora_alpha=m.alpha or 2 * m.r, lora_dropout=m.dropout,
             target_modules=_targets(m.target), use_rslora=m.rslora, use_dora=m.dora,
-            modules_to_save=[*m.modules_to_save, *embeddings] or None, ensure_weight_tying=tied,
+            modules_to_save=list(dict.fromkeys([*m.modules_to_save, *embeddings, *whole])) or None,
+            ensure_weight_tying=tied, exclude_modules=list(within) or None,
         )  # fmt: skip
     if m.type == "prefix":
         return peft.PrefixTuningConfig(
@@ -133,7 +175,11 @@ def peft_config(spec: JobSpec, embeddings: list[str] = (), *, tied: bool = False
     if m.type == "ia3":
         # Both empty: PEFT's per-architecture defaults, which pair targets with feed-forward layers.
         return peft.IA3Config(
-            task_type=task, target_modules=m.target or None, feedforward_modules=m.feedforward or None
+            task_type=task,
+            target_modules=m.target or None,
+            feedforward_modules=m.feedforward or None,
+            modules_to_save=list(whole) or None,
+            exclude_modules=list(within) or None,
         )
     raise RunnerError(f"method {m.type} has no PEFT config")
 
@@ -150,7 +196,7 @@ def _freeze(model, n_layers: int, extra: list[str]):
     if n_layers > total:
         raise RunnerError(f"method.trainable_layers is {n_layers} but the model has {total} layers")
     first = total - n_layers
-    layer = re.compile(r"\.(?:layers|h|blocks|encoder\.layers)\.(\d+)\.")
+    layer = re.compile(r"\.(?:layers|layer|h|blocks|encoder\.layers)\.(\d+)\.")  # BERT's: encoder.layer.N
     matched: set[str] = set()
     for name, param in model.named_parameters():
         m = layer.search(f".{name}")

@@ -189,6 +189,10 @@ def train(spec: JobSpec, run_dir: Path, model, tokenizer, train_ds, eval_ds, col
     if trainer.args.save_strategy != "no" and not isinstance(trainer, Resumable):
         raise TypeError(f"{type(trainer).__name__} saves checkpoints without runner.train.trainer.Resumable")
     trainer.add_callback(stop := StopOnSignal())
+    if spec.method.type == "adalora":  # its rank budget is reallocated after every optimizer step
+        from runner.train.adalora import RankBudget
+
+        trainer.add_callback(RankBudget())
     resume = None
     if os.environ.get("RUNNER_RESUME") == "1":
         main = trainer.is_world_process_zero()

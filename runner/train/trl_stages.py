@@ -72,9 +72,12 @@ def make(
 
 def reference_model(spec: JobSpec, tokenizer):
     """The frozen copy of the starting model that dpo and kto compare with, or None where none is
-    kept: an adapter method (the adapter switched off is the reference) or precomputed log-probs."""
+    kept: an adapter method (the adapter switched off is the reference) or precomputed log-probs.
+    AdaLoRA keeps the copy: TRL would hold the reference as a second adapter beside the trained one,
+    and PEFT's AdaLoRA model takes one adapter only."""
     choice = spec.preference.reference
-    if choice == "precomputed" or (choice == "auto" and spec.method.type in PEFT_METHODS):
+    adapter = spec.method.type in PEFT_METHODS and spec.method.type != "adalora"
+    if choice == "precomputed" or (choice == "auto" and adapter):
         return None
     ref = load_model(spec)
     fit_vocab(ref, tokenizer)

@@ -1,6 +1,7 @@
 """Every example in jobs/ really trains: each runs on the tiny model on CPU for two steps.
 
-Only what a CPU cannot do is changed (GPUs, DeepSpeed), and ppo's answers are short; the method,
+Only what a CPU cannot do is changed (GPUs, DeepSpeed), ppo's answers are short and AdaLoRA's
+budget schedule fits two steps; the method,
 data, template and the rest of each example are used as shipped. ppo's reward model is the tiny
 model itself, read as a sequence classifier (a whole reward model's directory). QLoRA must refuse a machine without CUDA in one message.
 """
@@ -35,6 +36,8 @@ def test_example_trains_on_the_tiny_model(job: Path, tmp_path, tiny_model, monke
     spec.training.max_steps, spec.training.save_steps = 2, 1000
     spec.resources.gpus, spec.distributed.deepspeed = 0, None
     spec.ppo.response_length = 8
+    if spec.method.type == "adalora":  # its budget schedule fitted to the two steps
+        spec.method.tinit = spec.method.tfinal = 0
     run_dir = RunDir.create(spec.output.dir, spec.name).path
     stage = importlib.import_module(stages.STAGES[spec.stage].module)
     if spec.method.type == "qlora" and not torch.cuda.is_available():

@@ -78,10 +78,20 @@ def test_resolved_yaml_round_trips(tmp_path):
 
 def test_schema_covers_the_whole_product():
     stages = JobSpec.model_fields["stage"].annotation.__args__
-    assert set(stages) == {"pt", "sft", "rm", "dpo", "kto", "ppo", "eval"}
+    assert set(stages) == {"pt", "sft", "rm", "dpo", "kto", "ppo", "cls", "ner", "eval"}
     from runner.core.jobspec.job import METHODS
 
-    assert set(METHODS) == {"full", "freeze", "lora", "qlora", "prefix", "ptuning", "prompt", "ia3"}
+    assert set(METHODS) == {
+        "full",
+        "freeze",
+        "lora",
+        "qlora",
+        "prefix",
+        "ptuning",
+        "prompt",
+        "ia3",
+        "adalora",
+    }
 
 
 def test_a_run_spec_keeps_what_the_user_set_apart_from_defaults(tmp_path):

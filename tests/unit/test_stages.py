@@ -84,7 +84,9 @@ ASKING = {"prompt learning": {"method": {"type": "prefix"}}, "packing": {"data":
           "group_by_length": {"training": {"train_sampling_strategy": "group_by_length"}},
           "batch_rebalance": {"training": {"train_sampling_strategy": "batch_rebalance"}},
           "deepspeed": {"distributed": {"deepspeed": {"zero": 2}}},
-          "logits_on_targets_only": {"training": {"logits_on_targets_only": True}}}  # fmt: skip
+          "logits_on_targets_only": {"training": {"logits_on_targets_only": True}},
+          "adalora": {"method": {"type": "adalora"}}, "template": {"model": {"template": "chatml"}},
+          "default_system": {"model": {"default_system": "You are helpful."}}}  # fmt: skip
 
 
 def _spec(stage: str, **sections: dict) -> JobSpec:

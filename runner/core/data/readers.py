@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from runner.core import stages
-from runner.core.data import preference
+from runner.core.data import labels, preference
 from runner.core.data.records import (
     DataError,
     alpaca_conversation,
@@ -113,6 +113,8 @@ def items_of(
     convert = alpaca_conversation if ds.format == "alpaca" else sharegpt_conversation
     if stage in PREFERENCE_STAGES:
         convert = preference.converter(ds.format, stage)
+    elif ds.format in labels.FORMATS:  # classification: texts with labels, words with tags
+        convert = labels.converter(ds.format)
     for origin, record in read_records(ds, where, stage):
         if ds.max_samples and n >= ds.max_samples:
             break

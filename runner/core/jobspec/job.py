@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from runner.core import stages
 
 StageName = Literal[stages.NAMES]  # type: ignore[valid-type]
-DATA_FORMATS = ("alpaca", "sharegpt", "text")
+DATA_FORMATS = ("alpaca", "sharegpt", "text", "classification", "tagging")
 # Built-in chat templates (core/data/chat_formats.py), LLaMA-Factory's names; "auto" means the
 # tokenizer's own chat_template.
 TEMPLATES = (
@@ -46,6 +46,12 @@ class _Spec(BaseModel):
 
 def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
+
+
+def _all_linear(value: Any) -> Any:
+    """A single name as a list; LLaMA-Factory's 'all' as PEFT's 'all-linear'."""
+    value = _as_list(value)
+    return ["all-linear" if t == "all" else t for t in value] if isinstance(value, list) else value
 
 
 class ModelSpec(_Spec):
@@ -144,11 +150,7 @@ class LoraMethod(_Spec):
 
     _wrap = field_validator("modules_to_save", mode="before")(_as_list)
 
-    @field_validator("target", mode="before")
-    @classmethod
-    def _target(cls, v: Any) -> Any:
-        v = _as_list(v)
-        return ["all-linear" if t == "all" else t for t in v] if isinstance(v, list) else v
+    _target = field_validator("target", mode="before")(_all_linear)
 
 
 class QLoraMethod(LoraMethod):
@@ -161,6 +163,45 @@ class QLoraMethod(LoraMethod):
         description="Cast embeddings, output head and norms to fp32, as PEFT's recipe does (about 4 GiB "
         "more on an 8B Llama-3). Unset: only for fp16 training; with bf16 they stay in bf16.",
     )
+
+
+class AdaLoraMethod(_Spec):
+    type: Literal["adalora"] = Field(
+        description="AdaLoRA (PEFT): low-rank adapters in SVD form whose rank budget is reallocated while "
+        "training, from init_r per matrix down to target_r on average, to the matrices that matter most. "
+        "The schedule's length (PEFT's total_step) is the run's optimizer steps: training.max_steps, or "
+        "what the epochs make."
+    )
+    init_r: int = Field(12, ge=1, description="Rank each adapted matrix starts with.")
+    target_r: int = Field(
+        8, ge=1, description="Average rank per matrix once the budget schedule ends; below init_r."
+    )
+    tinit: int = Field(0, ge=0, description="Steps at the full budget (init_r) before ranks are pruned.")
+    tfinal: int = Field(
+        0, ge=0, description="Last steps, trained at the final budget with the ranks held fixed."
+    )
+    deltaT: int = Field(1, ge=1, description="Steps between two reallocations of the budget.")
+    beta1: float = Field(0.85, gt=0, lt=1, description="Smoothing (EMA) of each weight's sensitivity.")
+    beta2: float = Field(0.85, gt=0, lt=1, description="Smoothing (EMA) of its uncertainty.")
+    orth_reg_weight: float | None = Field(
+        None, ge=0, description="Weight of the penalty keeping the singular vectors orthogonal, added to the "
+        "loss the model computes. Unset: PEFT's 0.5 where the model computes the training loss (pt, sft, "
+        "cls, ner); 0 for rm, dpo and kto, whose trainers compute the loss outside the model, where it "
+        "cannot be added.",
+    )  # fmt: skip
+    alpha: float | None = Field(None, gt=0, description="Scaling numerator; default 2 x init_r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    target: Annotated[list[str], Field(min_length=1)] = Field(
+        default_factory=lambda: ["all-linear"],
+        description="Modules to adapt: 'all-linear' (or 'all') or names such as [query, value].",
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Modules trained in full beside the adapter (a classifier's head "
+        "always is).",
+    )  # fmt: skip
+
+    _wrap = field_validator("modules_to_save", mode="before")(_as_list)
+    _target = field_validator("target", mode="before")(_all_linear)
 
 
 class PrefixMethod(_Spec):
@@ -197,10 +238,11 @@ class IA3Method(_Spec):
 
 
 Method = Annotated[
-    FullMethod | FreezeMethod | LoraMethod | QLoraMethod | PrefixMethod | PtuningMethod | PromptMethod | IA3Method,
+    FullMethod | FreezeMethod | LoraMethod | QLoraMethod | PrefixMethod | PtuningMethod | PromptMethod | IA3Method
+    | AdaLoraMethod,
     Field(discriminator="type"),
 ]  # fmt: skip
-METHODS = ("full", "freeze", "lora", "qlora", "prefix", "ptuning", "prompt", "ia3")
+METHODS = ("full", "freeze", "lora", "qlora", "prefix", "ptuning", "prompt", "ia3", "adalora")
 # Methods that change the model's own weights (a run saves model/); the others train an adapter.
 WHOLE_MODEL_METHODS = ("full", "freeze")
 ADAPTER_METHODS = tuple(m for m in METHODS if m not in WHOLE_MODEL_METHODS)
@@ -216,6 +258,10 @@ FORMAT_FIELDS = {
     "alpaca": ("instruction", "input", "output", "system", "history", "chosen", "rejected", "kto_tag"),
     "sharegpt": ("conversations", "system", "chosen", "rejected", "kto_tag"),
     "text": ("text",),
+    # Classification (stages cls and ner, core/data/labels.py): a label (or a list of them) per text or
+    # text pair; a tag per word.
+    "classification": ("text", "text_pair", "label"),
+    "tagging": ("tokens", "tags"),
 }
 # LLaMA-Factory's dataset_info.json names for the same fields, taken in `columns` as synonyms.
 LLAMAFACTORY_COLUMNS = {
@@ -234,9 +280,11 @@ class DatasetSpec(_Spec):
         description="A json/jsonl/csv/tsv/parquet file, a .txt corpus (format text: one document per "
         "line), or a directory of them (or give name).",
     )
-    format: Literal["alpaca", "sharegpt", "text"] = Field(
-        "alpaca", description="alpaca (instruction/input/output), sharegpt (conversations), text."
-    )
+    format: Literal[DATA_FORMATS] = Field(  # type: ignore[valid-type]
+        "alpaca", description="alpaca (instruction/input/output), sharegpt (conversations), text; for "
+        "classification: classification (text, text_pair, label), tagging (tokens, tags), the only format "
+        "of stages cls and ner and their default.",
+    )  # fmt: skip
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="Map the format's fields to your file's columns, e.g. {instruction: 问题}; '' leaves "
@@ -441,7 +489,8 @@ class PreferenceSpec(_Spec):
     reference: Literal["auto", "copy", "precomputed"] = Field(
         "auto", description="dpo, kto: auto: with an adapter method the model with the adapter switched "
         "off (a new adapter: the base; a continued model.adapter: a frozen copy of that adapter, never "
-        "of the model), with full or freeze a frozen copy of the model; copy: always a frozen copy of "
+        "of the model), with full, freeze or adalora (whose PEFT model takes one adapter) a frozen copy "
+        "of the model; copy: always a frozen copy of "
         "the model; precomputed: the reference's log-probs computed once before training, no copy kept.",
     )  # fmt: skip
     desirable_weight: float = Field(1.0, gt=0, description="kto: weight of the desirable examples' loss.")
@@ -612,6 +661,47 @@ class EvalSpec(_Spec):
     )  # fmt: skip
 
 
+class ClassificationSpec(_Spec):
+    """Settings of the classification stages cls and ner (core/data/labels.py reads their data)."""
+
+    labels: Annotated[list[str], Field(min_length=1)] | None = Field(
+        None, description="The label set in id order, as the data names its labels (a label the data "
+        "gives as a number is its index here). Unset: read from the training data: names sorted (ner: "
+        "'O' first, then each entity type's B- before its I-), or ids 0 to the largest where the data "
+        "gives numbers. Saved with the model (id2label, label2id).",
+    )  # fmt: skip
+    multi_label: bool = Field(
+        False, description="stage cls: each record has a list of labels (none, one or several; in CSV, "
+        "names separated by commas), each learnt with its own sigmoid (binary cross-entropy).",
+    )  # fmt: skip
+    threshold: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="multi_label: a label is predicted where its probability is at least this.",
+    )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:  # YAML reads [1, 2, 3] as numbers: they name the labels "1", "2", "3"
+        if isinstance(v, list):
+            return [str(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x for x in v]
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        v = [str(name).strip() for name in v]
+        if any(not name for name in v):
+            raise ValueError("a label name is empty; give every label a name")
+        repeated = sorted({name for name in v if v.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} appears more than once; each label once, in id order")
+        return v
+
+
 class OutputSpec(_Spec):
     dir: str = Field("outputs", description="Runs are written to DIR/<name>/<run-id>/.")
     verbose: bool = Field(
@@ -643,6 +733,26 @@ class JobSpec(_Spec):
         default_factory=PpoSpec, description="Settings of stage ppo: its reward model, generation and PPO."
     )
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Generation settings of stage eval.")
+    classification: ClassificationSpec = Field(
+        default_factory=ClassificationSpec, description="Settings of the classification stages cls and ner."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classification_format(cls, data: Any) -> Any:
+        """A classification stage reads one format: its datasets given by path default to it."""
+        name = data.get("stage") if isinstance(data, dict) else None
+        stage = stages.STAGES.get(name) if isinstance(name, str) else None
+        section = data.get("data") if isinstance(data, dict) else None
+        if stage is None or not stage.data.classify or not isinstance(section, dict):
+            return data
+        datasets = section.get("datasets")
+        if not isinstance(datasets, list):
+            return data
+        fmt = stage.data.formats[0]
+        filled = [{**d, "format": fmt} if isinstance(d, dict) and "format" not in d and "name" not in d else d
+                  for d in datasets]  # fmt: skip
+        return {**data, "data": {**section, "datasets": filled}}
 
     @model_validator(mode="before")
     @classmethod

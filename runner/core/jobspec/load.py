@@ -118,8 +118,9 @@ def resolve(spec: JobSpec, base: Path) -> JobSpec:
         ds.path = str((base / ds.path).resolve())  # type: ignore[operator]
     spec.data.dataset_dir = None  # every dataset is a path now
     spec.output.dir = str((base / spec.output.dir).resolve())
-    if getattr(spec.method, "alpha", "n/a") is None:
-        spec.method.alpha = 2.0 * spec.method.r  # type: ignore[union-attr]
+    if getattr(spec.method, "alpha", "n/a") is None:  # 2 x the rank (AdaLoRA's: the rank it starts with)
+        rank = spec.method.init_r if spec.method.type == "adalora" else spec.method.r  # type: ignore[union-attr]
+        spec.method.alpha = 2.0 * rank  # type: ignore[union-attr]
     return spec
 
 

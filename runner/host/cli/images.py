@@ -306,8 +306,10 @@ def env() -> None:
 @click.command("tiny-model")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
-def tiny_model(out_dir: str, seed: int) -> None:
-    """Build a tiny random Llama model and tokenizer locally (no download)."""
+@click.option("--kind", type=click.Choice(["llama", "bert"]), default="llama", show_default=True,
+              help="llama: a causal LM (chat, sft, dpo...); bert: an encoder for stages cls and ner.")  # fmt: skip
+def tiny_model(out_dir: str, seed: int, kind: str) -> None:
+    """Build a tiny random Llama model (or BERT encoder) and its tokenizer locally (no download)."""
     import os
     import subprocess
 
@@ -315,7 +317,7 @@ def tiny_model(out_dir: str, seed: int) -> None:
     from runner.host.execute.local import require_training_libraries
 
     require_training_libraries("building the tiny model", "Build it on a machine that has them")
-    argv = [sys.executable, "-m", "runner.train.tools.tiny", out_dir, "--seed", str(seed)]
+    argv = [sys.executable, "-m", "runner.train.tools.tiny", out_dir, "--seed", str(seed), "--kind", kind]
     sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
 
 

@@ -108,8 +108,9 @@ def _export_in_image(record, args: list[str], target: Path) -> int:
 @click.option("--data", "data", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Test set (a data file as in data.datasets) [default: the run's own data; its "
               "validation split where data.val_size is set].")  # fmt: skip
-@click.option("--format", "fmt", type=click.Choice(["alpaca", "sharegpt"]), default="alpaca", show_default=True,
-              help="Format of --data.")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["alpaca", "sharegpt", "classification", "tagging"]),
+              default=None, help="Format of --data [default: alpaca; a classifier's: its training data's format "
+              "and columns].")  # fmt: skip
 @click.option("--max-samples", type=click.IntRange(min=1), default=None,
               help="Evaluate at most this many records (with --benchmark: questions per subject).")  # fmt: skip
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Longest generated answer.")
@@ -124,11 +125,12 @@ def _export_in_image(record, args: list[str], target: Path) -> int:
               help="Solved dev examples before each benchmark question.")  # fmt: skip
 @click.option("--subject", "subjects", multiple=True, help="Only this benchmark subject (repeat for more).")
 @_executor
-def evaluate(job: str, data: str | None, fmt: str, max_samples: int | None, max_new_tokens: int | None,
+def evaluate(job: str, data: str | None, fmt: str | None, max_samples: int | None, max_new_tokens: int | None,
              benchmark: str | None, layout: str, split: str, n_shot: int, subjects: tuple[str, ...],
              executor: str | None) -> None:  # fmt: skip
     """Loss, perplexity, generated answers, BLEU and ROUGE of a run (or of a `stage: eval` spec);
-    with --benchmark, a multiple-choice benchmark's accuracy per subject and overall.
+    with --benchmark, a multiple-choice benchmark's accuracy per subject and overall; of a
+    classifier (a cls or ner run), accuracy, F1 and the confusion matrix, or entity-level F1.
 
     JOB is a `stage: eval` job spec (submitted as it is), or a run: a run directory, run id, or
     a training spec (its latest succeeded run). The evaluation is a run of its own, under
@@ -193,8 +195,11 @@ def serve(target: str, host: str, port: int, api_key: str | None, name: str | No
     exported = Path(target, "config.json").exists() or Path(target, "adapter_config.json").exists()
     record = None if exported else run_of(target)
     path = str(Path(target).resolve()) if exported else record.run_dir
-    # a run without a result, a directory that is no model, a reward model: refused before loading
-    resolve(path).refuse_reward("be served as a chat model")
+    # a run without a result, a directory that is no model, a reward model: refused before loading; a
+    # classifier is served with POST /v1/classify instead of the chat endpoints
+    loaded = resolve(path)
+    if not loaded.classifier:
+        loaded.refuse_not_generative("be served as a chat model")
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         click.echo(f"warning: serving on {host} without an API key: anyone who reaches it can use it",
                    err=True)  # fmt: skip
@@ -250,14 +255,14 @@ def chat(run: str, message: str | None, system: str | None, max_new_tokens: int 
 
         from runner.core.offline import OFFLINE_ENV
 
-        resolve(run).refuse_reward("chat")
+        resolve(run).refuse_not_generative("chat")
         require_training_libraries(
             "chatting with an exported model", "Chat with the run instead (runner chat RUN: in its image)"
         )
         argv = [sys.executable, "-m", *render_chat(Path(run).resolve(), message, system), *extra]
         sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
     record = run_of(run)
-    resolve(record.run_dir).refuse_reward("chat")
+    resolve(record.run_dir).refuse_not_generative("chat")
     module_args = [*render_chat(Path(record.run_dir), message, system), *extra]
     sys.exit(run_tool(record, module_args, where(record, executor), sink, interactive=message is None))
 

@@ -38,12 +38,35 @@ def list_runs(output_dirs: tuple[str, ...]) -> None:
 @click.command()
 @click.argument("run_id")
 def status(run_id: str) -> None:
-    """A run's state, exit code, cause and loss so far."""
+    """A run's state, exit code, cause and loss so far; its evaluation's scores (eval_results.json:
+    an eval run's, a classifier's on its validation split) where it has them."""
     import json as _json
     from dataclasses import asdict
 
     record = record_of(run_id)
-    click.echo(_json.dumps(asdict(record), indent=2, ensure_ascii=False))
+    shown = asdict(record)
+    scores = _scores(record.dir.eval_results)
+    if scores:
+        shown["eval_results"] = scores
+    click.echo(_json.dumps(shown, indent=2, ensure_ascii=False))
+
+
+def _scores(path) -> dict | None:
+    """The scores of an eval_results.json, with a classifier's confusion matrix (its other tables stay
+    in the file)."""
+    import json as _json
+
+    try:
+        found = _json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(found, dict):
+        return None
+    kept = {k: v for k, v in found.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    if isinstance(found.get("confusion_matrix"), dict):
+        kept["confusion_matrix"] = found["confusion_matrix"]
+    kept["file"] = str(path)
+    return kept
 
 
 @click.command()

@@ -3,6 +3,10 @@ then a generated answer for every record, scored with BLEU and ROUGE by the conv
 set's language (runner/train/tools/scores.py); or, with eval.benchmark, a multiple-choice
 benchmark's accuracy (runner/train/tools/benchmark.py).
 
+A classifier (a cls or ner run's result) is scored on labelled data instead (format
+classification or tagging): accuracy, F1 and the confusion matrix, or entity-level F1
+(runner/train/tools/classifier.py).
+
 With data.val_size only the held-out share is evaluated: the same rows training held out when
 the data and training.seed are the same. Writes generated_predictions.jsonl (prompt, predict,
 label per record), eval_results.json (the summary, also results.json) and a table in the log.
@@ -100,7 +104,12 @@ def run(spec: JobSpec, run_dir: Path) -> dict:
     if int(os.environ.get("RANK", "0")) != 0:
         return {}  # one process evaluates; others a launcher started have nothing to do
     seed_everything(spec)
-    loaded = inference.load_target(of_spec(spec), purpose="eval")
+    target = of_spec(spec)
+    if target.classifier:  # labels, not generated answers: runner/train/classify.py scores them
+        from runner.train.tools.classifier import evaluate
+
+        return evaluate(spec, run_dir, target)
+    loaded = inference.load_target(target, purpose="eval")
     if spec.eval.benchmark is not None:
         from runner.train.tools import benchmark
 

@@ -11,6 +11,10 @@ A reward model (an rm run) is exported as a one-output sequence classifier with 
 `score`: the base, every adapter of its chain merged in order (the sft adapter the rm run merged
 before training, then its own adapter), loaded by `AutoModelForSequenceClassification`.
 
+A classifier (a cls or ner run) is exported with its head and its label set (id2label in the
+config, labels.json beside it): the adapter merged into the base, loaded by
+`AutoModelForSequenceClassification` or `AutoModelForTokenClassification`.
+
 Everything is written to a new directory beside OUT and moved into place once complete, so OUT
 never holds half a model; its directories and files then get the permissions the umask gives.
 """
@@ -71,7 +75,9 @@ def export(run_dir: Path, out: Path, dtype: str = "auto", force: bool = False) -
         if target.reward and prompt_learning:
             raise ExportError(f"{target.adapter} is a {peft_type(target.adapter)} reward adapter: its virtual "
                               "tokens cannot be merged into a sequence classifier; use the run's adapter as it is")  # fmt: skip
-        if target.reward:
+        if target.classifier:
+            what = _classifier(target, work, dtype)
+        elif target.reward:
             what = _reward(target, work, dtype)
         elif prompt_learning:
             what = _adapter_only(target, work)
@@ -154,6 +160,29 @@ def _reward(target: Target, work: Path, dtype: str) -> str:
     tokenizer.save_pretrained(str(work))
     how = " then ".join(chain) + f" merged into {target.base}" if chain else f"full model {target.base}"
     return f"reward model (sequence classifier with its value head `score`): {how}; {want} safetensors"
+
+
+def _classifier(target: Target, work: Path, dtype: str) -> str:
+    """The base with the trained head, the adapter merged in; the label set in the config and beside it."""
+    import torch
+
+    from runner.train.tools.classifier import load_classifier
+
+    loaded = load_classifier(target, dtype=torch.float32)  # merged in full precision, cast once at the end
+    model = loaded.model.merge_and_unload() if target.adapter else loaded.model
+    want = DTYPES.get(dtype, _saved_dtype(target.base) if dtype == "auto" else dtype)
+    model.config.pad_token_id = loaded.tokenizer.pad_token_id
+    model.to(getattr(torch, want)).save_pretrained(str(work), max_shard_size=SHARD)
+    loaded.tokenizer.save_pretrained(str(work))
+    loaded.labels.save(work)
+    kind = "Sequence" if loaded.labels.task == "sequence" else "Token"
+    how = (
+        f"adapter {target.adapter} merged into {target.base}"
+        if target.adapter
+        else f"full model {target.base}"
+    )
+    return (f"classifier (AutoModelFor{kind}Classification, {len(loaded.labels.names)} labels, with its head): "
+            f"{how}; {want} safetensors")  # fmt: skip
 
 
 def _saved_dtype(base: str) -> str:

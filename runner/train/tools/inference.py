@@ -67,7 +67,7 @@ def load_target(target: Target, dtype=None, purpose: str = "chat") -> Loaded:
 
     from runner.core.data.templates import stop_token_ids
 
-    target.refuse_reward(PURPOSES.get(purpose, purpose))
+    target.refuse_not_generative(PURPOSES.get(purpose, purpose))
     tokenizer = prepare_tokenizer(target)
     tokenizer.padding_side = "left"  # batched generation continues every row from its end
     model = AutoModelForCausalLM.from_pretrained(

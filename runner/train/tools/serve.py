@@ -6,6 +6,9 @@ GET /v1/models and POST /v1/chat/completions (streamed as server-sent events wit
 `Authorization: Bearer KEY`. Every refusal is an HTTP 4xx with OpenAI's error body
 {"error": {"message", "type", "param", "code"}}.
 
+A classifier (a cls or ner run, or its export) is served with POST /v1/classify instead
+(runner/train/tools/serve_classify.py); its chat endpoints refuse with a message saying so.
+
 Requests are generated together (runner/train/tools/engine.py): up to --max-batch at once,
 --max-queue more waiting, and beyond that a 429 with Retry-After. A client that disconnects
 cancels its generation; a request running past --timeout seconds ends with a 504 (or an error
@@ -18,14 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -36,9 +37,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runner.core import offline
 from runner.core.errors import RunnerError
+from runner.train.tools.api import ApiError, BearerAuth, Limits
 
 log = logging.getLogger(__name__)
-MAX_BODY = 1 << 20  # bytes of one request
 DRAIN_LIMIT = 64 << 20  # bytes read of a request over MAX_BODY before the connection is dropped
 SEED_RANGE = (-(1 << 63), 1 << 64)  # what torch.Generator.manual_seed takes
 # OpenAI request fields this server does not implement: refused when set to anything but "off",
@@ -107,28 +108,6 @@ class ChatRequest(BaseModel):
         return stops
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str, param: str | None = None,
-                 kind: str = "invalid_request_error", headers: dict | None = None):  # fmt: skip
-        super().__init__(message)
-        self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
-        self.headers = headers
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-
-@dataclass
-class Limits:
-    """How much the server takes on."""
-
-    max_batch: int = 16  # requests generated together (the engine's bound)
-    max_queue: int = 64  # requests waiting beyond those; more get a 429
-    timeout: float = 600.0  # seconds one request may take, waiting included
-    default_max_tokens: int = 512  # answer length when a request sets none
-    max_body: int = MAX_BODY
-
-
 class Text:
     """The answer's text as its tokens arrive: the text new since the last call, held back while
     it ends in an incomplete character or in what may become a stop sequence."""
@@ -172,25 +151,6 @@ class Text:
         if self.stopped or (self.ids and self.ids[-1] in self.stop_ids):
             return "stop"
         return "length" if len(self.ids) >= max_new_tokens else "stop"
-
-
-class _Auth:
-    """`Authorization: Bearer KEY` on every request (plain ASGI: no wrapping of the responses, so
-    a client's disconnect reaches the endpoint as it is)."""
-
-    def __init__(self, app, key: str) -> None:
-        self.app, self.key = app, key.encode()
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope.get("path") != "/health":
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            token = given[7:] if given.lower().startswith(b"bearer ") else b""
-            if not hmac.compare_digest(token, self.key):
-                error = ApiError(401, "invalid or missing API key (send Authorization: Bearer KEY)",
-                                 "invalid_api_key", kind="authentication_error")  # fmt: skip
-                await JSONResponse(error.body(), status_code=401)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 class _EventStream(StreamingResponse):
@@ -268,7 +228,7 @@ def create_app(loaded, engine, api_key: str | None = None, limits: Limits | None
         return JSONResponse(body.body(), status_code=500)
 
     if api_key is not None:
-        app.add_middleware(_Auth, key=api_key)
+        app.add_middleware(BearerAuth, key=api_key)
 
     def model_card() -> dict:
         return {"id": loaded.name, "object": "model", "created": created, "owned_by": "runner"}
@@ -476,10 +436,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import uvicorn
 
+    from runner.core.target import resolve
     from runner.train.tools import engine as engines
     from runner.train.tools.inference import load
 
     try:
+        target = resolve(args.target)
+        if target.classifier:
+            return _serve_classifier(target, args)
         loaded = load(args.target, purpose="serve")
         engine = engines.create(loaded, args.engine, args.max_batch)
     except (RunnerError, engines.EngineError) as e:
@@ -497,6 +461,27 @@ def main(argv: list[str] | None = None) -> int:
                 timeout_graceful_shutdown=args.drain)  # fmt: skip
     if app.state.stuck:  # a generation thread that would keep the process alive
         os._exit(1)
+    return 0
+
+
+def _serve_classifier(target, args) -> int:
+    import uvicorn
+
+    from runner.train.tools.classifier import load_classifier
+    from runner.train.tools.serve_classify import create_classifier_app
+
+    loaded = load_classifier(target)
+    if args.name:
+        loaded.name = args.name
+    api_key = os.environ.get("RUNNER_API_KEY") or None
+    app = create_classifier_app(
+        loaded, api_key, Limits(args.max_batch, args.max_queue, args.timeout, args.max_tokens)
+    )
+    where = f"unix socket {args.uds}" if args.uds else f"http://{args.host}:{args.port}/v1"
+    print(f"serving {loaded.name} on {where} ({'API key required' if api_key else 'no API key'}; a classifier: "
+          "POST /v1/classify)", flush=True)  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, uds=args.uds, log_level="warning",
+                timeout_graceful_shutdown=args.drain)  # fmt: skip
     return 0
 
 

@@ -1,12 +1,15 @@
-"""Build a tiny, randomly initialised Llama-style causal LM for offline tests and demos.
+"""Build a tiny, randomly initialised model for offline tests and demos: a Llama-style causal LM,
+or (--kind bert) a BERT-style encoder for the classification stages.
 
-The model and its byte-level BPE tokenizer are created from scratch (nothing is
-downloaded), so the training pipeline can be exercised end to end on a laptop or
-an air-gapped server. The output directory loads with
-``AutoModelForCausalLM.from_pretrained(dir, local_files_only=True)`` and
-``AutoTokenizer.from_pretrained(dir, local_files_only=True)``.
+The model and its tokenizer are created from scratch (nothing is downloaded), so the training
+pipeline can be exercised end to end on a laptop or an air-gapped server. The Llama's tokenizer is
+a byte-level BPE trained on the fly; the encoder's a cased WordPiece whose vocabulary holds every
+CJK character as a token of its own, as bert-base-chinese's does. The output directory loads with
+``AutoModelForCausalLM`` (or, for the encoder, ``AutoModelForSequenceClassification`` and
+``AutoModelForTokenClassification``, whose heads then start untrained, as on bert-base-cased) and
+``AutoTokenizer``, with ``local_files_only=True``.
 
-Usage: ``python -m runner.train.tools.tiny OUT_DIR [--seed N]``
+Usage: ``python -m runner.train.tools.tiny OUT_DIR [--seed N] [--kind llama|bert]``
 """
 
 from __future__ import annotations
@@ -184,6 +187,107 @@ def build_tiny_model(
     return out
 
 
+# --- the encoder --------------------------------------------------------------------------------
+
+BERT_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_CJK = (0x4E00, 0x9FFF)  # CJK Unified Ideographs: one token each, as in bert-base-chinese's vocabulary
+_CJK_PUNCTUATION = "，。！？；：、“”‘’（）《》【】…—"
+
+
+# English words the encoder's vocabulary holds whole (others are spelt out): everyday review, news
+# and support-ticket words, so small example sets read as words rather than letters.
+_ENCODER_WORDS = """
+the a an and or but not no is was were are be been it this that these those we you he she they i my our
+your their his her its of in on at for to from with by about after before yesterday today tomorrow
+food service room coffee staff pizza music pasta soup bread waiter waitress price prices bill hotel
+restaurant order delivery product quality support account card bank loan payment refund password app
+terrible awful worst poor disappointing bland okay average fine good nice pleasant excellent amazing
+perfect great bad slow fast rude friendly cheap expensive fair fresh cold hot delicious clean dirty
+love hate like recommend never again always very really too so much more most less best
+lives works hired visited met said went came bought sold opened closed called asked
+company corp inc university bank city country river street
+John Mary Smith Anna Berg Li Wei Paris London Berlin Tokyo New York Hong Kong Beijing Shanghai
+Acme Globex United Nations Google Microsoft Apple Huawei
+"""
+
+
+def _wordpiece_vocab() -> list[str]:
+    """Specials, every printable ASCII character (alone and as a ##continuation, so any English word
+    is spelt out rather than lost to [UNK]), the CJK characters and punctuation, then the corpus's
+    English words whole."""
+    import re
+
+    ascii_chars = [chr(c) for c in range(33, 127)]
+    vocab = [*BERT_SPECIAL, *ascii_chars, *(f"##{c}" for c in ascii_chars if c.isalnum())]
+    vocab += [chr(c) for c in range(_CJK[0], _CJK[1] + 1)] + list(_CJK_PUNCTUATION)
+    texts = [*_training_texts(), _ENCODER_WORDS]
+    words = sorted({w for text in texts for w in re.findall(r"[A-Za-z]{2,}", text)})
+    seen = set(vocab)
+    return vocab + [w for w in words if w not in seen]
+
+
+def _build_wordpiece():
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(_wordpiece_vocab())}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(
+        lowercase=False, handle_chinese_chars=True, strip_accents=False
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return BertTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
+        mask_token="[MASK]", do_lower_case=False, tokenize_chinese_chars=True, model_max_length=512,
+    )  # fmt: skip
+
+
+def build_tiny_encoder(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 512,
+) -> Path:
+    """Create a random-weight BERT (saved as BertForMaskedLM, as bert-base-cased ships) plus its
+    WordPiece tokenizer in ``out_dir``; deterministic for a given ``seed``. Returns ``out_dir``."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = _build_wordpiece()
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings, pad_token_id=tokenizer.pad_token_id, dtype="float32",
+        # 5x BERT's 0.02: random layers this wide then carry the words to [CLS] (at 0.02 its pooled
+        # output hardly differs between texts), so a head learns a small labelled set in tens of steps.
+        initializer_range=0.1,
+    )  # fmt: skip
+    random.seed(seed)
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(config).to(torch.float32)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    from runner.train.callbacks import share
+
+    share(Path(out))
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("tiny encoder (%d params, vocab %d) written to %s", n_params, len(tokenizer), out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     offline.enter()
     parser = argparse.ArgumentParser(
@@ -191,9 +295,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("out_dir", type=Path, help="directory to write the model and tokenizer to")
     parser.add_argument("--seed", type=int, default=0, help="random seed for the weights (default: 0)")
+    parser.add_argument("--kind", choices=["llama", "bert"], default="llama",
+                        help="llama: a causal LM (default); bert: an encoder for stages cls and ner")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    out = build_tiny_model(args.out_dir, seed=args.seed)
+    build = build_tiny_encoder if args.kind == "bert" else build_tiny_model
+    out = build(args.out_dir, seed=args.seed)
     print(out)
 
 

@@ -8,7 +8,8 @@ path, which load maps to its line and column (or its nearest written parent's).
 
 One module per concern: model (its directory, adapter, template), data (files, registry
 entries, every record), stage (what the stage's record refuses or needs), preference (dpo's
-losses, ppo's reward model), training (method, loop and distributed combinations), files.
+losses, ppo's reward model), training (method, loop and distributed combinations), classify
+(the classification stages' labels and settings, AdaLoRA's schedule), files.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import contextlib
 import contextvars
 from pathlib import Path
 
-from runner.core.jobspec.checks import data, files, model, preference, stage, training
+from runner.core.jobspec.checks import classify, data, files, model, preference, stage, training
 from runner.core.jobspec.checks.context import Check, Context, Found
 from runner.core.jobspec.checks.files import is_hub_id, unreadable
 from runner.core.jobspec.checks.model import earlier_run, run_adapter
@@ -32,7 +33,8 @@ __all__ = [
 
 # In order: a later check may use what an earlier one learned (model.model_dir sets the model).
 CHECKS: tuple[Check, ...] = (
-    *model.CHECKS, *stage.CHECKS, *preference.CHECKS, *data.CHECKS, *training.CHECKS, *files.CHECKS,
+    *model.CHECKS, *stage.CHECKS, *preference.CHECKS, *data.CHECKS, *training.CHECKS, *classify.CHECKS,
+    *files.CHECKS,
 )  # fmt: skip
 # Whether the checks read every record of the data (`runner validate --no-data` turns it off).
 _READ_DATA = contextvars.ContextVar("read_data", default=True)

@@ -8,11 +8,13 @@ import re
 from pathlib import Path
 
 from runner.core import stages
+from runner.core.data.labels import FORMATS as LABELLED_FORMATS
 from runner.core.data.templates import missing_controls
 from runner.core.jobspec.checks.context import Context, unset
 from runner.core.jobspec.checks.files import directory, listing
 from runner.core.jobspec.checks.modeldir import contents, tokenizer_files
 from runner.core.jobspec.job import CONTROL_TOKENS, TEMPLATES, JobSpec
+from runner.core.jobspec.partial import Unchecked
 from runner.core.jobspec.yaml_loader import Loc
 from runner.core.rundir import ADAPTER
 
@@ -72,8 +74,9 @@ def template(spec: JobSpec, at: Context) -> None:
         at.add(loc, f"unknown template '{name}'; " + (f"did you mean '{close}'? " if close else "")
                     + f"known: {', '.join(TEMPLATES)}")  # fmt: skip
         return
-    if at.model_dir is None or stages.STAGES[spec.stage].data is stages.TEXT:
-        return  # no model to look into, or plain text, which no template renders
+    data = stages.STAGES[spec.stage].data
+    if at.model_dir is None or data is stages.TEXT or data.classify or _labelled(spec):
+        return  # no model to look into, or plain text or a classifier's, which no template renders
     if name in CONTROL_TOKENS:
         vocabulary = _vocabulary(at.model_dir)
         added = spec.model.add_special_tokens
@@ -83,6 +86,14 @@ def template(spec: JobSpec, at: Context) -> None:
     elif name == "auto" and tokenizer_files(at.model_dir) and not _has_chat_template(at.model_dir):
         at.add(loc, f"the tokenizer in '{spec.model.path}' has no chat_template; name a built-in template "
                     f"({', '.join(TEMPLATES[1:])})")  # fmt: skip
+
+
+def _labelled(spec: JobSpec) -> bool:
+    """Every dataset a classifier's (texts with labels, tagged words: stage eval of a classifier)."""
+    try:
+        return all(ds.format in LABELLED_FORMATS for ds in spec.data.datasets)
+    except Unchecked:  # the schema refused the data section
+        return False
 
 
 def earlier_run(value: str, base: Path):

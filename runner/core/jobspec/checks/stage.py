@@ -37,6 +37,9 @@ ASKS: dict[str, Ask] = {
     "batch_rebalance": Ask("training", "train_sampling_strategy", ("batch_rebalance",), _SAMPLING),
     "deepspeed": Ask("distributed", "deepspeed"),
     "logits_on_targets_only": Ask("training", "logits_on_targets_only", written=True),
+    "adalora": Ask("method", "type", ("adalora",), METHODS),
+    "template": Ask("model", "template"),
+    "default_system": Ask("model", "default_system"),
 }
 
 

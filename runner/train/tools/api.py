@@ -1,0 +1,53 @@
+"""What runner's HTTP servers share (the chat server, runner/train/tools/serve.py, and a
+classifier's, serve_classify.py): OpenAI's error body, the limits a server takes on, and the
+bearer-token check."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from fastapi.responses import JSONResponse
+
+MAX_BODY = 1 << 20  # bytes of one request
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str, param: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict | None = None):  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
+        self.headers = headers
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Limits:
+    """How much the server takes on."""
+
+    max_batch: int = 16  # requests generated together (the engine's bound)
+    max_queue: int = 64  # requests waiting beyond those; more get a 429
+    timeout: float = 600.0  # seconds one request may take, waiting included
+    default_max_tokens: int = 512  # answer length when a request sets none
+    max_body: int = MAX_BODY
+
+
+class BearerAuth:
+    """`Authorization: Bearer KEY` on every request (plain ASGI: no wrapping of the responses, so
+    a client's disconnect reaches the endpoint as it is)."""
+
+    def __init__(self, app, key: str) -> None:
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("path") != "/health":
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            token = given[7:] if given.lower().startswith(b"bearer ") else b""
+            if not hmac.compare_digest(token, self.key):
+                error = ApiError(401, "invalid or missing API key (send Authorization: Bearer KEY)",
+                                 "invalid_api_key", kind="authentication_error")  # fmt: skip
+                await JSONResponse(error.body(), status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
