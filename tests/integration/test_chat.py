@@ -3,6 +3,7 @@ the conversation kept, a system prompt, /reset."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -86,9 +87,23 @@ def test_an_interactive_chat_on_a_terminal(lora_run: Path):  # noqa: F811
         os.close(term.fd)
 
 
-def test_bare_words_are_messages_and_only_slash_commands_are_commands(tiny_model: Path):
+def _context(model: Path) -> int:
+    return json.loads((model / "config.json").read_text())["max_position_embeddings"]
+
+
+def test_bare_words_are_messages_and_only_slash_commands_are_commands(tiny_model: Path, tmp_path: Path):
     from runner.train.tools.inference import Settings, generate, load
 
+    # A terminal line holds at most 4095 bytes: a copy of the model with a context that one line
+    # can overflow.
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in tiny_model.iterdir():
+        (model / f.name).symlink_to(f)
+    config = json.loads((tiny_model / "config.json").read_text())
+    (model / "config.json").unlink()
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 512}))
+    tiny_model = model
     loaded = load(tiny_model)
     expected = {w: generate(loaded, [[{"role": "user", "content": w}]], Settings(max_new_tokens=6))[0]
                 for w in ("clear", "exit")}  # fmt: skip
@@ -102,9 +117,10 @@ def test_bare_words_are_messages_and_only_slash_commands_are_commands(tiny_model
             assert term.until("user> ").split("assistant> ", 1)[1].split("\n")[0].strip() == expected[word]
             term.type("/reset")
             term.until("user> ")
-        term.type("你好 " * 1200)  # longer than the model's 1024 tokens: refused, the chat goes on
+        context = _context(tiny_model)
+        term.type("你好 " * 500)  # longer than the model's context: refused, the chat goes on
         shown = term.until("user> ")
-        assert "not sent" in shown and "context is 1024 tokens" in shown and "assistant> " not in shown
+        assert "not sent" in shown and f"context is {context} tokens" in shown and "assistant> " not in shown
         term.type("/exit")
         assert term.proc.wait(timeout=30) == 0
     finally:
@@ -118,8 +134,9 @@ def test_one_question_is_checked_like_a_request_to_serve(tiny_model: Path):
 
     empty = runner_cli("chat", str(tiny_model), "-m", " ")
     assert empty.returncode == 2 and "empty" in empty.stderr
-    long = runner_cli("chat", str(tiny_model), "-m", "你好 " * 1200)
-    assert long.returncode == 2 and "context is 1024 tokens" in long.stderr and "Traceback" not in long.stderr
+    context = _context(tiny_model)
+    long = runner_cli("chat", str(tiny_model), "-m", "你好 " * (context + 10))
+    assert long.returncode == 2 and f"context is {context} tokens" in long.stderr and "Traceback" not in long.stderr
     short = runner_cli("chat", str(tiny_model), "-m", "你好", "--max-new-tokens", "3")
     assert short.returncode == 0, short.stderr[-2000:]
     expected = generate(

@@ -366,7 +366,8 @@ def test_registry_names_resolve_to_files_formats_and_columns(tmp_path, tiny_mode
     })  # fmt: skip
     identity, faq, chats = spec.data.datasets
     assert identity.path == str(REGISTRY / "identity.json") and identity.format == "alpaca"
-    assert faq.columns == {"instruction": "问题", "input": "行动", "output": "回答"}
+    # a dataset_info.json entry names the columns it has; "" leaves the others unread
+    assert faq.columns == {"instruction": "问题", "input": "行动", "output": "回答", "system": "", "history": ""}
     assert chats.format == "sharegpt" and chats.columns == {"conversations": "dialog", "system": "sys"}
     assert chats.tags == {
         "role_tag": "speaker",
@@ -434,7 +435,8 @@ def test_a_job_trains_on_mixed_registry_datasets(tmp_path, tiny_model, monkeypat
     [
         ('{broken\n{"also": "broken"\n', {"on_bad_record": "skip"},
          r"data\.datasets\[0\]\.path: .*bad\.jsonl: has no usable record: all 2 were bad and skipped", False),
-        ('{"instruction": "q", "output": "a"}\n', {"cutoff_len": 8},
+        # cut as LLaMA-Factory cuts: a long answer after a much longer prompt keeps no token of 8
+        ('{"instruction": "' + "a long question " * 60 + '", "output": "yes, the answer is this"}\n', {"cutoff_len": 8},
          r"no sample is left after tokenization: every answer starts beyond cutoff_len=8; raise data\.cutoff_len", True),
         ('{"question": "q", "answer": "a"}\n', {},
          r"bad\.jsonl:1: record 1: no column 'instruction' \(it has: question, answer\); map it in data\.datasets\[0\]\.columns",
