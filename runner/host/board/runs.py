@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.core.errors import NoSuchRunError, RunError
-from runner.core.rundir import RunDir, RunRecord, all_runs, read_record
+from runner.core.rundir import EVAL_RESULTS, RunDir, RunRecord, all_runs, read_record
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ TAIL = 256 * 1024  # bytes of a log shown at first; the rest is a download
 # The progress line MetricsCallback writes off a terminal, and a tqdm bar's counter on one.
 _STEP = re.compile(rb"step (\d+)/(\d+)")
 _BAR = re.compile(rb"\|\s*(\d+)/(\d+) \[")
-EVAL_RESULTS = "eval_results.json"
 
 
 class Runs:

@@ -113,7 +113,9 @@ def compose(job: str, out: str | None, image: str | None) -> None:
     from runner.host.render.container import image_ref
 
     spec = load_spec(job, image)
-    target = Path(out).resolve() if out else Path(spec.output.dir) / spec.name / "compose"
+    from runner.core.rundir import job_dir
+
+    target = Path(out).resolve() if out else job_dir(spec.output.dir, spec.name) / "compose"
     try:
         target.mkdir(parents=True, exist_ok=True)
         Path(spec.output.dir).mkdir(parents=True, exist_ok=True)  # yours, not made by docker as root

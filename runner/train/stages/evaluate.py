@@ -20,6 +20,7 @@ import math
 import time
 from pathlib import Path
 
+from runner.core import rundir
 from runner.core.errors import RunnerError
 from runner.core.jobspec.job import JobSpec
 
@@ -146,7 +147,7 @@ def run(spec: JobSpec, run_dir: Path) -> dict:
         "split": "validation" if spec.data.val_size else "all", "seconds": round(time.time() - started, 1),
         "model": spec.model.path, "adapter": spec.model.adapter, "generation": e.model_dump(),
     }  # fmt: skip
-    for name in ("eval_results.json", "results.json"):
+    for name in (rundir.EVAL_RESULTS, rundir.RESULTS):
         (run_dir / name).write_text(
             json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )

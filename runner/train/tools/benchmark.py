@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.core import rundir
 from runner.core.errors import RunnerError
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ def run(spec, run_dir: Path, loaded) -> dict:
     with open(run_dir / "benchmark_predictions.jsonl", "w", encoding="utf-8") as out:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    for name in ("eval_results.json", "results.json"):
+    for name in (rundir.EVAL_RESULTS, rundir.RESULTS):
         (run_dir / name).write_text(
             json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
