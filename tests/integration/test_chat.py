@@ -136,7 +136,11 @@ def test_one_question_is_checked_like_a_request_to_serve(tiny_model: Path):
     assert empty.returncode == 2 and "empty" in empty.stderr
     context = _context(tiny_model)
     long = runner_cli("chat", str(tiny_model), "-m", "你好 " * (context + 10))
-    assert long.returncode == 2 and f"context is {context} tokens" in long.stderr and "Traceback" not in long.stderr
+    assert (
+        long.returncode == 2
+        and f"context is {context} tokens" in long.stderr
+        and "Traceback" not in long.stderr
+    )
     short = runner_cli("chat", str(tiny_model), "-m", "你好", "--max-new-tokens", "3")
     assert short.returncode == 0, short.stderr[-2000:]
     expected = generate(

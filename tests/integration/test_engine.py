@@ -367,7 +367,13 @@ def test_registry_names_resolve_to_files_formats_and_columns(tmp_path, tiny_mode
     identity, faq, chats = spec.data.datasets
     assert identity.path == str(REGISTRY / "identity.json") and identity.format == "alpaca"
     # a dataset_info.json entry names the columns it has; "" leaves the others unread
-    assert faq.columns == {"instruction": "问题", "input": "行动", "output": "回答", "system": "", "history": ""}
+    assert faq.columns == {
+        "instruction": "问题",
+        "input": "行动",
+        "output": "回答",
+        "system": "",
+        "history": "",
+    }
     assert chats.format == "sharegpt" and chats.columns == {"conversations": "dialog", "system": "sys"}
     assert chats.tags == {
         "role_tag": "speaker",
