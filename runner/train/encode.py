@@ -30,6 +30,8 @@ from runner.core.data.templates import LENGTH
 log = logging.getLogger(__name__)
 BATCH = 1000  # items a worker tokenizes at a time
 BATCH_CHARS = 4 << 20  # or fewer, when they are long documents
+ROWS_PER_BATCH = 50_000  # rows of one record batch in the file, at most
+BYTES_PER_BATCH = 32 << 20  # or fewer, when they hold this many bytes
 FILE = "data-00000-of-00001.arrow"  # the name save_to_disk gives one shard
 STREAM = "stream"  # stage pt: a batch's texts as one run of token ids, cut into blocks here
 _IDS = pa.list_(pa.int32())  # token ids and labels: half the disk of int64, any vocabulary
@@ -205,12 +207,18 @@ def _rows(tokens: pa.Array, size: int) -> pa.RecordBatch:
 
 
 class _Writer:
-    """Batches appended to one Arrow stream file, the format datasets memory-maps."""
+    """Batches appended to one Arrow stream file, the format datasets memory-maps. Small batches
+    are joined into record batches of up to ROWS_PER_BATCH rows or BYTES_PER_BATCH bytes first:
+    reading the file touches every record batch's header, and the kernel maps 64 KiB around each
+    one, so a file of many small batches would cost the training process memory in proportion to
+    the data."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.rows, self.tokens, self.last_tokens = path, 0, 0, 0
         self._sink: Any = None
         self._writer: Any = None
+        self._held: list[pa.RecordBatch] = []
+        self._held_rows = self._held_bytes = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
         if self._writer is None:
@@ -219,12 +227,23 @@ class _Writer:
             self._writer = pa.ipc.new_stream(self._sink, batch.schema)
         self.last_tokens = (pc.sum(batch.column(LENGTH)).as_py() or 0) if len(batch) else 0
         if len(batch):
-            self._writer.write_batch(batch)
+            self._held.append(batch)
+            self._held_rows += len(batch)
+            self._held_bytes += batch.nbytes
+            if self._held_rows >= ROWS_PER_BATCH or self._held_bytes >= BYTES_PER_BATCH:
+                self._flush()
         self.rows += len(batch)
         self.tokens += self.last_tokens
 
+    def _flush(self) -> None:
+        if self._held:
+            for joined in pa.Table.from_batches(self._held).combine_chunks().to_batches():
+                self._writer.write_batch(joined)
+        self._held, self._held_rows, self._held_bytes = [], 0, 0
+
     def close(self) -> None:
         if self._writer is not None:
+            self._flush()
             self._writer.close()
             self._sink.close()
             self._writer = None
