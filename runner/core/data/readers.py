@@ -21,11 +21,22 @@ from runner.core.data.records import (
     sharegpt_conversation,
     text_field,
 )
+from runner.core.data.streams import Cursor
 from runner.core.jobspec.job import DatasetSpec, DataSpec
 
 log = logging.getLogger(__name__)
 PREFERENCE_STAGES = stages.PREFERENCE  # read into preference items, not conversations
-__all__ = ["PREFERENCE_STAGES", "DataError", "check", "draw", "files", "items_of", "load"]
+__all__ = [
+    "PREFERENCE_STAGES",
+    "Cursor",
+    "DataError",
+    "check",
+    "draw",
+    "draw_indices",
+    "files",
+    "items_of",
+    "load",
+]
 
 
 def load(
@@ -64,10 +75,15 @@ def draw(items: list[Any], n: int, rng: random.Random | int) -> list[Any]:
     """num_samples as LLaMA-Factory draws them (data/loader.py): a random permutation of every
     record cut to n; beyond the dataset's size, every record once and the rest drawn again with
     replacement. `rng`: numpy_random(seed), or the seed itself."""
+    return [items[i] for i in draw_indices(len(items), n, rng)]
+
+
+def draw_indices(size: int, n: int, rng: random.Random | int) -> list[int]:
+    """The positions `draw` takes from `size` records, for records that stay on disk."""
     rng = numpy_random(rng) if isinstance(rng, int) else rng
-    picked = _permutation(rng, len(items))[:n]
-    picked += [_interval(rng, len(items) - 1) for _ in range(n - len(picked))]
-    return [items[i] for i in picked]
+    picked = _permutation(rng, size)[:n]
+    picked += [_interval(rng, size - 1) for _ in range(n - len(picked))]
+    return picked
 
 
 def numpy_random(seed: int) -> random.Random:
@@ -105,17 +121,19 @@ def _permutation(rng: random.Random, n: int) -> list[int]:
 def items_of(
     ds: DatasetSpec, data: DataSpec, where: str, bad: list[int],
     report: Callable[[DataError], None] | None = None, stage: str = stages.DEFAULT,
+    cursor: Cursor | None = None,
 ) -> Iterator[Any]:  # fmt: skip
-    """One dataset's items. A bad record raises DataError (on_bad_record: error) or is counted
-    in bad[0] (skip); with `report`, it is passed there instead and reading goes on, so a check
-    sees every bad record. A dataset with no usable record raises DataError."""
+    """One dataset's items, read as a stream. A bad record raises DataError (on_bad_record: error)
+    or is counted in bad[0] (skip); with `report`, it is passed there instead and reading goes on,
+    so a check sees every bad record. A dataset with no usable record raises DataError. `cursor`
+    follows the bytes read (progress)."""
     n = 0
     convert = alpaca_conversation if ds.format == "alpaca" else sharegpt_conversation
     if stage in PREFERENCE_STAGES:
         convert = preference.converter(ds.format, stage)
     elif ds.format in labels.FORMATS:  # classification: texts with labels, words with tags
         convert = labels.converter(ds.format)
-    for origin, record in read_records(ds, where, stage):
+    for origin, record in read_records(ds, where, stage, cursor):
         if ds.max_samples and n >= ds.max_samples:
             break
         try:
@@ -145,10 +163,11 @@ def items_of(
 
 def check(
     ds: DatasetSpec, data: DataSpec, where: str, limit: int = 3, tick: Callable[[], None] | None = None,
-    stage: str = stages.DEFAULT,
+    stage: str = stages.DEFAULT, cursor: Cursor | None = None,
 ) -> tuple[list[DataError], int]:  # fmt: skip
-    """Read every record of one dataset as training would: the first `limit` errors that
-    training would stop at, and how many there are in all. tick() follows each record."""
+    """Read every record of one dataset as training would, in bounded memory: the first `limit`
+    errors that training would stop at, and how many there are in all. tick() follows each record,
+    `cursor` the bytes read."""
     errors: list[DataError] = []
     total = [0]
 
@@ -158,7 +177,7 @@ def check(
             errors.append(e)
 
     try:
-        for _ in items_of(ds, data, where, [0], report, stage=stage):
+        for _ in items_of(ds, data, where, [0], report, stage=stage, cursor=cursor):
             if tick:
                 tick()
     except DataError as e:

@@ -10,9 +10,7 @@ needed) is plain Python, for the host-side CLI.
 
 from __future__ import annotations
 
-import codecs
 import csv
-import io
 import json
 import logging
 import re
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.core import stages
+from runner.core.data.streams import BadText, Cursor, Window, only_key, open_text, plain_json, wrapper_key
 from runner.core.errors import RunnerError
 from runner.core.jobspec.job import DatasetSpec
 
@@ -30,9 +29,8 @@ SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
           "model": "assistant", "bot": "assistant", "system": "system"}  # fmt: skip
-# Encodings worth suggesting when a file does not decode as the one given.
-_GUESSES = ("utf-8", "gbk", "gb18030", "big5", "shift_jis")
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents in one cell
+Records = Iterator[tuple[tuple[Path, int | None, int], Any]]
 
 
 class DataError(RunnerError):
@@ -93,241 +91,168 @@ def _not_data(path: Path) -> str:
 
 
 def read_records(
-    ds: DatasetSpec, where: str, stage: str = stages.DEFAULT
-) -> Iterator[tuple[tuple[Path, int | None, int], Any]]:
-    """(origin, record) of every file; origin is (file, line or None, record number). A record
-    that does not parse comes as a DataError in place of the record; a file that cannot be
-    read on raises one (fatal)."""
+    ds: DatasetSpec, where: str, stage: str = stages.DEFAULT, cursor: Cursor | None = None
+) -> Records:
+    """(origin, record) of every file, read as a stream; origin is (file, line or None, record
+    number). A record that does not parse comes as a DataError in place of the record; a file that
+    cannot be read on raises one (fatal). `cursor` follows the bytes read, for progress."""
+    cursor = cursor or Cursor()
+    readers = {".parquet": _parquet, ".txt": _text, ".json": _json, ".jsonl": _json_lines}
     for path in files(ds):
-        suffix = path.suffix
-        if suffix == ".parquet":
-            yield from _parquet(path)
-            continue
-        text = _decode(path, ds.encoding)
-        if suffix == ".txt":
-            if ds.format != "text":
-                raise DataError(
-                    f"a .txt file is plain text, one document per line, for stage pt; set format: text "
-                    f"(got '{ds.format}'), or give conversations as json, jsonl or csv",
-                    path, fatal=True,
-                )  # fmt: skip
-            column = ds.columns.get("text", "text")
-            n = 0
-            for lineno, line in enumerate(io.StringIO(text, newline=None), 1):
-                if line.strip():
-                    n += 1
-                    yield (path, lineno, n), {column: line.rstrip("\n")}
-        elif suffix == ".json":
-            yield from _json(path, text, ds)
-        elif suffix == ".jsonl":
-            yield from _json_lines(path, text)
-        else:
-            yield from _csv(path, text, ds, where, stage)
-
-
-def _decode(path: Path, encoding: str) -> str:
-    """The file's text; a file that does not decode is reported with the line of the first bad
-    byte and an encoding that would work, when a common one does."""
-    raw = path.read_bytes()
-    codec = codecs.lookup(encoding).name
-    if codec == "utf-8":
-        encoding = "utf-8-sig"  # a byte order mark is accepted
-    try:
-        return raw.decode(encoding)
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        hint = ""
-        works = _guess(raw, codec)
-        if works:
-            hint = f"; it decodes as {works}: set encoding: {works} on this dataset"
-        else:
-            hint = "; set this dataset's encoding: to the one the file was saved in"
-        raise DataError(
-            f"is not valid {codec} text (byte 0x{raw[e.start]:02x} at column {col}){hint}",
-            path,
-            line,
-            fatal=True,
-        ) from None
-
-
-def _guess(raw: bytes, tried: str) -> str | None:
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16"
-    for name in _GUESSES:
-        if codecs.lookup(name).name == tried:
-            continue
         try:
-            raw.decode("utf-8-sig" if name == "utf-8" else name)
-        except UnicodeDecodeError:
-            continue
-        return name
-    return None
+            yield from readers.get(path.suffix, _csv)(path, ds, where, stage, cursor)
+        except BadText as e:
+            raise DataError(e.message, path, e.line, fatal=True) from None
+        cursor.finish(path.stat().st_size)
 
 
-def _json(path: Path, text: str, ds: DatasetSpec) -> Iterator[tuple[tuple[Path, int | None, int], Any]]:
+def _text(path: Path, ds: DatasetSpec, where: str, stage: str, cursor: Cursor) -> Records:
+    if ds.format != "text":
+        raise DataError(
+            f"a .txt file is plain text, one document per line, for stage pt; set format: text "
+            f"(got '{ds.format}'), or give conversations as json, jsonl or csv",
+            path, fatal=True,
+        )  # fmt: skip
+    column = ds.columns.get("text", "text")
+    n = 0
+    with open_text(path, ds.encoding) as f:
+        cursor.follow(f.buffer)
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                n += 1
+                yield (path, lineno, n), {column: line.rstrip("\n")}
+
+
+def _json(path: Path, ds: DatasetSpec, where: str, stage: str, cursor: Cursor) -> Records:
     """A JSON list of records (each numbered with its line), a {"key": [records]} wrapper, or
-    JSON Lines saved with a .json suffix."""
-    start = len(text) - len(text.lstrip())
-    if text[start : start + 1] == "[":
-        yield from _json_array(path, text, start)
+    JSON Lines saved with a .json suffix; all read as streams. One object that is none of these is
+    one record."""
+    conversations = {ds.columns.get("conversations", "conversations"), "messages"}
+    with open_text(path, ds.encoding, newline="") as f:
+        cursor.follow(f.buffer)
+        w = Window(f)
+        start = w.skip_ws(0)
+        if w.text[start : start + 1] == "[":
+            for n, (line, value) in enumerate(w.array(start), 1):
+                yield (path, line, n), value
+            if (extra := w.skip_ws(w.end)) < len(w.text):
+                raise w.error("Extra data after the list", extra)
+            return
+        wrapper = wrapper_key(w, start)
+        wrapped = wrapper is not None and wrapper[0] not in conversations and only_key(w, wrapper[1])
+    if wrapped:  # {"key": [records]}: its list
+        with open_text(path, ds.encoding, newline="") as f:
+            cursor.follow(f.buffer)
+            for n, (_, value) in enumerate(Window(f).array(wrapper[1]), 1):
+                yield (path, None, n), value
         return
+    with open_text(path, ds.encoding, newline="") as f:
+        w = Window(f)
+        try:
+            lines = w.skip_ws(w.value(start)[1]) < len(w.text)  # several values: JSON Lines
+        except json.JSONDecodeError:
+            lines = False  # reported below, as the whole file's error
+    if lines:
+        yield from _json_lines(path, ds, where, stage, cursor)
+        return
+    with open_text(path, ds.encoding, newline="") as f:  # one value, or one that does not parse: read whole
+        text = f.read()
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # several values, one a line: JSON Lines
-            yield from _json_lines(path, text)
-            return
         raise DataError(
             f"invalid JSON at column {e.colno}: {plain_json(e.msg)}", path, e.lineno, fatal=True
         ) from None
     if isinstance(rows, dict):
         keys = list(rows)
-        one_record = (
-            bool({ds.columns.get("conversations", "conversations"), "messages"} & set(keys)) or len(keys) != 1
-        )
+        one_record = bool(conversations & set(keys)) or len(keys) != 1
         if not one_record and isinstance(rows[keys[0]], list):
             for n, row in enumerate(rows[keys[0]], 1):
                 yield (path, None, n), row
             return
-        yield (path, start_line(text, start), 1), rows  # one record (JSON Lines of one line)
+        yield (path, text.count("\n", 0, start) + 1, 1), rows  # one record (JSON Lines of one line)
         return
     raise DataError(f"expected a JSON list of records, got {kind_of(rows)}", path, fatal=True)
 
 
-# The JSON decoder's words, and what they mean for a person fixing the file.
-_JSON = {
-    "Expecting value": "a value is missing here",
-    "Expecting ',' delimiter": "a ',' is missing between two items",
-    "Expecting ':' delimiter": "a ':' is missing after a key",
-    "Expecting property name enclosed in double quotes": "a key must be in double quotes (or a ',' is left "
-    "before a closing '}')",
-    "Unterminated string starting at": "a string is never closed (a '\"' is missing)",
-    "Invalid control character at": "a raw tab or line break inside a string; write it as \\t or \\n",
-    "Invalid \\escape": "a backslash that starts no escape; write \\\\ for a backslash",
-    "Extra data": "more text after the JSON value",
-}
-
-
-def plain_json(msg: str, at_end: bool = False) -> str:
-    """A json.JSONDecodeError message in plain words; `at_end`: the text stops where it failed."""
-    if at_end and msg in ("Expecting value", "Expecting ',' delimiter", "Expecting ':' delimiter",
-                          "Expecting property name enclosed in double quotes"):  # fmt: skip
-        return "the line ends before the record does (is it cut short?)"
-    return next((plain for raw, plain in _JSON.items() if msg.startswith(raw)), msg)
-
-
-def start_line(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
-
-
-def _json_array(path: Path, text: str, start: int) -> Iterator[tuple[tuple[Path, int | None, int], Any]]:
-    decoder, n, i, line, counted = json.JSONDecoder(), 0, start + 1, 1, 0
-
-    def ws(i: int) -> int:
-        while i < len(text) and text[i] in " \t\r\n":
-            i += 1
-        return i
-
-    def fail(msg: str, pos: int) -> DataError:
-        if pos >= len(text.rstrip()):
-            msg = "the file ends before the list is closed (is it truncated?)"
-        e = json.JSONDecodeError(msg, text, pos)
-        return DataError(f"invalid JSON at column {e.colno}: {plain_json(e.msg)}", path, e.lineno, fatal=True)
-
-    i = ws(i)
-    if text[i : i + 1] == "]":
-        i += 1
-    else:
-        while True:
-            try:
-                value, end = decoder.raw_decode(text, i)
-            except json.JSONDecodeError as e:
-                raise fail(e.msg, e.pos) from None
-            line += text.count("\n", counted, i)
-            counted = i
+def _json_lines(path: Path, ds: DatasetSpec, where: str, stage: str, cursor: Cursor) -> Records:
+    n = 0
+    with open_text(path, ds.encoding) as f:
+        cursor.follow(f.buffer)
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
             n += 1
-            yield (path, line, n), value
-            i = ws(end)
-            if text[i : i + 1] == ",":
-                i = ws(i + 1)
-            elif text[i : i + 1] == "]":
-                i += 1
-                break
-            else:
-                raise fail("Expecting ',' delimiter" if i < len(text) else "the list is never closed", i)
-    if ws(i) < len(text):
-        raise fail("Extra data after the list", ws(i))
+            line = line.rstrip("\r\n")
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                value = DataError(
+                    f"invalid JSON at column {e.colno}: {plain_json(e.msg, e.pos >= len(line.rstrip()))}; fix "
+                    "the line or set data.on_bad_record: skip",
+                    path, lineno,
+                )  # fmt: skip
+            yield (path, lineno, n), value
 
 
-def _json_lines(path: Path, text: str) -> Iterator[tuple[tuple[Path, int | None, int], Any]]:
-    n = 0
-    for lineno, line in enumerate(io.StringIO(text, newline=None), 1):
-        if not line.strip():
-            continue
-        n += 1
-        line = line.rstrip("\r\n")
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as e:
-            value = DataError(
-                f"invalid JSON at column {e.colno}: {plain_json(e.msg, e.pos >= len(line.rstrip()))}; fix the line "
-                "or set data.on_bad_record: skip",
-                path, lineno,
-            )  # fmt: skip
-        yield (path, lineno, n), value
-
-
-def _csv(
-    path: Path, text: str, ds: DatasetSpec, where: str, stage: str = stages.DEFAULT
-) -> Iterator[tuple[tuple[Path, int | None, int], Any]]:
+def _csv(path: Path, ds: DatasetSpec, where: str, stage: str, cursor: Cursor) -> Records:
     delimiter = "\t" if path.suffix == ".tsv" else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header: list[str] | None = None
-    n = 0
-    while True:
-        first = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise DataError(f"unreadable {path.suffix[1:]} record: {e}", path, first, fatal=True) from None
-        if not row or not any(cell.strip() for cell in row):
-            continue
-        if header is None:
-            header = row
-            _check_header(header, ds, (path, first, 0), where, stage)
-            continue
-        n += 1
-        if len(row) != len(header) and any("\n" in cell or "\r" in cell for cell in row):
-            yield (path, first, n), DataError(
-                f"a double quote opened in this record is never closed, so it runs on to line "
-                f"{reader.line_num}; close the quote, or write a quote inside a value as \"\"",
-                path, first, n,
-            )  # fmt: skip
-            continue
-        if len(row) != len(header):
-            quote = "a tab" if delimiter == "\t" else "a comma"
-            yield (path, first, n), DataError(
-                f"has {len(row)} fields where the header has {len(header)}; a value holding {quote}, "
-                'a quote or a line break must be in double quotes ("...", a quote inside written "")',
-                path, first, n,
-            )  # fmt: skip
-            continue
-        yield (path, first, n), dict(zip(header, row, strict=True))
+    with open_text(path, ds.encoding, newline="") as f:
+        cursor.follow(f.buffer)
+        reader = csv.reader(f, delimiter=delimiter)
+        header: list[str] | None = None
+        n = 0
+        while True:
+            first = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise DataError(
+                    f"unreadable {path.suffix[1:]} record: {e}", path, first, fatal=True
+                ) from None
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if header is None:
+                header = row
+                _check_header(header, ds, (path, first, 0), where, stage)
+                continue
+            n += 1
+            if len(row) != len(header) and any("\n" in cell or "\r" in cell for cell in row):
+                yield (path, first, n), DataError(
+                    f"a double quote opened in this record is never closed, so it runs on to line "
+                    f"{reader.line_num}; close the quote, or write a quote inside a value as \"\"",
+                    path, first, n,
+                )  # fmt: skip
+                continue
+            if len(row) != len(header):
+                quote = "a tab" if delimiter == "\t" else "a comma"
+                yield (path, first, n), DataError(
+                    f"has {len(row)} fields where the header has {len(header)}; a value holding {quote}, "
+                    'a quote or a line break must be in double quotes ("...", a quote inside written "")',
+                    path, first, n,
+                )  # fmt: skip
+                continue
+            yield (path, first, n), dict(zip(header, row, strict=True))
 
 
-def _parquet(path: Path) -> Iterator[tuple[tuple[Path, int | None, int], Any]]:
+def _parquet(path: Path, ds: DatasetSpec, where: str, stage: str, cursor: Cursor) -> Records:
+    """Batch by batch (1024 rows at most), never the whole table."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    n = 0
     try:
-        rows = pq.read_table(path).to_pylist()
+        table = pq.ParquetFile(path)
+        size, total = path.stat().st_size, max(1, table.metadata.num_rows)
+        for batch in table.iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                n += 1
+                yield (path, None, n), row
+            cursor.at(size * n / total)
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"is not a readable parquet file: {e}", path, fatal=True) from None
-    for n, row in enumerate(rows, 1):
-        yield (path, None, n), row
 
 
 def fill_placeholders(value: Any, placeholders: dict[str, str]) -> Any:

@@ -382,7 +382,9 @@ class DataSpec(_Spec):
         "error", description="A malformed record stops the job (error) or is counted and skipped."
     )
     preprocessing_workers: int | None = Field(
-        None, ge=1, description="Processes that tokenize; default: up to 8 for large datasets."
+        None,
+        ge=1,
+        description="Processes that tokenize; default: the job's cores (16 at most) for large data.",
     )
     cache: bool = Field(
         True, description="Keep tokenized data under OUTPUT/.cache, keyed by a hash of its inputs."

@@ -133,8 +133,8 @@ def _read(ds: DatasetSpec, spec: JobSpec, loc: Loc, at: Context) -> None:
         datasets=[ds], on_bad_record=spec.data.on_bad_record, placeholders=spec.data.placeholders
     )
     where = f"{loc[0]}.{loc[1]}[{loc[2]}]"
-    with _progress(ds, at.base) as tick:
-        errors, total = reader.check(ds, settings, where, tick=tick, stage=spec.stage)
+    with _progress(ds, at.base) as (tick, cursor):
+        errors, total = reader.check(ds, settings, where, tick=tick, stage=spec.stage, cursor=cursor)
     for e in errors:
         at.add(loc, e.text(_shown(e.file, at.base) if e.file else None))
     if total > len(errors):
@@ -144,22 +144,32 @@ def _read(ds: DatasetSpec, spec: JobSpec, loc: Loc, at: Context) -> None:
 
 @contextlib.contextmanager
 def _progress(ds: DatasetSpec, base: Path, large: int = 32 << 20):
-    """A records-read counter on a terminal, for data of `large` bytes or more."""
+    """(tick, cursor) for a dataset of `large` bytes or more read on a terminal: one line, redrawn
+    in place, of records read, records/s, the share of the bytes read and the time left. Nothing
+    when the output is no terminal (a log) or the data is small."""
     from runner.core.data import readers as reader
+    from runner.core.data.progress import Meter
 
     try:
         size = sum(f.stat().st_size for f in reader.files(ds))
     except (OSError, reader.DataError):
         size = 0  # reading reports it
     if size < large or not sys.stderr.isatty():
-        yield None
+        yield None, None
         return
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
-    columns = (SpinnerColumn(), TextColumn("reading {task.description}: {task.completed:,} records"))
-    with Progress(*columns, transient=True) as bar:
-        task = bar.add_task(_shown(ds.path, base), total=None)
-        yield lambda: bar.advance(task)
+    cursor = reader.Cursor(size)
+    meter, shown = Meter(fraction=cursor.fraction), _shown(ds.path, base)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), transient=True) as bar:
+        task = bar.add_task(f"reading {shown}", total=None)
+
+        def tick() -> None:
+            meter.add()
+            if meter.due(0.2):
+                bar.update(task, description=f"reading {shown}: {meter.status()}")
+
+        yield tick, cursor
 
 
 def _shown(path: Any, base: Path) -> str:
