@@ -98,7 +98,7 @@ def build(spec: JobSpec, tokenizer):
         else:
             rows, stats = tokenize(spec, tokenizer)
             if directory:
-                dataset._save(rows, directory, stats)  # written whole or not at all
+                dataset.save(rows, directory, stats)  # written whole or not at all
     dataset.last_stats.clear()
     dataset.last_stats.update(stats)
     labels = LabelSet(tuple(stats["labels"]["labels"]), stats["labels"]["task"],

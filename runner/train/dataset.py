@@ -219,6 +219,27 @@ def _job(spec: JobSpec) -> encoding.Job:
     return encoding.Job(_encode_conversations, kwargs)
 
 
+def save(rows: Dataset, directory: Path, stats: dict) -> None:
+    """Cache a set built in memory (the classification stages' rows) as `_tokenize_into` caches a
+    streamed one: written to a temporary sibling, then renamed; a failed cache never fails the job."""
+    tmp = directory.with_name(f"{directory.name}.tmp-{uuid.uuid4().hex}")  # pids repeat across containers
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        rows.save_to_disk(str(tmp))
+        (tmp / STATS).write_text(json.dumps(stats, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, directory)
+        log.info("tokenized data cached in %s", directory)
+    except Exception as e:  # a cache is an optimization, never a reason to stop
+        if (directory / "dataset_info.json").exists():
+            log.info("tokenized data was cached in %s by another process", directory)
+        else:
+            log.warning(
+                "could not cache the tokenized data in %s (%s); the next run tokenizes again", directory, e
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _describe(directory: Path, stats: dict) -> None:
     """The files that make `directory` a Dataset load_from_disk reads, and the figures."""
     rows = Dataset.from_file(str(directory / encoding.FILE))
