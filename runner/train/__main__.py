@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_dir, record = _run_dir(args)
         policy.shared(run_dir)
+        from runner.train import dataset
+
+        dataset.use_scratch(run_dir)
         from runner.core.jobspec.load import load_job
 
         # Checked again here, with what this process really has: in a container, the mounts.

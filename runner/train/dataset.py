@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -82,12 +83,40 @@ def _tty() -> bool:
     return sys.stderr.isatty() or os.environ.get("RUNNER_TTY") == "1"
 
 
+_scratch: list[Path] = []  # the run directory, where rows that cannot be cached are written
+
+
+def use_scratch(run_dir: Path) -> None:
+    """Rows that are not cached (data.cache: false, or a cache this process cannot write) are
+    written under the run directory, which is always writable and on disk (a container's /tmp is
+    memory)."""
+    _scratch[:] = [Path(run_dir) / ".tokenized"]
+
+
+def _writable(directory: Path) -> OSError | None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".probe-{uuid.uuid4().hex}"
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        return e
+    return None
+
+
 def _tokenize_into(spec: JobSpec, tokenizer, directory: Path | None) -> tuple[Dataset, dict]:
     """Tokenize into a temporary sibling of `directory`, then rename it there: a reader never sees
     a half-written cache. The first process of every machine may write (machines can share the
     directory): each writes its own temporary copy and one rename wins. Without a cache
-    (data.cache: false) the rows stay in the temporary directory until this process ends."""
-    parent = directory.parent if directory else Path(spec.output.dir) / ".cache" / "data"
+    (data.cache: false), or where this process cannot write the cache (a container's user that
+    does not own it), the rows are written under the run directory until this process ends."""
+    parent = directory.parent if directory else None
+    if parent is not None and (e := _writable(parent)):
+        log.warning("cannot write the data cache in %s (%s); the rows are not kept and the next run "
+                    "tokenizes again", parent, e.strerror or e)  # fmt: skip
+        directory = parent = None
+    if parent is None:
+        parent = _scratch[0] if _scratch else Path(tempfile.gettempdir())
     tmp = parent / f"{directory.name if directory else 'uncached'}.tmp-{uuid.uuid4().hex}"  # pids repeat
     keep = tmp
     try:

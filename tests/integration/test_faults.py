@@ -36,7 +36,7 @@ from tests.conftest import ROOT, remount, tmpfs, write_job
 
 pytestmark = pytest.mark.integration
 SAVE_STEPS = 2
-RECORDS = 3000  # enough that tokenizing them takes a moment to be killed in
+RECORDS = 30000  # enough that tokenizing them takes a moment (seconds) to be killed in
 
 
 # --- the job ---------------------------------------------------------------------------------
@@ -287,7 +287,7 @@ def strike(attempt: Attempt, kill: Kill, run_dir: Path | None, out: Path, name: 
            resumed: int, steps: int, rng: random.Random, resumed_attempt: bool) -> bool:  # fmt: skip
     """Carry out `kill` on a running attempt. False when the run ended before it could."""
     if kill.kind == "tokenize":
-        if not attempt.wait_for(r"tokenizing \d+ records"):
+        if not attempt.wait_for(r"tokenizing (\d+ records|[\d,.]+ MiB of data)"):
             return False
         pids = attempt.trainers(procs)
         signal_all(pids.values(), signal.SIGSTOP)

@@ -132,9 +132,9 @@ def test_bad_requests_get_a_4xx_with_a_json_body(server: str):
     assert status == 400 and body["error"]["param"] == "messages"
     status, body = post(json.dumps({"messages": [{"role": "user", "content": "x" * 2_000_000}]}).encode())
     assert status == 413 and body["error"]["code"] == "request_too_large"
-    with pytest.raises(openai.BadRequestError) as e:  # longer than the model's 1024-token context
+    with pytest.raises(openai.BadRequestError) as e:  # longer than the model's 4096-token context
         client(server).chat.completions.create(
-            model="", messages=[{"role": "user", "content": "你好 " * 2000}]
+            model="", messages=[{"role": "user", "content": "你好 " * 5000}]
         )
     assert e.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.NotFoundError):
@@ -266,13 +266,18 @@ def test_what_the_server_cannot_honour_is_refused(tiny_server: str):
 def test_a_request_past_its_timeout_ends(tiny_model: Path):
     proc, url = start(["runner.train.tools.serve", str(tiny_model), "--timeout", "0.5"], None)
     try:
+        post(
+            url, {"messages": QUESTION, "max_tokens": 2}
+        )  # the first request's warm-up (0.3 s) is not a request's time
         status, body, _ = post(url, LONG)
         assert status == 504 and body["error"]["code"] == "timeout"
         events = client(url).chat.completions.create(model="", stream=True, **LONG)
         with pytest.raises(openai.APIError, match="longer than"):
             list(events)
         assert settled(url) == 0
-        assert post(url, {"messages": QUESTION, "max_tokens": 2})[0] == 200
+        # still serving: a short answer fits in 0.5 s (on a loaded machine, within a few tries; a
+        # server the timeouts wedged answers 504 every time)
+        assert 200 in [post(url, {"messages": QUESTION, "max_tokens": 2})[0] for _ in range(5)]
     finally:
         proc.kill()
         proc.wait()
