@@ -514,7 +514,14 @@ def test_a_full_disk_fails_the_save_with_one_message_and_the_run_resumes_once_th
     the message names the disk, the bytes and the fix; the previous checkpoint stays complete;
     with the disk grown, `runner resume` ends with the uninterrupted run's weights."""
     size = json.loads((reference_short / "checkpoints" / "checkpoint-2" / "COMPLETE").read_text())["bytes"]
-    small = size * 3 // 2 + (1 << 20)  # one checkpoint, the run's own files, not a second checkpoint
+    # the tokenized rows (data.cache: false keeps them in the run directory while it runs): as many
+    # bytes as the reference run's cache of the same data
+    cache = reference_short.parent.parent / ".cache" / "data"
+    rows = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+    assert rows, f"no tokenized rows cached under {cache}"
+    small = (
+        size * 3 // 2 + rows + (1 << 20)
+    )  # one checkpoint, the rows, the run's own files; not a second checkpoint
     with tmpfs(tmp_path / "disk", f"size={small}") as out:
         spec = job(tmp_path, tiny_model, conversations, "full", SHORT, out=out, cache=False)
         first = Attempt("submit", str(spec), "--executor", "local")
