@@ -78,6 +78,14 @@ class RunDir:
     def eval_results(self) -> Path:
         return self.path / EVAL_RESULTS
 
+    def write_evaluation(self, summary: dict) -> None:
+        """An evaluation's summary: eval_results.json, and results.json as every run has."""
+        from runner.core import atomic
+
+        text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+        for path in (self.eval_results, self.results):
+            atomic.write_text(path, text)
+
     @property
     def plot(self) -> Path:
         return self.path / PLOT

@@ -356,3 +356,17 @@ def _scores(labels: LabelSet, eval_pred) -> dict:
     from runner.train.tools.class_scores import headline
 
     return headline(scores(labels, eval_pred.predictions, eval_pred.label_ids))
+
+
+def run(spec: JobSpec, run_dir: Path, kind: str) -> dict:
+    """Stage cls ("sequence") or ner ("token"): the tokenizer, the rows, the model with its head
+    and method, then training."""
+    from runner.train import trainer as loop
+
+    loop.seed_everything(spec)
+    tokenizer = tokenizer_for(spec)
+    train_ds, eval_ds, labels = build(spec, tokenizer)
+    with loop.model_loading(spec, run_dir):
+        model = load_model(spec, labels, tokenizer)
+        model = apply_method(model, spec, tokenizer, kind)
+    return train(spec, run_dir, model, tokenizer, train_ds, eval_ds, labels)

@@ -147,10 +147,7 @@ def run(spec: JobSpec, run_dir: Path) -> dict:
         "split": "validation" if spec.data.val_size else "all", "seconds": round(time.time() - started, 1),
         "model": spec.model.path, "adapter": spec.model.adapter, "generation": e.model_dump(),
     }  # fmt: skip
-    for name in (rundir.EVAL_RESULTS, rundir.RESULTS):
-        (run_dir / name).write_text(
-            json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+    rundir.RunDir(run_dir).write_evaluation(summary)
     log.info("%s", table(summary))
     return summary
 

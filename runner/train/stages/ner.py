@@ -16,14 +16,7 @@ from pathlib import Path
 
 from runner.core.jobspec.job import JobSpec
 from runner.train import classify
-from runner.train import trainer as loop
 
 
 def run(spec: JobSpec, run_dir: Path) -> dict:
-    loop.seed_everything(spec)
-    tokenizer = classify.tokenizer_for(spec)
-    train_ds, eval_ds, labels = classify.build(spec, tokenizer)
-    with loop.model_loading(spec, run_dir):
-        model = classify.load_model(spec, labels, tokenizer)
-        model = classify.apply_method(model, spec, tokenizer, "token")
-    return classify.train(spec, run_dir, model, tokenizer, train_ds, eval_ds, labels)
+    return classify.run(spec, run_dir, "token")

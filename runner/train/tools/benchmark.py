@@ -232,10 +232,7 @@ def run(spec, run_dir: Path, loaded) -> dict:
     with open(run_dir / "benchmark_predictions.jsonl", "w", encoding="utf-8") as out:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    for name in (rundir.EVAL_RESULTS, rundir.RESULTS):
-        (run_dir / name).write_text(
-            json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+    rundir.RunDir(run_dir).write_evaluation(summary)
     log.info("%s", table(summary))
     return summary
 
