@@ -5,9 +5,13 @@ bearer-token check."""
 from __future__ import annotations
 
 import hmac
+import logging
 from dataclasses import dataclass
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 MAX_BODY = 1 << 20  # bytes of one request
 
@@ -51,3 +55,33 @@ class BearerAuth:
                 await JSONResponse(error.body(), status_code=401)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def answer_errors_as_openai(app: FastAPI, api_key: str | None) -> None:
+    """Every error as OpenAI's error body (ours, routing's, validation's, a crash's), and the
+    bearer-token check when the server has a key."""
+    log = logging.getLogger("runner.train.tools.serve")
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, e: ApiError):
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return JSONResponse(ApiError(e.status_code, str(e.detail), code).body(), status_code=e.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        return JSONResponse(ApiError(400, str(e), "invalid_request").body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, e: Exception):
+        log.exception("request failed")
+        body = ApiError(
+            500, f"internal error: {type(e).__name__}: {e}", "internal_error", kind="server_error"
+        )
+        return JSONResponse(body.body(), status_code=500)
+
+    if api_key is not None:
+        app.add_middleware(BearerAuth, key=api_key)

@@ -30,14 +30,12 @@ import uuid
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runner.core import offline
 from runner.core.errors import RunnerError
-from runner.train.tools.api import ApiError, BearerAuth, Limits
+from runner.train.tools.api import ApiError, Limits, answer_errors_as_openai
 
 log = logging.getLogger(__name__)
 DRAIN_LIMIT = 64 << 20  # bytes read of a request over MAX_BODY before the connection is dropped
@@ -206,29 +204,7 @@ def create_app(loaded, engine, api_key: str | None = None, limits: Limits | None
     app = FastAPI(title="runner serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.stuck = False
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, e: ApiError):
-        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, e: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-        return JSONResponse(ApiError(e.status_code, str(e.detail), code).body(), status_code=e.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, e: RequestValidationError):
-        return JSONResponse(ApiError(400, str(e), "invalid_request").body(), status_code=400)
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, e: Exception):
-        log.exception("request failed")
-        body = ApiError(
-            500, f"internal error: {type(e).__name__}: {e}", "internal_error", kind="server_error"
-        )
-        return JSONResponse(body.body(), status_code=500)
-
-    if api_key is not None:
-        app.add_middleware(BearerAuth, key=api_key)
+    answer_errors_as_openai(app, api_key)
 
     def model_card() -> dict:
         return {"id": loaded.name, "object": "model", "created": created, "owned_by": "runner"}

@@ -22,12 +22,9 @@ import threading
 import time
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runner.train.tools.api import ApiError, BearerAuth, Limits
+from runner.train.tools.api import ApiError, Limits, answer_errors_as_openai
 
 log = logging.getLogger(__name__)
 
@@ -59,29 +56,7 @@ def create_classifier_app(loaded, api_key: str | None = None, limits: Limits | N
         "a token classifier (stage ner)" if loaded.labels.task == "token" else "a text classifier (stage cls)"
     )
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, e: ApiError):
-        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, e: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-        return JSONResponse(ApiError(e.status_code, str(e.detail), code).body(), status_code=e.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, e: RequestValidationError):
-        return JSONResponse(ApiError(400, str(e), "invalid_request").body(), status_code=400)
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, e: Exception):
-        log.exception("request failed")
-        body = ApiError(
-            500, f"internal error: {type(e).__name__}: {e}", "internal_error", kind="server_error"
-        )
-        return JSONResponse(body.body(), status_code=500)
-
-    if api_key is not None:
-        app.add_middleware(BearerAuth, key=api_key)
+    answer_errors_as_openai(app, api_key)
 
     def card() -> dict:
         return {"id": loaded.name, "object": "model", "created": created, "owned_by": "runner",
