@@ -310,15 +310,10 @@ def env() -> None:
               help="llama: a causal LM (chat, sft, dpo...); bert: an encoder for stages cls and ner.")  # fmt: skip
 def tiny_model(out_dir: str, seed: int, kind: str) -> None:
     """Build a tiny random Llama model (or BERT encoder) and its tokenizer locally (no download)."""
-    import os
-    import subprocess
+    from runner.host.execute.local import run_here
 
-    from runner.core.offline import OFFLINE_ENV
-    from runner.host.execute.local import require_training_libraries
-
-    require_training_libraries("building the tiny model", "Build it on a machine that has them")
-    argv = [sys.executable, "-m", "runner.train.tools.tiny", out_dir, "--seed", str(seed), "--kind", kind]
-    sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
+    sys.exit(run_here(["runner.train.tools.tiny", out_dir, "--seed", str(seed), "--kind", kind],
+                      "building the tiny model", "Build it on a machine that has them"))  # fmt: skip
 
 
 COMMANDS = (

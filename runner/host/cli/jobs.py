@@ -292,20 +292,13 @@ def preview(job: str, count: int) -> None:
     """Show what training will see: N examples with their trained tokens marked, and the data's
     figures (rows, tokens, records per dataset, samples dropped by cutoff_len). Runs the job's
     own tokenization here (its cache is shared with training)."""
-    import os
-    import subprocess
-
     from runner.core.jobspec.load import load_job
-    from runner.core.offline import OFFLINE_ENV
-    from runner.host.execute.local import require_training_libraries
+    from runner.host.execute.local import run_here
 
     load_job(job)  # every problem of the spec, before any library loads
-    require_training_libraries(
-        "preview (it tokenizes with the model's tokenizer)", "Run it on a machine that has them"
-    )
     color = "always" if sys.stdout.isatty() else "never"
-    argv = [sys.executable, "-m", "runner.train.tools.preview", job, "-n", str(count), "--color", color]
-    sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
+    sys.exit(run_here(["runner.train.tools.preview", job, "-n", str(count), "--color", color],
+                      "preview (it tokenizes with the model's tokenizer)", "Run it on a machine that has them"))  # fmt: skip
 
 
 COMMANDS = (

@@ -242,7 +242,7 @@ def chat(run: str, message: str | None, system: str | None, max_new_tokens: int 
     forgets it."""
     from runner.core.launch import render_chat
     from runner.core.target import resolve
-    from runner.host.execute.local import require_training_libraries
+    from runner.host.execute.local import run_here
     from runner.host.execute.result_tools import run_tool
 
     if message is not None and not message.strip():
@@ -250,17 +250,10 @@ def chat(run: str, message: str | None, system: str | None, max_new_tokens: int 
                                  param_hint="-m/--message")  # fmt: skip
     extra = ["--max-new-tokens", str(max_new_tokens)] if max_new_tokens else []
     if Path(run, "config.json").exists() or Path(run, "adapter_config.json").exists():  # an exported model
-        import os
-        import subprocess
-
-        from runner.core.offline import OFFLINE_ENV
-
         resolve(run).refuse_not_generative("chat")
-        require_training_libraries(
-            "chatting with an exported model", "Chat with the run instead (runner chat RUN: in its image)"
-        )
-        argv = [sys.executable, "-m", *render_chat(Path(run).resolve(), message, system), *extra]
-        sys.exit(subprocess.call(argv, env={**os.environ, **OFFLINE_ENV}))
+        sys.exit(run_here([*render_chat(Path(run).resolve(), message, system), *extra],
+                          "chatting with an exported model",
+                          "Chat with the run instead (runner chat RUN: in its image)"))  # fmt: skip
     record = run_of(run)
     resolve(record.run_dir).refuse_not_generative("chat")
     module_args = [*render_chat(Path(record.run_dir), message, system), *extra]

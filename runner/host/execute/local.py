@@ -15,6 +15,7 @@ from pathlib import Path, PurePath
 from runner.core.errors import RunError
 from runner.core.jobspec.job import JobSpec
 from runner.core.launch import launch_env, render_launch, visible_devices
+from runner.core.offline import OFFLINE_ENV
 from runner.core.rundir import RunRecord, ended, now, read_record
 from runner.host.execute.gpus import host_gpu_names, require_gpus, visible_names
 from runner.host.execute.plan import Plan
@@ -34,6 +35,13 @@ def require_training_libraries(
             f"not installed: a host install). {way_out}, or install them here: "
             "pip install 'runner[train]'"
         )
+
+
+def run_here(module_args: list[str], what: str, way_out: str) -> int:
+    """`python -m <module_args>` as a child of this process, offline, on this machine's training
+    libraries (refused, with the way out, on a host install); its exit code."""
+    require_training_libraries(what, way_out)
+    return subprocess.call([sys.executable, "-m", *module_args], env={**os.environ, **OFFLINE_ENV})
 
 
 class LocalExecutor:

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner.core.errors import RunError
-from runner.core.offline import OFFLINE_ENV
 from runner.core.rundir import RunRecord
-from runner.host.execute.local import require_training_libraries
+from runner.host.execute.local import run_here
 from runner.host.render.container import render_container
 
 
@@ -28,9 +27,8 @@ def run_tool(
     """`python -m <module_args>` for a finished run; the run directory is read-only to it, the
     directories in `writes` writable."""
     if executor == "local":
-        require_training_libraries(f"`{module_args[0].rsplit('.', 1)[-1]}` here (--executor local)",
-                                   "Run it in the run's image (--executor docker)")  # fmt: skip
-        return subprocess.call([sys.executable, "-m", *module_args], env={**os.environ, **OFFLINE_ENV})
+        return run_here(module_args, f"`{module_args[0].rsplit('.', 1)[-1]}` here (--executor local)",
+                        "Run it in the run's image (--executor docker)")  # fmt: skip
     docker, config = tool_container(record, module_args, sink, writes)
     if interactive:
         return _attached(config)

@@ -85,3 +85,19 @@ def answer_errors_as_openai(app: FastAPI, api_key: str | None) -> None:
 
     if api_key is not None:
         app.add_middleware(BearerAuth, key=api_key)
+
+
+def list_the_model(app: FastAPI, name: str, card) -> None:
+    """GET /v1/models and /v1/models/{name}: the one model this server serves, as card() describes it."""
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [card()]}
+
+    @app.get("/v1/models/{wanted:path}")
+    async def model(wanted: str):
+        if wanted != name:
+            raise ApiError(
+                404, f"no model '{wanted}'; this server serves '{name}'", "model_not_found", "model"
+            )
+        return card()

@@ -46,6 +46,7 @@ def load_classifier(target: Target, dtype=None) -> Classifier:
     import torch
 
     from runner.train.model import load_tokenizer
+    from runner.train.tools.inference import ready
 
     labels = labels_of(target)
     tokenizer = load_tokenizer(target.tokenizer, target.trust_remote_code)
@@ -54,16 +55,7 @@ def load_classifier(target: Target, dtype=None) -> Classifier:
         dtype=dtype or torch.float32, pad_token_id=tokenizer.pad_token_id, ignore_mismatched_sizes=True,
         **head_config(labels),
     )  # fmt: skip
-    if target.adapter:
-        from peft import PeftModel
-
-        from runner.train.tools.inference import fit_vocabulary
-
-        fit_vocabulary(model, tokenizer)
-        model = PeftModel.from_pretrained(model, target.adapter)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    model.eval()
+    model = ready(model, tokenizer, target.adapter)
     config = getattr(model, "config", None)
     context = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
     return Classifier(model, tokenizer, labels, target.name, int(min(context, tokenizer.model_max_length)))

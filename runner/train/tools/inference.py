@@ -34,6 +34,22 @@ def fit_vocabulary(model, tokenizer) -> None:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
 
 
+def ready(model, tokenizer, adapter: str | None):
+    """A loaded base made ready to answer: the run's adapter on top (the vocabulary grown to its
+    tokenizer first), on the GPU when there is one, in eval mode."""
+    import torch
+
+    if adapter:
+        from peft import PeftModel
+
+        fit_vocabulary(model, tokenizer)
+        model = PeftModel.from_pretrained(model, adapter)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    return model
+
+
 @dataclass
 class Loaded:
     model: object
@@ -74,16 +90,7 @@ def load_target(target: Target, dtype=None, purpose: str = "chat") -> Loaded:
         target.base, local_files_only=True, trust_remote_code=target.trust_remote_code,
         dtype=dtype or default_dtype(),
     )  # fmt: skip
-    if target.adapter:
-        from peft import PeftModel
-
-        fit_vocabulary(model, tokenizer)
-        model = PeftModel.from_pretrained(model, target.adapter)
-    import torch
-
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    model.eval()
+    model = ready(model, tokenizer, target.adapter)
     stop = stop_token_ids(tokenizer, target.template)
     saved = getattr(model.generation_config, "eos_token_id", None)
     for tid in saved if isinstance(saved, list) else [saved]:

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runner.core import offline
 from runner.core.errors import RunnerError
-from runner.train.tools.api import ApiError, Limits, answer_errors_as_openai
+from runner.train.tools.api import ApiError, Limits, answer_errors_as_openai, list_the_model
 
 log = logging.getLogger(__name__)
 DRAIN_LIMIT = 64 << 20  # bytes read of a request over MAX_BODY before the connection is dropped
@@ -214,17 +214,7 @@ def create_app(loaded, engine, api_key: str | None = None, limits: Limits | None
         """Up, and how many requests run or wait (no key needed: it says nothing about the model)."""
         return {"status": "ok", "requests": active, "engine": engine.description}
 
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [model_card()]}
-
-    @app.get("/v1/models/{name:path}")
-    async def model(name: str):
-        if name != loaded.name:
-            raise ApiError(
-                404, f"no model '{name}'; this server serves '{loaded.name}'", "model_not_found", "model"
-            )
-        return model_card()
+    list_the_model(app, loaded.name, model_card)
 
     async def read(request: Request) -> ChatRequest:
         # Read to the end (a client still sending would see a broken connection instead of the

@@ -24,7 +24,7 @@ import time
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runner.train.tools.api import ApiError, Limits, answer_errors_as_openai
+from runner.train.tools.api import ApiError, Limits, answer_errors_as_openai, list_the_model
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +67,7 @@ def create_classifier_app(loaded, api_key: str | None = None, limits: Limits | N
     async def health():
         return {"status": "ok", "engine": "classifier"}
 
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [card()]}
-
-    @app.get("/v1/models/{name:path}")
-    async def model(name: str):
-        if name != loaded.name:
-            raise ApiError(
-                404, f"no model '{name}'; this server serves '{loaded.name}'", "model_not_found", "model"
-            )
-        return card()
+    list_the_model(app, loaded.name, card)
 
     def not_generative() -> None:
         raise ApiError(
