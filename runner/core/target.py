@@ -14,7 +14,7 @@ from pathlib import Path
 
 from runner.core import stages
 from runner.core.data.labels import adapter_classifier as _adapter_classifier
-from runner.core.data.labels import classifier_kind
+from runner.core.data.labels import architectures, classifier_kind, classifier_of, model_config
 from runner.core.errors import RunnerError
 from runner.core.rundir import ADAPTER, RunDir
 
@@ -121,8 +121,7 @@ def of_spec(spec) -> Target:
     tokenizer = _tokenizer_dir(Path(m.adapter), m.path) if m.adapter else m.path
     # A run's model/ (runner eval of a fully trained run) holds the tokenizer the run saved.
     saved = tokenizer != m.path or RunDir.holds_run(Path(m.path).parent)
-    classifier = _adapter_classifier(Path(m.adapter), _task_type(m.adapter)) if m.adapter else None
-    classifier = classifier or classifier_kind(m.path)
+    classifier = classifier_of(m.path, m.adapter)
     reward = not classifier and (
         is_reward_model(Path(m.path)) or bool(m.adapter and _task_type(m.adapter) == "SEQ_CLS")
     )
@@ -130,23 +129,11 @@ def of_spec(spec) -> Target:
                   getattr(m, "default_system", None), saved, reward, classifier=classifier)  # fmt: skip
 
 
-def _config(model_dir: str | Path) -> dict:
-    try:
-        config = json.loads(Path(model_dir, "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
-def _architectures(config: dict) -> list[str]:
-    return [a for a in config.get("architectures") or [] if isinstance(a, str)]
-
-
 def is_reward_model(model_dir: str | Path) -> bool:
     """A model directory saved as a one-output sequence classifier (a reward model's value head)."""
-    config = _config(model_dir)
+    config = model_config(model_dir)
     if classifier_kind(model_dir) or not any(
-        a.endswith("ForSequenceClassification") for a in _architectures(config)
+        a.endswith("ForSequenceClassification") for a in architectures(config)
     ):
         return False
     return len(config.get("id2label") or {"0": "", "1": ""}) == 1

@@ -83,24 +83,20 @@ def _takes_words(tokenizer, spec: JobSpec):
 
 def build(spec: JobSpec, tokenizer):
     """Training and validation rows, and the label set."""
-    from accelerate import PartialState
-    from datasets import disable_progress_bars, load_from_disk
+    from datasets import disable_progress_bars
 
     from runner.train import dataset
 
     disable_progress_bars()
     directory = _cache_dir(spec, tokenizer) if spec.data.cache else None
-    with PartialState().local_main_process_first():
-        if directory and (directory / "dataset_info.json").exists():
-            log.info("tokenized data from cache %s", directory)
-            rows = load_from_disk(str(directory))
-            stats = json.loads((directory / dataset.STATS).read_text(encoding="utf-8"))
-        else:
-            rows, stats = tokenize(spec, tokenizer)
-            if directory:
-                dataset.save(rows, directory, stats)  # written whole or not at all
-    dataset.last_stats.clear()
-    dataset.last_stats.update(stats)
+
+    def make():
+        rows, stats = tokenize(spec, tokenizer)
+        if directory:
+            dataset.save(rows, directory, stats)  # written whole or not at all
+        return rows, stats
+
+    rows, stats = dataset.cached(directory, make)
     labels = LabelSet(tuple(stats["labels"]["labels"]), stats["labels"]["task"],
                       stats["labels"]["multi_label"], stats["labels"]["threshold"])  # fmt: skip
     log.info("%d rows, %d labels: %s", len(rows), len(labels.names), ", ".join(labels.names[:20]))

@@ -53,23 +53,31 @@ _MAX_WORKERS = 16
 
 def build(spec: JobSpec, tokenizer) -> tuple[Dataset, Dataset | None]:
     """Training and evaluation rows for the spec's stage (input_ids, labels)."""
-    from accelerate import PartialState
 
     if not _tty():
         disable_progress_bars()  # bars only clutter a log file
 
     directory = cache_dir(spec, tokenizer) if spec.data.cache else None
-    # In a distributed job the first process of each machine tokenizes; the others then load.
+    rows, stats = cached(directory, lambda: _tokenize_into(spec, tokenizer, directory))
+    log.info("%d training rows, %d tokens", len(rows), stats.get("tokens") or tokens(rows))
+    return split(rows, spec)
+
+
+def cached(directory: Path | None, make) -> tuple[Dataset, dict]:
+    """The rows and figures cached in `directory`, else `make()`'s (which caches them there); the
+    figures become `last_stats`. In a distributed job the first process of each machine makes
+    them; the others then load."""
+    from accelerate import PartialState
+
     with PartialState().local_main_process_first():
         if directory and (directory / "dataset_info.json").exists():
             log.info("tokenized data from cache %s", directory)
             rows, stats = load_from_disk(str(directory)), _read_stats(directory)
         else:
-            rows, stats = _tokenize_into(spec, tokenizer, directory)
+            rows, stats = make()
     last_stats.clear()
     last_stats.update(stats)
-    log.info("%d training rows, %d tokens", len(rows), stats.get("tokens") or tokens(rows))
-    return split(rows, spec)
+    return rows, stats
 
 
 def tokens(rows: Dataset) -> int:

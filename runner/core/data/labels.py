@@ -240,18 +240,25 @@ def classifier_kind(model_dir: str | Path) -> str | None:
     saved = _labels_task(Path(model_dir))
     if saved:
         return saved
+    config = model_config(model_dir)
+    if any(a.endswith("ForTokenClassification") for a in architectures(config)):
+        return "token"
+    if any(a.endswith("ForSequenceClassification") for a in architectures(config)):
+        return "sequence" if len(config.get("id2label") or {"0": "", "1": ""}) > 1 else None
+    return None
+
+
+def model_config(model_dir: str | Path) -> dict:
+    """A model directory's config.json; {} where it has none (or not a JSON object)."""
     try:
         config = json.loads(Path(model_dir, "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
-        return None
-    architectures = [a for a in config.get("architectures") or [] if isinstance(a, str)]
-    if any(a.endswith("ForTokenClassification") for a in architectures):
-        return "token"
-    if any(a.endswith("ForSequenceClassification") for a in architectures):
-        return "sequence" if len(config.get("id2label") or {"0": "", "1": ""}) > 1 else None
-    return None
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def architectures(config: dict) -> list[str]:
+    return [a for a in config.get("architectures") or [] if isinstance(a, str)]
 
 
 def _labels_task(directory: Path) -> str | None:
