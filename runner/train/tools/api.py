@@ -5,15 +5,18 @@ bearer-token check."""
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 MAX_BODY = 1 << 20  # bytes of one request
+DRAIN_LIMIT = 64 << 20  # bytes read of a request over MAX_BODY before the connection is dropped
 
 
 class ApiError(Exception):
@@ -101,3 +104,28 @@ def list_the_model(app: FastAPI, name: str, card) -> None:
                 404, f"no model '{wanted}'; this server serves '{name}'", "model_not_found", "model"
             )
         return card()
+
+
+async def read_request(request: Request, limits: Limits, model: type[BaseModel]) -> tuple[BaseModel, object]:
+    """The request's JSON body validated as `model`, and the body itself. Read to the end (a client
+    still sending would see a broken connection instead of the answer), keeping at most max_body
+    bytes; given up on past DRAIN_LIMIT."""
+    kept, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size <= limits.max_body:
+            kept.append(part)
+        elif size > DRAIN_LIMIT:
+            break
+    if size > limits.max_body:
+        raise ApiError(413, f"request body over {limits.max_body} bytes", "request_too_large")
+    try:
+        body = json.loads(b"".join(kept))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}", "invalid_json") from None
+    try:
+        return model.model_validate(body), body
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ApiError(400, f"{where}: {first['msg']}", "invalid_request", where or None) from None

@@ -31,14 +31,13 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from runner.core import offline
 from runner.core.errors import RunnerError
-from runner.train.tools.api import ApiError, Limits, answer_errors_as_openai, list_the_model
+from runner.train.tools.api import ApiError, Limits, answer_errors_as_openai, list_the_model, read_request
 
 log = logging.getLogger(__name__)
-DRAIN_LIMIT = 64 << 20  # bytes read of a request over MAX_BODY before the connection is dropped
 SEED_RANGE = (-(1 << 63), 1 << 64)  # what torch.Generator.manual_seed takes
 # OpenAI request fields this server does not implement: refused when set to anything but "off",
 # never silently ignored. Fields that change nothing in the answer (user, metadata...) are accepted.
@@ -217,27 +216,7 @@ def create_app(loaded, engine, api_key: str | None = None, limits: Limits | None
     list_the_model(app, loaded.name, model_card)
 
     async def read(request: Request) -> ChatRequest:
-        # Read to the end (a client still sending would see a broken connection instead of the
-        # answer), keeping at most max_body bytes; give up on a body past DRAIN_LIMIT.
-        kept, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size <= limits.max_body:
-                kept.append(part)
-            elif size > DRAIN_LIMIT:
-                break
-        if size > limits.max_body:
-            raise ApiError(413, f"request body over {limits.max_body} bytes", "request_too_large")
-        try:
-            body = json.loads(b"".join(kept))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"the request body is not valid JSON: {e}", "invalid_json") from None
-        try:
-            req = ChatRequest.model_validate(body)
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ApiError(400, f"{where}: {first['msg']}", "invalid_request", where or None) from None
+        req, body = await read_request(request, limits, ChatRequest)
         for name, refused in UNSUPPORTED.items():
             if refused(body.get(name) if isinstance(body, dict) else None):
                 raise ApiError(400, f"{name} is not supported by this server (send it unset, or off)",

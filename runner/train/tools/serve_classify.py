@@ -16,15 +16,14 @@ Requests are answered one at a time (a batch of inputs in one request is one for
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from runner.train.tools.api import ApiError, Limits, answer_errors_as_openai, list_the_model
+from runner.train.tools.api import ApiError, Limits, answer_errors_as_openai, list_the_model, read_request
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +82,9 @@ def create_classifier_app(loaded, api_key: str | None = None, limits: Limits | N
     async def completions(request: Request):
         not_generative()
 
-    async def read(request: Request) -> ClassifyRequest:
-        body = await request.body()
-        if len(body) > limits.max_body:
-            raise ApiError(413, f"request body over {limits.max_body} bytes", "request_too_large")
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"the request body is not valid JSON: {e}", "invalid_json") from None
-        try:
-            return ClassifyRequest.model_validate(data)
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ApiError(400, f"{where}: {first['msg']}", "invalid_request", where or None) from None
-
     @app.post("/v1/classify")
     async def labels(request: Request):
-        req = await read(request)
+        req, _ = await read_request(request, limits, ClassifyRequest)
         if req.model and req.model != loaded.name:
             raise ApiError(404, f"no model '{req.model}'; this server serves '{loaded.name}'", "model_not_found",
                            "model")  # fmt: skip
