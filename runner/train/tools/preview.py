@@ -55,12 +55,7 @@ def preview(spec_file: str, n: int, color: bool) -> str:
     tokenizer = tokenizer_for(spec)
     train, evaluation = dataset.build(spec, tokenizer)
     stats = dataset.last_stats
-    tokens = sum(train[dataset.LENGTH])
-    lines = [f"{spec_file}: {len(train)} training rows, {tokens:,} tokens"
-             + (f"; {len(evaluation)} held out for evaluation" if evaluation is not None else "")]  # fmt: skip
-    skipped = stats.get("skipped") or [0] * len(stats.get("records", []))
-    for ds, count, bad in zip(written.data.datasets, stats.get("records", []), skipped, strict=False):
-        lines.append(f"  {ds.path or ds.name}: {count} records" + (f", {bad} bad skipped" if bad else ""))
+    lines = figures(spec_file, written, train, evaluation, stats)
     if spec.stage != "pt":
         lines.append(f"  dropped: {stats.get('dropped', 0)} (no answer left within cutoff_len="
                      f"{spec.data.cutoff_len})")  # fmt: skip
@@ -75,11 +70,23 @@ def preview(spec_file: str, n: int, color: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figures(spec_file: str, written, train, evaluation, stats: dict) -> list[str]:
+    """The rows and tokens of the set, then each dataset's records and bad records skipped."""
+    from runner.train import dataset
+
+    lines = [f"{spec_file}: {len(train)} training rows, {dataset.tokens(train):,} tokens"
+             + (f"; {len(evaluation)} held out for evaluation" if evaluation is not None else "")]  # fmt: skip
+    skipped = stats.get("skipped") or [0] * len(stats.get("records", []))
+    for ds, count, bad in zip(written.data.datasets, stats.get("records", []), skipped, strict=False):
+        lines.append(f"  {ds.path or ds.name}: {count} records" + (f", {bad} bad skipped" if bad else ""))
+    return lines
+
+
 def labelled(spec_file: str, written, spec, n: int, color: bool) -> str:
     """`runner preview` of a classification job: the label set, then N rows as training sees them:
     a text with its label(s), or every sub-token with the tag it learns (· where it learns none: a
     special token, or a word's later sub-token)."""
-    from runner.core.data.templates import IGNORE, LENGTH
+    from runner.core.data.templates import IGNORE
     from runner.train import dataset
     from runner.train.classify import build, tokenizer_for
 
@@ -87,11 +94,7 @@ def labelled(spec_file: str, written, spec, n: int, color: bool) -> str:
     tokenizer = tokenizer_for(spec)
     train_ds, evaluation, labels = build(spec, tokenizer)
     stats = dataset.last_stats
-    lines = [f"{spec_file}: {len(train_ds)} training rows, {sum(train_ds[LENGTH]):,} tokens"
-             + (f"; {len(evaluation)} held out for evaluation" if evaluation is not None else "")]  # fmt: skip
-    skipped = stats.get("skipped") or [0] * len(stats.get("records", []))
-    for ds, count, bad in zip(written.data.datasets, stats.get("records", []), skipped, strict=False):
-        lines.append(f"  {ds.path or ds.name}: {count} records" + (f", {bad} bad skipped" if bad else ""))
+    lines = figures(spec_file, written, train_ds, evaluation, stats)
     origin = "classification.labels" if spec.classification.labels else "read from the data"
     lines.append(f"  {len(labels.names)} labels ({origin}), by id: "
                  + ", ".join(f"{i}={name}" for i, name in enumerate(labels.names)))  # fmt: skip
