@@ -14,7 +14,7 @@ from pathlib import Path
 
 from runner.core import stages
 from runner.core.data.labels import adapter_classifier as _adapter_classifier
-from runner.core.data.labels import architectures, classifier_kind, classifier_of, model_config
+from runner.core.data.labels import adapter_task, architectures, classifier_kind, classifier_of, model_config
 from runner.core.errors import RunnerError
 from runner.core.rundir import ADAPTER, RunDir
 
@@ -123,7 +123,7 @@ def of_spec(spec) -> Target:
     saved = tokenizer != m.path or RunDir.holds_run(Path(m.path).parent)
     classifier = classifier_of(m.path, m.adapter)
     reward = not classifier and (
-        is_reward_model(Path(m.path)) or bool(m.adapter and _task_type(m.adapter) == "SEQ_CLS")
+        is_reward_model(Path(m.path)) or bool(m.adapter and adapter_task(m.adapter) == "SEQ_CLS")
     )
     return Target(m.path, m.adapter, tokenizer, m.template, m.trust_remote_code, spec.name,
                   getattr(m, "default_system", None), saved, reward, classifier=classifier)  # fmt: skip
@@ -137,16 +137,6 @@ def is_reward_model(model_dir: str | Path) -> bool:
     ):
         return False
     return len(config.get("id2label") or {"0": "", "1": ""}) == 1
-
-
-def _task_type(adapter: str | Path) -> str:
-    try:
-        return (
-            json.loads(Path(adapter, "adapter_config.json").read_text(encoding="utf-8")).get("task_type")
-            or ""
-        )
-    except (OSError, ValueError):
-        return ""
 
 
 def _tokenizer_dir(adapter: Path, base: str) -> str:

@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slurm, pytest.mark.slow]
 SLURM_DIR = Path(os.environ.get("RUNNER_SLURM_DIR", "/var/lib/runner-slurm"))
 # Long enough that the lowered time limit's signal strikes mid-run: slurmctld checks time limits
 # every 30 s, and two nodes run 10 to 15 steps a second on this machine (1,200 steps: 80 to 120 s;
-# the signal came at step 208).
+# the signal came at steps 208 and 142 in two runs).
 STEPS = 1200
 # Two nodes of batch 2 against one process of batch 4: the same samples in every step; gloo's
 # all-reduce averages the gradients in another order than one process sums them.

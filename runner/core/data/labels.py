@@ -278,15 +278,20 @@ def adapter_classifier(adapter: Path, task_type: str) -> str | None:
 def classifier_of(model_dir: str | Path, adapter: str | Path | None = None) -> str | None:
     """What a model directory, with an adapter on top, labels: "sequence", "token" or None."""
     if adapter is not None:
-        try:
-            config = json.loads(Path(adapter, "adapter_config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            config = {}
-        task_type = config.get("task_type") if isinstance(config, dict) else None
-        found = adapter_classifier(Path(adapter), task_type or "")
+        found = adapter_classifier(Path(adapter), adapter_task(adapter) or "")
         if found:
             return found
     return classifier_kind(model_dir)
+
+
+def adapter_task(adapter: str | Path) -> str | None:
+    """PEFT's task_type in an adapter's adapter_config.json (SEQ_CLS, TOKEN_CLS, CAUSAL_LM...); None
+    where it names none or the file cannot be read."""
+    try:
+        config = json.loads(Path(adapter, "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config.get("task_type") if isinstance(config, dict) else None
 
 
 # --- entities (seqeval's rules, as conlleval counts them) -----------------------------------

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from runner.core import stages
+from runner.core.data.labels import adapter_task
 from runner.core.jobspec.checks.context import Context, changed, unset
 from runner.core.jobspec.checks.files import directory, listing
 from runner.core.jobspec.checks.model import earlier_run, run_saved_adapter
@@ -42,8 +43,8 @@ def reward_model(spec: JobSpec, at: Context) -> None:
             at.add(loc, f"'{value}' is no reward model (no adapter_config.json or config.json); it holds: "
                         f"{listing(path)}; name an rm run or the adapter/ it saved")  # fmt: skip
             return
-    if (path / "adapter_config.json").is_file() and _adapter_task(path) != "SEQ_CLS":
-        at.add(loc, f"the adapter in {shown} has no value head (task_type {_adapter_task(path)}, not SEQ_CLS): "
+    if (path / "adapter_config.json").is_file() and adapter_task(path) != "SEQ_CLS":
+        at.add(loc, f"the adapter in {shown} has no value head (task_type {adapter_task(path)}, not SEQ_CLS): "
                     "it is no reward model; name an rm run (stage rm trains one)")  # fmt: skip
         return
     if at.model_dir is not None:
@@ -78,13 +79,6 @@ def tokenizer_difference(policy: Path, reward: Path, added: list[str]) -> str | 
         if a and b and a != b:
             return f"its {name} is {b!r}, the policy's {a!r}"
     return None
-
-
-def _adapter_task(adapter: Path) -> str | None:
-    try:
-        return json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get("task_type")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def _token_ids(model_dir: Path) -> dict[str, int]:
